@@ -1,0 +1,8 @@
+//! The domain of port-agent: everything between an integration's raw items and Port's API.
+//!
+//! No CLI and no HTTP server live here; the `port-agent` binary wires these parts together.
+
+pub mod port;
+pub mod secret;
+
+pub use secret::Secret;
