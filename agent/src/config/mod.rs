@@ -1,0 +1,430 @@
+//! The agent's configuration: a YAML file whose keys mirror Ocean's settings, overridden by
+//! Ocean's `OCEAN__*` environment variables (and a `.env` file beside the working directory).
+//!
+//! Precedence, highest first: command-line flags, the process environment, `.env`, the file.
+
+mod env;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use port_agent_core::Secret;
+use port_agent_core::port::{IntegrationIdentity, PortClientConfig};
+use serde::{Deserialize, Deserializer};
+use serde_json::{Map, Value};
+
+pub use env::Override;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    pub port: PortSettings,
+    pub integration: IntegrationSettings,
+    /// A local port-app-config file, or `port` to read the mapping from Port's integration object.
+    #[serde(default)]
+    pub mapping: Option<String>,
+    /// Where `blueprints.json` (created at first start when missing) lives.
+    #[serde(default = "default_resources_path")]
+    pub resources_path: PathBuf,
+    #[serde(default)]
+    pub initialize_port_resources: Option<bool>,
+    #[serde(default)]
+    pub state: StateSettings,
+    #[serde(default)]
+    pub event_listener: EventListenerSettings,
+    /// Minutes between scheduled resyncs.
+    #[serde(default)]
+    pub scheduled_resync_interval: Option<u64>,
+}
+
+fn default_resources_path() -> PathBuf {
+    PathBuf::from(".port/resources")
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PortSettings {
+    #[serde(default = "default_base_url", deserialize_with = "string_like")]
+    pub base_url: String,
+    #[serde(deserialize_with = "string_like")]
+    pub client_id: String,
+    pub client_secret: Secret,
+    /// Requests in flight at once (default 16).
+    #[serde(default)]
+    pub max_concurrency: Option<usize>,
+    /// Client-side quota in requests per second (default: none).
+    #[serde(default)]
+    pub requests_per_second: Option<f64>,
+}
+
+fn default_base_url() -> String {
+    "https://api.getport.io".to_owned()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct IntegrationSettings {
+    #[serde(deserialize_with = "string_like")]
+    pub identifier: String,
+    #[serde(rename = "type", deserialize_with = "string_like")]
+    pub integration_type: String,
+    /// Reported to Port in the User-Agent; defaults to port-agent's own version.
+    #[serde(default = "default_version", deserialize_with = "string_like")]
+    pub version: String,
+    /// The integration's own settings (`OCEAN__INTEGRATION__CONFIG__<NAME>`).
+    #[serde(default)]
+    pub config: Map<String, Value>,
+}
+
+fn default_version() -> String {
+    env!("CARGO_PKG_VERSION").to_owned()
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StateSettings {
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct EventListenerSettings {
+    #[serde(rename = "type", default)]
+    pub listener: ListenerType,
+    /// Seconds between polls of Port's resync request (POLLING).
+    #[serde(default)]
+    pub interval: Option<u64>,
+}
+
+/// Ocean's `OCEAN__EVENT_LISTENER__TYPE`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ListenerType {
+    #[default]
+    Polling,
+    Webhook,
+    Kafka,
+    Once,
+    WebhooksOnly,
+}
+
+impl<'de> Deserialize<'de> for ListenerType {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        match text.to_ascii_uppercase().replace('-', "_").as_str() {
+            "POLLING" => Ok(Self::Polling),
+            "WEBHOOK" => Ok(Self::Webhook),
+            "KAFKA" => Ok(Self::Kafka),
+            "ONCE" => Ok(Self::Once),
+            "WEBHOOKS_ONLY" => Ok(Self::WebhooksOnly),
+            _ => Err(serde::de::Error::custom(format!(
+                "unknown event listener type {text:?}; expected POLLING, WEBHOOK, KAFKA, ONCE or WEBHOOKS_ONLY"
+            ))),
+        }
+    }
+}
+
+/// A string field that also takes a number or boolean (environment values such as a numeric
+/// client id arrive parsed).
+fn string_like<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    match Value::deserialize(deserializer)? {
+        Value::String(s) => Ok(s),
+        Value::Number(n) => Ok(n.to_string()),
+        Value::Bool(b) => Ok(b.to_string()),
+        other => Err(serde::de::Error::custom(format!(
+            "expected a string, found {other}"
+        ))),
+    }
+}
+
+/// Why the configuration cannot be used. Every message names the file and the key, and the
+/// environment variable when one set it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid YAML: {source}")]
+    Yaml {
+        path: PathBuf,
+        source: serde_yaml_ng::Error,
+    },
+    #[error("config file {path}: {problems}")]
+    Invalid { path: PathBuf, problems: Problems },
+}
+
+/// Several problems, reported together so that one run shows them all.
+#[derive(Debug)]
+pub struct Problems(pub Vec<String>);
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.as_slice() {
+            [one] => f.write_str(one),
+            many => {
+                write!(f, "{} problems:", many.len())?;
+                for problem in many {
+                    write!(f, "\n  - {problem}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A loaded configuration, with what the environment changed and which keys were ignored.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: AgentConfig,
+    pub path: PathBuf,
+    pub overrides: Vec<Override>,
+    pub ignored_keys: Vec<String>,
+}
+
+/// Reads `path`, applies `.env` (from the working directory) and the process environment.
+pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    let mut vars: Vec<(String, String)> = match env::read_dotenv(Path::new(".env")) {
+        Ok(dotenv) => dotenv.into_iter().collect(),
+        Err(_) => Vec::new(),
+    };
+    vars.extend(std::env::vars());
+    load_with(path, vars)
+}
+
+/// [`load`] with explicit variables, for tests.
+pub fn load_with(
+    path: &Path,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<Loaded, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut tree: Value = if text.trim().is_empty() {
+        Value::Object(Map::new())
+    } else {
+        serde_yaml_ng::from_str(&text).map_err(|source| ConfigError::Yaml {
+            path: path.to_owned(),
+            source,
+        })?
+    };
+    let overrides = env::apply(&mut tree, vars);
+    let invalid = |problems: Vec<String>| ConfigError::Invalid {
+        path: path.to_owned(),
+        problems: Problems(problems),
+    };
+
+    let mut ignored_keys = Vec::new();
+    let mut note_ignored = |p: serde_ignored::Path<'_>| ignored_keys.push(p.to_string());
+    let config: AgentConfig =
+        serde_path_to_error::deserialize(serde_ignored::Deserializer::new(tree, &mut note_ignored))
+            .map_err(|e| {
+                let key = e.path().to_string();
+                let by = overrides
+                    .iter()
+                    .find(|o| key.starts_with(&o.key) || o.key.starts_with(&key))
+                    .map(|o| format!(" (set by {})", o.variable))
+                    .unwrap_or_default();
+                invalid(vec![format!("{key}: {}{by}", e.into_inner())])
+            })?;
+    let problems = validate(&config);
+    if !problems.is_empty() {
+        return Err(invalid(problems));
+    }
+    for key in &ignored_keys {
+        tracing::warn!(file = %path.display(), key, "ignoring an unknown config key");
+    }
+    Ok(Loaded {
+        config,
+        path: path.to_owned(),
+        overrides,
+        ignored_keys,
+    })
+}
+
+/// Cross-field checks, all reported at once.
+fn validate(config: &AgentConfig) -> Vec<String> {
+    let mut problems = Vec::new();
+    let port = &config.port;
+    if !(port.base_url.starts_with("http://") || port.base_url.starts_with("https://")) {
+        problems.push(format!(
+            "port.base_url: {:?} must start with http:// or https://",
+            port.base_url
+        ));
+    }
+    if port.client_id.trim().is_empty() {
+        problems.push("port.client_id: is empty (OCEAN__PORT__CLIENT_ID)".to_owned());
+    }
+    if port.client_secret.is_empty() {
+        problems.push("port.client_secret: is empty (OCEAN__PORT__CLIENT_SECRET)".to_owned());
+    }
+    if port.max_concurrency == Some(0) {
+        problems.push("port.max_concurrency: must be at least 1".to_owned());
+    }
+    if let Some(rps) = port.requests_per_second
+        && !(rps.is_finite() && rps > 0.0)
+    {
+        problems.push(format!(
+            "port.requests_per_second: must be a positive number, got {rps}"
+        ));
+    }
+    let integration = &config.integration;
+    let printable = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_graphic() && c != '/');
+    if !printable(&integration.identifier) {
+        problems.push(format!(
+            "integration.identifier: {:?} must be non-empty printable ASCII without '/' (OCEAN__INTEGRATION__IDENTIFIER)",
+            integration.identifier
+        ));
+    }
+    if !printable(&integration.integration_type) {
+        problems.push(format!(
+            "integration.type: {:?} must be non-empty printable ASCII without '/' (OCEAN__INTEGRATION__TYPE)",
+            integration.integration_type
+        ));
+    }
+    if !printable(&integration.version) {
+        problems.push(format!(
+            "integration.version: {:?} must be non-empty printable ASCII without '/'",
+            integration.version
+        ));
+    }
+    if config.scheduled_resync_interval == Some(0) {
+        problems.push("scheduled_resync_interval: must be at least 1 minute".to_owned());
+    }
+    problems
+}
+
+impl AgentConfig {
+    /// The Port client settings this configuration describes.
+    pub fn port_client_config(&self) -> PortClientConfig {
+        let identity = IntegrationIdentity {
+            integration_type: self.integration.integration_type.clone(),
+            version: self.integration.version.clone(),
+            identifier: self.integration.identifier.clone(),
+        };
+        let mut config = PortClientConfig::new(
+            self.port.base_url.clone(),
+            self.port.client_id.clone(),
+            self.port.client_secret.clone(),
+            identity,
+        );
+        if let Some(n) = self.port.max_concurrency {
+            config.max_concurrency = n;
+        }
+        config.requests_per_second = self.port.requests_per_second;
+        config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), text).unwrap();
+        file
+    }
+
+    const MINIMAL: &str = "port: {client_id: ID, client_secret: SECRET}\nintegration: {identifier: my-services, type: json}\n";
+
+    #[test]
+    fn the_documented_example_loads() {
+        let file = write(
+            r#"
+port: {base_url: http://127.0.0.1:5555, client_id: ID, client_secret: SECRET}
+integration:
+  identifier: my-services
+  type: json
+  config: {kinds: {service: ./data/services.jsonl}}
+mapping: ./port-app-config.yaml
+resources_path: ./.port/resources
+state: {path: ./state.redb}
+event_listener: {type: ONCE}
+scheduled_resync_interval: 60
+"#,
+        );
+        let loaded = load_with(file.path(), Vec::new()).unwrap();
+        let c = loaded.config;
+        assert_eq!(c.port.base_url, "http://127.0.0.1:5555");
+        assert_eq!(
+            c.integration.config["kinds"]["service"],
+            "./data/services.jsonl"
+        );
+        assert_eq!(c.event_listener.listener, ListenerType::Once);
+        assert_eq!(c.state.path.as_deref(), Some(Path::new("./state.redb")));
+        assert_eq!(c.scheduled_resync_interval, Some(60));
+        assert!(loaded.ignored_keys.is_empty());
+    }
+
+    #[test]
+    fn environment_overrides_file_and_numeric_ids_stay_text() {
+        let file = write(MINIMAL);
+        let vars = vec![
+            ("OCEAN__PORT__CLIENT_ID".to_owned(), "12345".to_owned()),
+            (
+                "OCEAN__PORT__BASE_URL".to_owned(),
+                "http://localhost:9".to_owned(),
+            ),
+            ("OCEAN__EVENT_LISTENER__TYPE".to_owned(), "once".to_owned()),
+        ];
+        let loaded = load_with(file.path(), vars).unwrap();
+        assert_eq!(loaded.config.port.client_id, "12345");
+        assert_eq!(loaded.config.port.base_url, "http://localhost:9");
+        assert_eq!(loaded.config.event_listener.listener, ListenerType::Once);
+        assert_eq!(loaded.overrides.len(), 3);
+    }
+
+    #[test]
+    fn a_bad_value_names_the_key_and_the_variable() {
+        let file = write(MINIMAL);
+        let vars = vec![(
+            "OCEAN__SCHEDULED_RESYNC_INTERVAL".to_owned(),
+            "soon".to_owned(),
+        )];
+        let message = load_with(file.path(), vars).unwrap_err().to_string();
+        assert!(message.contains("scheduled_resync_interval"), "{message}");
+        assert!(
+            message.contains("OCEAN__SCHEDULED_RESYNC_INTERVAL"),
+            "{message}"
+        );
+        assert!(
+            message.contains(&file.path().display().to_string()),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn all_problems_are_reported_at_once_without_the_secret() {
+        let file = write(
+            "port: {base_url: ftp://x, client_id: '', client_secret: hunter2}\nintegration: {identifier: 'a b', type: json}\n",
+        );
+        let message = load_with(file.path(), Vec::new()).unwrap_err().to_string();
+        assert!(message.contains("3 problems"), "{message}");
+        assert!(
+            message.contains("port.base_url")
+                && message.contains("port.client_id")
+                && message.contains("integration.identifier")
+        );
+        assert!(!message.contains("hunter2"));
+    }
+
+    #[test]
+    fn unknown_top_level_key_is_refused_and_unknown_nested_key_is_ignored() {
+        let typo = write(&format!("{MINIMAL}scheduled_resync_intervall: 5\n"));
+        let message = load_with(typo.path(), Vec::new()).unwrap_err().to_string();
+        assert!(message.contains("scheduled_resync_intervall"), "{message}");
+
+        let nested = write(
+            "port: {client_id: ID, client_secret: S, ingest_url: x}\nintegration: {identifier: a, type: json}\n",
+        );
+        let loaded = load_with(nested.path(), Vec::new()).unwrap();
+        assert_eq!(loaded.ignored_keys, ["port.ingest_url"]);
+    }
+
+    #[test]
+    fn missing_file_names_the_path() {
+        let message = load_with(Path::new("/no/such/agent.yaml"), Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("/no/such/agent.yaml"), "{message}");
+    }
+}
