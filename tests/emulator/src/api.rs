@@ -184,9 +184,14 @@ fn user_agent(headers: &HeaderMap) -> String {
         .to_owned()
 }
 
-fn parse_json(body: &Bytes) -> Result<Value, Response> {
-    serde_json::from_slice(body)
-        .map_err(|e| bad_request(format!("the body is not valid JSON: {e}")))
+fn parse_json(body: &Bytes) -> Result<Value, Refusal> {
+    serde_json::from_slice(body).map_err(|e| {
+        Refusal::new(
+            400,
+            "invalid_request",
+            format!("the body is not valid JSON: {e}"),
+        )
+    })
 }
 
 /// The `key=value` pairs of a query string, percent-decoded; keys may repeat.
@@ -247,7 +252,7 @@ fn write_mode(query: &Option<String>) -> (WriteMode, bool) {
 async fn access_token(State(state): State<AppState>, body: Bytes) -> Response {
     let body = match parse_json(&body) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return refuse(r),
     };
     let config = &state.config;
     if body["clientId"].as_str() != Some(config.client_id.as_str())
@@ -340,7 +345,7 @@ async fn list_blueprints(State(state): State<AppState>) -> Response {
 async fn create_blueprint(State(state): State<AppState>, body: Bytes) -> Response {
     let body = match parse_json(&body) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return refuse(r),
     };
     match insert_blueprint(&mut lock(&state.store), body) {
         Ok(blueprint) => ok(StatusCode::CREATED, json!({"blueprint": blueprint})),
@@ -371,7 +376,7 @@ async fn patch_blueprint(
     let patch = match parse_json(&body) {
         Ok(Value::Object(p)) => p,
         Ok(_) => return bad_request("a blueprint patch must be an object"),
-        Err(r) => return r,
+        Err(r) => return refuse(r),
     };
     let mut store = lock(&state.store);
     let Some(blueprint) = store.blueprints.get_mut(&bp) else {
@@ -429,7 +434,7 @@ async fn upsert_one(
 ) -> Response {
     let entity = match parse_json(&body) {
         Ok(e) => e,
-        Err(r) => return r,
+        Err(r) => return refuse(r),
     };
     let (mode, validation_only) = write_mode(&query);
     let datasource = user_agent(&headers);
@@ -463,7 +468,7 @@ async fn upsert_bulk(
 ) -> Response {
     let body = match parse_json(&body) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return refuse(r),
     };
     let Some(entities) = body.get("entities").and_then(Value::as_array) else {
         return bad_request("the body must be {\"entities\": [...]}");
@@ -569,7 +574,7 @@ async fn delete_bulk(
 ) -> Response {
     let body = match parse_json(&body) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return refuse(r),
     };
     let Some(ids) = body
         .get("entities")
@@ -608,7 +613,7 @@ fn cursor_key(cursor: &str) -> Option<(String, String)> {
 async fn datasource_entities(State(state): State<AppState>, body: Bytes) -> Response {
     let body = match parse_json(&body) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return refuse(r),
     };
     let (Some(prefix), Some(suffix)) = (
         body["datasource_prefix"].as_str(),
@@ -660,7 +665,7 @@ async fn search_entities(
 ) -> Response {
     let search_query = match parse_json(&body) {
         Ok(q) => q,
-        Err(r) => return r,
+        Err(r) => return refuse(r),
     };
     let include: Vec<String> = query_pairs(&query)
         .into_iter()
@@ -705,7 +710,7 @@ fn now_iso() -> String {
 async fn create_integration(State(state): State<AppState>, body: Bytes) -> Response {
     let body = match parse_json(&body) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return refuse(r),
     };
     let Some(id) = body["installationId"]
         .as_str()
@@ -764,7 +769,7 @@ async fn patch_integration(
     let patch = match parse_json(&body) {
         Ok(Value::Object(p)) => p,
         Ok(_) => return bad_request("an integration patch must be an object"),
-        Err(r) => return r,
+        Err(r) => return refuse(r),
     };
     update_integration(&state, &id, |integration| {
         for (key, value) in patch {
@@ -785,7 +790,7 @@ async fn patch_integration_config(
             Some(c) => c.clone(),
             None => return bad_request("the body must be {\"config\": ...}"),
         },
-        Err(r) => return r,
+        Err(r) => return refuse(r),
     };
     update_integration(&state, &id, |integration| integration["config"] = config)
 }
@@ -798,7 +803,7 @@ async fn patch_resync_state(
     let mut resync = match parse_json(&body) {
         Ok(b @ Value::Object(_)) => b,
         Ok(_) => return bad_request("the resync state must be an object"),
-        Err(r) => return r,
+        Err(r) => return refuse(r),
     };
     match resync["status"].as_str() {
         Some("running" | "completed" | "failed" | "aborted") => {}
