@@ -1,0 +1,275 @@
+//! Native filters where jaq's output text differs from jq's: `_tojson` (jq's number and string
+//! formatting, which `tostring`, `tojson` and the `@` formats build on) and `_base64d`.
+
+use jaq_core::native::{Fun, bome, run, v};
+use jaq_core::{Cv, Error, ValR};
+use jaq_json::{Num, Val};
+
+use super::jq::Data;
+
+pub fn funs() -> impl Iterator<Item = Fun<Data>> {
+    [
+        run(("_tojson", v(0), |cv: Cv<Data>| {
+            let mut out = String::new();
+            write_json(&mut out, &cv.1);
+            bome(Ok(Val::from(out)))
+        })),
+        run(("_base64d", v(0), |cv: Cv<Data>| bome(base64_decode(&cv.1)))),
+    ]
+    .into_iter()
+}
+
+/// Appends `value` as jq prints it compactly.
+pub fn write_json(out: &mut String, value: &Val) {
+    match value {
+        Val::Null => out.push_str("null"),
+        Val::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Val::Num(n) => out.push_str(&number_text(n)),
+        Val::TStr(bytes) | Val::BStr(bytes) => write_string(out, &String::from_utf8_lossy(bytes)),
+        Val::Arr(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_json(out, item);
+            }
+            out.push(']');
+        }
+        Val::Obj(map) => {
+            out.push('{');
+            for (i, (k, v)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                match k {
+                    Val::TStr(bytes) | Val::BStr(bytes) => {
+                        write_string(out, &String::from_utf8_lossy(bytes))
+                    }
+                    other => write_json(out, other),
+                }
+                out.push(':');
+                write_json(out, v);
+            }
+            out.push('}');
+        }
+    }
+}
+
+fn write_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                out.push_str(&format!("\\u{:04x}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// A number as jq prints it: literals in decNumber's canonical form (`1.0`, `1E+2`), computed
+/// doubles in the shortest form that reads back, switching to `1e+17` / `1e-05` as jq does.
+pub fn number_text(n: &Num) -> String {
+    match n {
+        Num::Int(i) => i.to_string(),
+        Num::BigInt(big) => big.to_string(),
+        Num::Float(f) => double_text(*f),
+        Num::Dec(text) => decimal_text(text),
+    }
+}
+
+fn double_text(f: f64) -> String {
+    if f.is_nan() {
+        return "null".to_owned();
+    }
+    let f = if f.is_infinite() {
+        f64::MAX.copysign(f)
+    } else {
+        f
+    };
+    if f == 0.0 {
+        return "0".to_owned();
+    }
+    // `{:e}` gives the shortest round-trip digits: "1.2345e16".
+    let scientific = format!("{:e}", f.abs());
+    let (mantissa, exponent) = scientific.split_once('e').expect("`{:e}` has an exponent");
+    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    let decpt = exponent
+        .parse::<i32>()
+        .expect("`{:e}` exponents are integers")
+        + 1;
+    let sign = if f < 0.0 { "-" } else { "" };
+    let n = digits.len() as i32;
+    // David Gay's g_fmt, as jq's jvp_dtoa_fmt uses it.
+    if decpt <= -4 || decpt > n + 15 {
+        let mut text = format!("{sign}{}", &digits[..1]);
+        if n > 1 {
+            text.push('.');
+            text.push_str(&digits[1..]);
+        }
+        let e = decpt - 1;
+        text.push_str(&format!("e{}{:02}", if e < 0 { '-' } else { '+' }, e.abs()));
+        text
+    } else if decpt <= 0 {
+        format!("{sign}0.{}{digits}", "0".repeat((-decpt) as usize))
+    } else if decpt >= n {
+        format!("{sign}{digits}{}", "0".repeat((decpt - n) as usize))
+    } else {
+        format!(
+            "{sign}{}.{}",
+            &digits[..decpt as usize],
+            &digits[decpt as usize..]
+        )
+    }
+}
+
+/// decNumber's to-scientific-string of a JSON number literal.
+fn decimal_text(literal: &str) -> String {
+    let (negative, body) = match literal.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, literal),
+    };
+    let (mantissa, exp) = match body.find(['e', 'E']) {
+        Some(at) => (&body[..at], body[at + 1..].parse::<i64>().unwrap_or(0)),
+        None => (body, 0),
+    };
+    let (int_part, frac_part) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let mut coefficient: String = format!("{int_part}{frac_part}");
+    let exponent = exp - frac_part.len() as i64;
+    let trimmed = coefficient.trim_start_matches('0');
+    coefficient = if trimmed.is_empty() {
+        "0".to_owned()
+    } else {
+        trimmed.to_owned()
+    };
+    let digits = coefficient.len() as i64;
+    let adjusted = exponent + digits - 1;
+    // decNumber keeps the sign of a negative zero literal.
+    let sign = if negative { "-" } else { "" };
+    if exponent <= 0 && adjusted >= -6 {
+        if exponent == 0 {
+            return format!("{sign}{coefficient}");
+        }
+        let point = digits + exponent;
+        if point > 0 {
+            let (a, b) = coefficient.split_at(point as usize);
+            format!("{sign}{a}.{b}")
+        } else {
+            format!("{sign}0.{}{coefficient}", "0".repeat((-point) as usize))
+        }
+    } else {
+        let mut text = format!("{sign}{}", &coefficient[..1]);
+        if digits > 1 {
+            text.push('.');
+            text.push_str(&coefficient[1..]);
+        }
+        text.push_str(&format!(
+            "E{}{}",
+            if adjusted < 0 { '-' } else { '+' },
+            adjusted.abs()
+        ));
+        text
+    }
+}
+
+fn base64_decode(value: &Val) -> ValR<Val> {
+    let text = match value {
+        Val::TStr(bytes) | Val::BStr(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+        other => {
+            return Err(Error::str(format!(
+                "{other} cannot be base64-decoded, as it is not a string"
+            )));
+        }
+    };
+    let invalid = || {
+        Error::str(format!(
+            "string ({}) is not valid base64 data",
+            serde_json::Value::from(text.clone())
+        ))
+    };
+    let mut bits = 0u32;
+    let mut count = 0u32;
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    for c in text.trim_end_matches('=').bytes() {
+        let sextet = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return Err(invalid()),
+        };
+        bits = (bits << 6) | u32::from(sextet);
+        count += 6;
+        if count >= 8 {
+            count -= 8;
+            out.push((bits >> count) as u8);
+            bits &= (1 << count) - 1;
+        }
+    }
+    if !text.is_empty() && out.is_empty() {
+        return Err(invalid());
+    }
+    Ok(Val::from(String::from_utf8_lossy(&out).into_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn doubles_print_as_jq_prints_them() {
+        let cases = [
+            (3.0, "3"),
+            (0.1 + 0.2, "0.30000000000000004"),
+            (1e-5, "1e-05"),
+            (1e17, "1e+17"),
+            (2e20, "2e+20"),
+            (1.0 / 3.0, "0.3333333333333333"),
+            (1e-7, "1e-07"),
+            (123456.789, "123456.789"),
+            (-0.0, "0"),
+            (f64::INFINITY, "1.7976931348623157e+308"),
+            (0.0001, "0.0001"),
+            (0.5, "0.5"),
+            (1e16, "1e+16"),
+            (1e15, "1000000000000000"),
+            (123456789012345678.0, "123456789012345680"),
+            (0.00012, "0.00012"),
+            (-2.5, "-2.5"),
+        ];
+        for (f, want) in cases {
+            assert_eq!(double_text(f), want, "{f}");
+        }
+    }
+
+    #[test]
+    fn literals_print_in_decnumber_form() {
+        let cases = [
+            ("1e2", "1E+2"),
+            ("1E+2", "1E+2"),
+            ("1.50", "1.50"),
+            ("0.00001", "0.00001"),
+            ("1e-7", "1E-7"),
+            ("1.0e3", "1.0E+3"),
+            ("12345678901234567890123", "12345678901234567890123"),
+            ("-0.0", "-0.0"),
+            ("1e1000", "1E+1000"),
+            ("1.5e300", "1.5E+300"),
+            ("1.0", "1.0"),
+            ("-12.5", "-12.5"),
+        ];
+        for (literal, want) in cases {
+            assert_eq!(decimal_text(literal), want, "{literal}");
+        }
+    }
+}
