@@ -2,6 +2,7 @@
 //!
 //! No CLI and no HTTP server live here; the `port-agent` binary wires these parts together.
 
+pub mod entity_hash;
 pub mod mapping;
 pub mod port;
 pub mod secret;

@@ -1,9 +1,14 @@
 //! Ocean's mapping (`port-app-config`), evaluated with jaq so that it produces the entities
 //! Ocean produces.
 
+mod compiled;
+pub mod config;
 mod interpolation;
 pub mod jq;
 mod natives;
 mod quotes;
 mod regex;
 pub mod value;
+
+pub use compiled::{CompiledMapping, CompiledResource, FieldError, FieldWarning, ItemResult};
+pub use config::PortAppConfig;

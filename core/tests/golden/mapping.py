@@ -91,7 +91,7 @@ def write_expected(case):
     kind = open(os.path.join(case, "kind")).read().strip()
     lines = []
     with open(os.path.join(case, "input.jsonl")) as f:
-        for line in f:
+        for number, line in enumerate(f):
             if not line.strip():
                 continue
             item = json.loads(line)
@@ -99,7 +99,7 @@ def write_expected(case):
                 if resource["kind"] != kind:
                     continue
                 for result in map_item(resource, item):
-                    lines.append(dict(result, resource=index))
+                    lines.append(dict(result, item=number, resource=index))
     with open(os.path.join(case, "expected.jsonl"), "w") as f:
         for line in lines:
             f.write(json.dumps(line, sort_keys=True, ensure_ascii=False) + "\n")

@@ -1,0 +1,698 @@
+//! A mapping compiled for evaluation, and Ocean's rules for turning one raw item into entities.
+
+use std::fmt;
+
+use jaq_json::Val;
+use serde_json::{Map, Value};
+
+use super::config::{PortAppConfig, ResourceConfig, Template};
+use super::jq::{CompileError, Jq, Program};
+use super::value::to_json;
+use crate::port::{Entity, UpsertOptions};
+
+/// An expression of the mapping that does not compile.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldError {
+    pub resource: usize,
+    pub kind: String,
+    /// e.g. `resources[2].port.entity.mappings.properties.url`.
+    pub field: String,
+    pub expression: String,
+    pub error: CompileError,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} (kind {}): `{}`: {}",
+            self.field, self.kind, self.expression, self.error
+        )
+    }
+}
+
+/// A field whose expression failed on an item: the field is null and the entity still made.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldWarning {
+    pub field: String,
+    pub message: String,
+}
+
+/// What one raw item became under one resource.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ItemResult {
+    /// Entities whose item passed the selector, with a non-empty identifier and blueprint.
+    pub entities: Vec<Entity>,
+    /// Items the selector turned away.
+    pub filtered_out: usize,
+    /// Entities left out because their identifier or blueprint was empty.
+    pub dropped: usize,
+    /// Item errors: the selector did not yield a boolean, or the item could not be expanded.
+    /// Any of these marks the resource as failed for the run.
+    pub errors: Vec<String>,
+    pub warnings: Vec<FieldWarning>,
+    /// `itemsToParse` did not yield an array: the item was skipped, as Ocean skips it.
+    pub skipped: usize,
+}
+
+enum CompiledTemplate {
+    Expr { field: String, program: Program },
+    Object(Vec<(String, CompiledTemplate)>),
+    List(Vec<CompiledTemplate>),
+}
+
+struct ItemsToParse {
+    field: String,
+    program: Program,
+    name: String,
+    /// `del(path)` of the parsed array, when the top-level transform is on.
+    remove_from_parent: Option<Program>,
+}
+
+/// One resource, every expression compiled.
+pub struct CompiledResource {
+    pub index: usize,
+    pub kind: String,
+    selector: Program,
+    items_to_parse: Option<ItemsToParse>,
+    identifier: CompiledTemplate,
+    title: Option<CompiledTemplate>,
+    blueprint: CompiledTemplate,
+    icon: Option<CompiledTemplate>,
+    team: Option<CompiledTemplate>,
+    properties: Vec<(String, CompiledTemplate)>,
+    relations: Vec<(String, CompiledTemplate)>,
+}
+
+impl fmt::Debug for CompiledResource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CompiledResource")
+            .field("index", &self.index)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The mapping, compiled. Resources that failed to compile are kept with their errors, so the
+/// others still run and the failed ones are reported (and block deletions).
+pub struct CompiledMapping {
+    jq: Jq,
+    pub options: UpsertOptions,
+    pub delete_dependent_entities: bool,
+    pub entity_deletion_threshold: f64,
+    pub resources: Vec<Result<CompiledResource, Vec<FieldError>>>,
+}
+
+impl fmt::Debug for CompiledMapping {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CompiledMapping")
+            .field("resources", &self.resources.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The first `.a.b` path in an `itemsToParse` expression: what the top-level transform removes
+/// from the parent (Ocean extracts it the same way, e.g. `.file.content.raw` from
+/// `. as $all | ($all | .file.content.raw) // {}`).
+fn parsed_path(expression: &str) -> Option<String> {
+    let bytes = expression.as_bytes();
+    let ident_start = |b: u8| b.is_ascii_alphabetic() || b == b'_';
+    let ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let mut i = 0;
+    while i + 1 < bytes.len() {
+        if bytes[i] == b'.' && ident_start(bytes[i + 1]) {
+            let start = i;
+            loop {
+                i += 1;
+                while i < bytes.len() && ident(bytes[i]) {
+                    i += 1;
+                }
+                if i + 1 < bytes.len() && bytes[i] == b'.' && ident_start(bytes[i + 1]) {
+                    continue;
+                }
+                return Some(expression[start..i].to_owned());
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+struct Compiler<'a> {
+    jq: &'a Jq,
+    resource: usize,
+    kind: &'a str,
+    errors: Vec<FieldError>,
+}
+
+impl Compiler<'_> {
+    fn expr(&mut self, field: String, expression: &str) -> Option<Program> {
+        match self.jq.compile(expression) {
+            Ok(program) => Some(program),
+            Err(error) => {
+                self.errors.push(FieldError {
+                    resource: self.resource,
+                    kind: self.kind.to_owned(),
+                    field,
+                    expression: expression.to_owned(),
+                    error,
+                });
+                None
+            }
+        }
+    }
+
+    fn template(&mut self, field: String, template: &Template) -> Option<CompiledTemplate> {
+        match template {
+            Template::Expr(expression) => {
+                let program = self.expr(field.clone(), expression)?;
+                Some(CompiledTemplate::Expr { field, program })
+            }
+            Template::Object(entries) => {
+                let mut out = Vec::with_capacity(entries.len());
+                let mut ok = true;
+                for (key, value) in entries {
+                    match self.template(format!("{field}.{key}"), value) {
+                        Some(t) => out.push((key.clone(), t)),
+                        None => ok = false,
+                    }
+                }
+                ok.then_some(CompiledTemplate::Object(out))
+            }
+            Template::List(items) => {
+                let mut out = Vec::with_capacity(items.len());
+                let mut ok = true;
+                for (i, item) in items.iter().enumerate() {
+                    match self.template(format!("{field}[{i}]"), item) {
+                        Some(t) => out.push(t),
+                        None => ok = false,
+                    }
+                }
+                ok.then_some(CompiledTemplate::List(out))
+            }
+        }
+    }
+
+    fn map_fields(
+        &mut self,
+        prefix: &str,
+        fields: &Map<String, Value>,
+    ) -> Option<Vec<(String, CompiledTemplate)>> {
+        let mut out = Vec::with_capacity(fields.len());
+        let mut ok = true;
+        for (name, value) in fields {
+            let field = format!("{prefix}.{name}");
+            match Template::from_value(value) {
+                Ok(template) => match self.template(field, &template) {
+                    Some(t) => out.push((name.clone(), t)),
+                    None => ok = false,
+                },
+                Err(message) => {
+                    self.errors.push(FieldError {
+                        resource: self.resource,
+                        kind: self.kind.to_owned(),
+                        field,
+                        expression: value.to_string(),
+                        error: CompileError { offset: 0, message },
+                    });
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn resource(mut self, config: &ResourceConfig) -> Result<CompiledResource, Vec<FieldError>> {
+        let at = format!("resources[{}]", self.resource);
+        let m = &config.port.entity.mappings;
+        let base = format!("{at}.port.entity.mappings");
+        let selector = self.expr(format!("{at}.selector.query"), &config.selector.query);
+        let items_to_parse = config.port.items_to_parse.as_ref().map(|expression| {
+            let field = format!("{at}.port.itemsToParse");
+            let program = self.expr(field.clone(), expression);
+            let remove_from_parent = match (
+                config.port.items_to_parse_top_level_transform,
+                parsed_path(expression),
+            ) {
+                (true, Some(path)) => self.expr(field.clone(), &format!(". | del({path})")),
+                _ => None,
+            };
+            (field, program, remove_from_parent)
+        });
+        let identifier = self.template(format!("{base}.identifier"), &m.identifier);
+        let title = m
+            .title
+            .as_ref()
+            .map(|e| self.template(format!("{base}.title"), &Template::Expr(e.0.clone())));
+        let blueprint = self.template(
+            format!("{base}.blueprint"),
+            &Template::Expr(m.blueprint.0.clone()),
+        );
+        let icon = m
+            .icon
+            .as_ref()
+            .map(|e| self.template(format!("{base}.icon"), &Template::Expr(e.0.clone())));
+        let team = m
+            .team
+            .as_ref()
+            .map(|t| self.template(format!("{base}.team"), t));
+        let properties = self.map_fields(&format!("{base}.properties"), &m.properties);
+        let relations = self.map_fields(&format!("{base}.relations"), &m.relations);
+        if !self.errors.is_empty() {
+            return Err(self.errors);
+        }
+        let some = "no error was recorded, so every part compiled";
+        Ok(CompiledResource {
+            index: self.resource,
+            kind: config.kind.clone(),
+            selector: selector.expect(some),
+            items_to_parse: items_to_parse.map(|(field, program, remove_from_parent)| {
+                ItemsToParse {
+                    field,
+                    program: program.expect(some),
+                    name: config.port.items_to_parse_name.clone(),
+                    remove_from_parent,
+                }
+            }),
+            identifier: identifier.expect(some),
+            title: title.map(|t| t.expect(some)),
+            blueprint: blueprint.expect(some),
+            icon: icon.map(|t| t.expect(some)),
+            team: team.map(|t| t.expect(some)),
+            properties: properties.expect(some),
+            relations: relations.expect(some),
+        })
+    }
+}
+
+/// Python's truthiness, which Ocean applies to identifier and blueprint.
+fn truthy(value: &Value) -> bool {
+    match value {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64() != Some(0.0),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+    }
+}
+
+impl CompiledMapping {
+    /// Compiles every expression. `env` is what `$ENV` holds for the mappings.
+    pub fn compile(config: &PortAppConfig, env: Val) -> Self {
+        let jq = Jq::new(env);
+        let resources = config
+            .resources
+            .iter()
+            .enumerate()
+            .map(|(index, resource)| {
+                Compiler {
+                    jq: &jq,
+                    resource: index,
+                    kind: &resource.kind,
+                    errors: Vec::new(),
+                }
+                .resource(resource)
+            })
+            .collect();
+        Self {
+            jq,
+            options: UpsertOptions {
+                merge: config.enable_merge_entity,
+                create_missing_related_entities: config.create_missing_related_entities,
+            },
+            delete_dependent_entities: config.delete_dependent_entities,
+            entity_deletion_threshold: config.entity_deletion_threshold,
+            resources,
+        }
+    }
+
+    /// Every compile error, in resource order.
+    pub fn errors(&self) -> impl Iterator<Item = &FieldError> {
+        self.resources
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .flatten()
+    }
+
+    /// Indices of the resources of `kind`, in file order, compiled or not.
+    pub fn resources_of_kind<'a>(
+        &'a self,
+        kind: &'a str,
+        config: &'a PortAppConfig,
+    ) -> impl Iterator<Item = usize> + 'a {
+        config
+            .resources
+            .iter()
+            .enumerate()
+            .filter(move |(_, r)| r.kind == kind)
+            .map(|(i, _)| i)
+    }
+
+    /// Maps one raw item with one compiled resource.
+    pub fn map_item(&self, resource: &CompiledResource, raw: &Val) -> ItemResult {
+        let mut result = ItemResult::default();
+        let inputs = match &resource.items_to_parse {
+            None => vec![raw.clone()],
+            Some(parse) => match self.expand(parse, raw) {
+                Ok(Some(inputs)) => inputs,
+                Ok(None) => {
+                    result.skipped += 1;
+                    return result;
+                }
+                Err(message) => {
+                    result.errors.push(message);
+                    return result;
+                }
+            },
+        };
+        for input in inputs {
+            match self.jq.first(&resource.selector, input.clone()) {
+                Ok(Some(Val::Bool(true))) => {}
+                Ok(Some(Val::Bool(false))) => {
+                    result.filtered_out += 1;
+                    continue;
+                }
+                Ok(Some(other)) => {
+                    result.errors.push(format!(
+                        "resources[{}].selector.query: expected a boolean, got {}",
+                        resource.index,
+                        to_json(&other)
+                    ));
+                    continue;
+                }
+                Ok(None) => {
+                    result.errors.push(format!(
+                        "resources[{}].selector.query: expected a boolean, got no output",
+                        resource.index
+                    ));
+                    continue;
+                }
+                Err(message) => {
+                    result.errors.push(format!(
+                        "resources[{}].selector.query: {message}",
+                        resource.index
+                    ));
+                    continue;
+                }
+            }
+            match self.entity(resource, &input, &mut result.warnings) {
+                Some(entity) => result.entities.push(entity),
+                None => result.dropped += 1,
+            }
+        }
+        result
+    }
+
+    /// `itemsToParse`: `Ok(None)` when it yields no array (the item is skipped with a warning).
+    fn expand(&self, parse: &ItemsToParse, raw: &Val) -> Result<Option<Vec<Val>>, String> {
+        let items = match self.jq.first(&parse.program, raw.clone()) {
+            Ok(Some(Val::Arr(items))) => items,
+            Ok(other) => {
+                let got = other.as_ref().map(to_json).unwrap_or(Value::Null);
+                tracing::warn!(field = %parse.field, got = %got, "itemsToParse did not yield an array; skipping the item");
+                return Ok(None);
+            }
+            Err(message) => {
+                tracing::warn!(field = %parse.field, error = %message, "itemsToParse failed; skipping the item");
+                return Ok(None);
+            }
+        };
+        let parent = match &parse.remove_from_parent {
+            Some(program) => self
+                .jq
+                .first(program, raw.clone())
+                .map_err(|e| {
+                    format!(
+                        "{}: removing the parsed array from the item: {e}",
+                        parse.field
+                    )
+                })?
+                .unwrap_or(Val::Null),
+            None => raw.clone(),
+        };
+        let Val::Obj(parent) = parent else {
+            return Err(format!(
+                "{}: the item is not an object, so its parsed elements cannot be put under .{}",
+                parse.field, parse.name
+            ));
+        };
+        let key = Val::from(parse.name.clone());
+        Ok(Some(
+            items
+                .iter()
+                .map(|element| {
+                    let mut merged = (*parent).clone();
+                    merged.insert(key.clone(), element.clone());
+                    Val::obj(merged)
+                })
+                .collect(),
+        ))
+    }
+
+    fn eval(
+        &self,
+        template: &CompiledTemplate,
+        input: &Val,
+        warnings: &mut Vec<FieldWarning>,
+    ) -> Value {
+        match template {
+            CompiledTemplate::Expr { field, program } => {
+                match self.jq.first(program, input.clone()) {
+                    Ok(Some(value)) => to_json(&value),
+                    Ok(None) => Value::Null,
+                    Err(message) => {
+                        warnings.push(FieldWarning {
+                            field: field.clone(),
+                            message,
+                        });
+                        Value::Null
+                    }
+                }
+            }
+            CompiledTemplate::Object(entries) => {
+                let mut out = Map::new();
+                for (key, value) in entries {
+                    out.insert(key.clone(), self.eval(value, input, warnings));
+                }
+                Value::Object(out)
+            }
+            CompiledTemplate::List(items) => Value::Array(
+                items
+                    .iter()
+                    .map(|t| self.eval(t, input, warnings))
+                    .collect(),
+            ),
+        }
+    }
+
+    fn entity(
+        &self,
+        resource: &CompiledResource,
+        input: &Val,
+        warnings: &mut Vec<FieldWarning>,
+    ) -> Option<Entity> {
+        let identifier = self.eval(&resource.identifier, input, warnings);
+        let blueprint = self.eval(&resource.blueprint, input, warnings);
+        if !truthy(&identifier) || !truthy(&blueprint) {
+            return None;
+        }
+        let blueprint = match blueprint {
+            Value::String(s) => s,
+            other => {
+                warnings.push(FieldWarning {
+                    field: format!(
+                        "resources[{}].port.entity.mappings.blueprint",
+                        resource.index
+                    ),
+                    message: format!("the blueprint must be a string, got {other}"),
+                });
+                return None;
+            }
+        };
+        let mut entity = Entity {
+            identifier,
+            blueprint,
+            title: resource
+                .title
+                .as_ref()
+                .map(|t| self.eval(t, input, warnings)),
+            icon: resource
+                .icon
+                .as_ref()
+                .map(|t| self.eval(t, input, warnings)),
+            team: resource
+                .team
+                .as_ref()
+                .map(|t| self.eval(t, input, warnings)),
+            properties: Map::new(),
+            relations: Map::new(),
+        };
+        for (name, template) in &resource.properties {
+            entity
+                .properties
+                .insert(name.clone(), self.eval(template, input, warnings));
+        }
+        for (name, template) in &resource.relations {
+            entity
+                .relations
+                .insert(name.clone(), self.eval(template, input, warnings));
+        }
+        Some(entity)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mapping::value::parse_raw;
+    use serde_json::json;
+
+    fn compile(yaml: &str) -> CompiledMapping {
+        CompiledMapping::compile(&PortAppConfig::from_yaml(yaml).unwrap(), Val::Null)
+    }
+
+    fn map(mapping: &CompiledMapping, raw: &str) -> ItemResult {
+        let resource = mapping.resources[0].as_ref().unwrap();
+        mapping.map_item(resource, &parse_raw(raw.as_bytes()).unwrap())
+    }
+
+    #[test]
+    fn parsed_path_finds_the_first_plain_path() {
+        assert_eq!(
+            parsed_path(".file.content.raw").as_deref(),
+            Some(".file.content.raw")
+        );
+        assert_eq!(
+            parsed_path(". as $all | ($all | .file.content.raw) // {}").as_deref(),
+            Some(".file.content.raw")
+        );
+        assert_eq!(parsed_path(".items[] | .x").as_deref(), Some(".items"));
+        assert_eq!(parsed_path("[1, 2]"), None);
+    }
+
+    #[test]
+    fn compile_errors_name_resource_kind_field_and_offset_and_spare_the_rest() {
+        let mapping = compile(
+            r#"
+resources:
+  - kind: ok
+    selector: {query: 'true'}
+    port: {entity: {mappings: {identifier: .id, blueprint: '"b"'}}}
+  - kind: broken
+    selector: {query: 'true'}
+    port: {entity: {mappings: {identifier: .id, blueprint: '"b"', properties: {url: '.html_url | nope(1)', ok: .x, bad: '.a |'}}}}
+"#,
+        );
+        assert!(mapping.resources[0].is_ok());
+        let errors: Vec<String> = mapping.errors().map(ToString::to_string).collect();
+        assert_eq!(errors.len(), 2, "{errors:#?}");
+        let url = errors
+            .iter()
+            .find(|e| e.contains("properties.url"))
+            .expect("the url error is reported");
+        assert!(url.starts_with("resources[1].port.entity.mappings.properties.url (kind broken): `.html_url | nope(1)`"), "{url}");
+        assert!(url.contains("nope") && url.contains("offset 12"), "{url}");
+        let bad = errors
+            .iter()
+            .find(|e| e.contains("properties.bad"))
+            .expect("the bad error is reported");
+        assert!(bad.contains("offset 4"), "{bad}");
+    }
+
+    #[test]
+    fn ocean_semantics_for_fields_selector_and_drops() {
+        let mapping = compile(
+            r#"
+resources:
+  - kind: svc
+    selector: {query: .enabled}
+    port:
+      entity:
+        mappings:
+          identifier: .id | tostring
+          title: .name // 'unnamed'
+          blueprint: '"service"'
+          team: '[.team]'
+          properties: {broken: '.name | error("no")', nothing: 'empty', url: .url}
+          relations:
+            owner: {combinator: '"and"', rules: [{property: '"$identifier"', operator: '"="', value: .owner}]}
+"#,
+        );
+        let out = map(
+            &mapping,
+            r#"{"id": 7, "enabled": true, "team": "core", "url": "u", "owner": "o"}"#,
+        );
+        assert_eq!(out.entities.len(), 1);
+        let e = &out.entities[0];
+        assert_eq!(e.identifier, json!("7"));
+        assert_eq!(e.title, Some(json!("unnamed")));
+        assert_eq!(e.team, Some(json!(["core"])));
+        assert_eq!(e.properties["broken"], Value::Null);
+        assert_eq!(e.properties["nothing"], Value::Null);
+        assert_eq!(
+            e.relations["owner"],
+            json!({"combinator": "and", "rules": [{"property": "$identifier", "operator": "=", "value": "o"}]})
+        );
+        assert_eq!(out.warnings.len(), 1);
+        assert_eq!(
+            out.warnings[0].field,
+            "resources[0].port.entity.mappings.properties.broken"
+        );
+
+        assert_eq!(
+            map(&mapping, r#"{"id": 7, "enabled": false}"#).filtered_out,
+            1
+        );
+        let not_bool = map(&mapping, r#"{"id": 7, "enabled": "yes"}"#);
+        assert!(
+            not_bool.entities.is_empty() && not_bool.errors[0].contains("expected a boolean"),
+            "{not_bool:?}"
+        );
+        let no_output = map(&mapping, r#"{"id": 7}"#);
+        assert!(
+            no_output.errors[0].contains("expected a boolean, got null"),
+            "{no_output:?}"
+        );
+    }
+
+    #[test]
+    fn empty_identifier_or_blueprint_drops_the_entity() {
+        let mapping = compile(
+            "resources:\n  - kind: k\n    selector: {query: 'true'}\n    port: {entity: {mappings: {identifier: .id, blueprint: .bp}}}\n",
+        );
+        assert_eq!(map(&mapping, r#"{"id": "", "bp": "b"}"#).dropped, 1);
+        assert_eq!(map(&mapping, r#"{"id": "a"}"#).dropped, 1);
+        assert_eq!(map(&mapping, r#"{"id": 0, "bp": "b"}"#).dropped, 1);
+        assert_eq!(map(&mapping, r#"{"id": "a", "bp": "b"}"#).entities.len(), 1);
+    }
+
+    #[test]
+    fn items_to_parse_puts_each_element_under_its_name_and_removes_the_array() {
+        let mapping = compile(
+            r#"
+resources:
+  - kind: repo
+    selector: {query: '.pr.open'}
+    port:
+      itemsToParse: .pulls
+      itemsToParseName: pr
+      entity:
+        mappings: {identifier: '.repo + "-" + (.pr.n | tostring)', blueprint: '"pr"', properties: {still_there: '.pulls | length'}}
+"#,
+        );
+        let out = map(
+            &mapping,
+            r#"{"repo": "r", "pulls": [{"n": 1, "open": true}, {"n": 2, "open": false}, {"n": 3, "open": true}]}"#,
+        );
+        let ids: Vec<&Value> = out.entities.iter().map(|e| &e.identifier).collect();
+        assert_eq!(ids, [&json!("r-1"), &json!("r-3")]);
+        assert_eq!(out.filtered_out, 1);
+        // The top-level transform removed .pulls from each parent copy.
+        assert_eq!(out.entities[0].properties["still_there"], json!(0));
+        assert_eq!(
+            map(&mapping, r#"{"repo": "r", "pulls": "nope"}"#).skipped,
+            1
+        );
+    }
+}
