@@ -57,7 +57,8 @@ fn canonical_number(n: &Number) -> Number {
         return n.clone();
     }
     match n.as_f64() {
-        Some(f) if f == 0.0 => Number::from(0),
+        // -0.0 matches too: float patterns compare with ==.
+        Some(0.0) => Number::from(0),
         Some(f) if f.fract() == 0.0 && f.abs() < EXACT_INTEGER_LIMIT => Number::from(f as i64),
         _ => n.clone(),
     }
