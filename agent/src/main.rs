@@ -24,6 +24,37 @@ enum Command {
     /// Talk to Port's API.
     #[command(subcommand)]
     Port(PortCommand),
+    /// Try a mapping (port-app-config) on raw items, without Port.
+    #[command(subcommand)]
+    Mapping(MappingCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum MappingCommand {
+    /// Map raw items and print each entity as one JSON line.
+    ///
+    /// Warnings and errors, with their field paths, go to stderr. Exit code 0 when every item
+    /// mapped, 1 when any item failed, 2 when the mapping itself is wrong.
+    Test {
+        /// The port-app-config file (YAML or JSON).
+        #[arg(long)]
+        mapping: PathBuf,
+        /// The kind the items are of.
+        #[arg(long)]
+        kind: String,
+        /// Raw items: a JSON array or JSON lines; `-` reads stdin.
+        #[arg(long)]
+        input: PathBuf,
+        /// Only this resource (its index in `resources`).
+        #[arg(long)]
+        resource: Option<usize>,
+    },
+    /// Compile every expression of a mapping and list every error at once.
+    Validate {
+        /// The port-app-config file (YAML or JSON).
+        #[arg(long)]
+        mapping: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -49,6 +80,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
     let runtime = match tokio::runtime::Runtime::new() {
@@ -59,13 +91,25 @@ fn main() -> ExitCode {
             ));
         }
     };
-    let outcome = runtime.block_on(async {
-        match cli.command {
-            Command::Port(PortCommand::Check(args)) => {
-                commands::port_check::run(&args.config).await
-            }
+    let outcome = match cli.command {
+        Command::Port(PortCommand::Check(args)) => {
+            runtime.block_on(commands::port_check::run(&args.config))
         }
-    });
+        Command::Mapping(MappingCommand::Test {
+            mapping,
+            kind,
+            input,
+            resource,
+        }) => commands::mapping::test(&commands::mapping::TestArgs {
+            mapping,
+            kind,
+            input,
+            resource,
+        }),
+        Command::Mapping(MappingCommand::Validate { mapping }) => {
+            commands::mapping::validate(&mapping)
+        }
+    };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => report(failure),

@@ -5,6 +5,7 @@
 pub mod entity_hash;
 pub mod mapping;
 pub mod port;
+pub mod raw_items;
 pub mod secret;
 
 pub use secret::Secret;

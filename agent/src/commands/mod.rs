@@ -1,3 +1,4 @@
 //! One module a command.
 
+pub mod mapping;
 pub mod port_check;

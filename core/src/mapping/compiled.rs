@@ -51,8 +51,9 @@ pub struct ItemResult {
     /// Any of these marks the resource as failed for the run.
     pub errors: Vec<String>,
     pub warnings: Vec<FieldWarning>,
-    /// `itemsToParse` did not yield an array: the item was skipped, as Ocean skips it.
-    pub skipped: usize,
+    /// Why the item was skipped: `itemsToParse` did not yield an array (Ocean skips it too,
+    /// with a warning, and it is no error).
+    pub skipped: Vec<String>,
 }
 
 enum CompiledTemplate {
@@ -355,9 +356,9 @@ impl CompiledMapping {
         let inputs = match &resource.items_to_parse {
             None => vec![raw.clone()],
             Some(parse) => match self.expand(parse, raw) {
-                Ok(Some(inputs)) => inputs,
-                Ok(None) => {
-                    result.skipped += 1;
+                Ok(Ok(inputs)) => inputs,
+                Ok(Err(reason)) => {
+                    result.skipped.push(reason);
                     return result;
                 }
                 Err(message) => {
@@ -404,18 +405,23 @@ impl CompiledMapping {
         result
     }
 
-    /// `itemsToParse`: `Ok(None)` when it yields no array (the item is skipped with a warning).
-    fn expand(&self, parse: &ItemsToParse, raw: &Val) -> Result<Option<Vec<Val>>, String> {
+    /// `itemsToParse`: the expanded inputs, `Ok(Err(reason))` when the item is to be skipped,
+    /// `Err` when it cannot be expanded at all.
+    fn expand(&self, parse: &ItemsToParse, raw: &Val) -> Result<Result<Vec<Val>, String>, String> {
         let items = match self.jq.first(&parse.program, raw.clone()) {
             Ok(Some(Val::Arr(items))) => items,
             Ok(other) => {
                 let got = other.as_ref().map(to_json).unwrap_or(Value::Null);
-                tracing::warn!(field = %parse.field, got = %got, "itemsToParse did not yield an array; skipping the item");
-                return Ok(None);
+                return Ok(Err(format!(
+                    "{}: expected an array, got {got}; the item is skipped",
+                    parse.field
+                )));
             }
             Err(message) => {
-                tracing::warn!(field = %parse.field, error = %message, "itemsToParse failed; skipping the item");
-                return Ok(None);
+                return Ok(Err(format!(
+                    "{}: {message}; the item is skipped",
+                    parse.field
+                )));
             }
         };
         let parent = match &parse.remove_from_parent {
@@ -438,16 +444,14 @@ impl CompiledMapping {
             ));
         };
         let key = Val::from(parse.name.clone());
-        Ok(Some(
-            items
-                .iter()
-                .map(|element| {
-                    let mut merged = (*parent).clone();
-                    merged.insert(key.clone(), element.clone());
-                    Val::obj(merged)
-                })
-                .collect(),
-        ))
+        Ok(Ok(items
+            .iter()
+            .map(|element| {
+                let mut merged = (*parent).clone();
+                merged.insert(key.clone(), element.clone());
+                Val::obj(merged)
+            })
+            .collect()))
     }
 
     fn eval(

@@ -1,0 +1,170 @@
+//! `port-agent mapping test` and `mapping validate`: try a mapping without touching Port.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, anyhow};
+use port_agent_core::mapping::jq::Jq;
+use port_agent_core::mapping::value::parse_raw;
+use port_agent_core::mapping::{CompiledMapping, PortAppConfig};
+use port_agent_core::raw_items::parse_raw_items;
+
+use crate::Failure;
+
+fn load(mapping: &Path) -> Result<(PortAppConfig, CompiledMapping), Failure> {
+    let config = PortAppConfig::from_file(mapping).map_err(|e| Failure::Config(e.into()))?;
+    let compiled = CompiledMapping::compile(&config, Jq::process_env());
+    Ok((config, compiled))
+}
+
+/// Compiles every expression and lists every error; exit 2 when there is any.
+pub fn validate(mapping: &Path) -> Result<(), Failure> {
+    let (config, compiled) = load(mapping)?;
+    let errors: Vec<String> = compiled.errors().map(ToString::to_string).collect();
+    let mut stdout = std::io::stdout();
+    if errors.is_empty() {
+        writeln!(
+            stdout,
+            "ok: {} compiles ({} resources)",
+            mapping.display(),
+            config.resources.len()
+        )
+        .map_err(|e| Failure::Run(e.into()))?;
+        return Ok(());
+    }
+    let mut stderr = std::io::stderr();
+    for error in &errors {
+        let _ = writeln!(stderr, "{}: {error}", mapping.display());
+    }
+    Err(Failure::Config(anyhow!(
+        "{}: {} expression{} do not compile",
+        mapping.display(),
+        errors.len(),
+        if errors.len() == 1 { "" } else { "s" }
+    )))
+}
+
+/// What to map: the input file (or `-`), the kind, optionally one resource.
+#[derive(Debug)]
+pub struct TestArgs {
+    pub mapping: PathBuf,
+    pub kind: String,
+    pub input: PathBuf,
+    pub resource: Option<usize>,
+}
+
+/// Maps every input item; entities as JSON lines on stdout, problems on stderr.
+/// Exit 0 when every item mapped, 1 when any item failed, 2 on a mapping error.
+pub fn test(args: &TestArgs) -> Result<(), Failure> {
+    let (config, compiled) = load(&args.mapping)?;
+    let selected: Vec<usize> = match args.resource {
+        Some(index) => match config.resources.get(index) {
+            Some(r) if r.kind == args.kind => vec![index],
+            Some(r) => {
+                return Err(Failure::Config(anyhow!(
+                    "resources[{index}] maps kind '{}', not '{}'",
+                    r.kind,
+                    args.kind
+                )));
+            }
+            None => {
+                return Err(Failure::Config(anyhow!(
+                    "--resource {index}: the mapping has {} resources",
+                    config.resources.len()
+                )));
+            }
+        },
+        None => compiled.resources_of_kind(&args.kind, &config).collect(),
+    };
+    if selected.is_empty() {
+        return Err(Failure::Config(anyhow!(
+            "{}: no resource maps kind '{}'",
+            args.mapping.display(),
+            args.kind
+        )));
+    }
+    let broken: Vec<String> = selected
+        .iter()
+        .filter_map(|&i| compiled.resources[i].as_ref().err())
+        .flatten()
+        .map(ToString::to_string)
+        .collect();
+    if !broken.is_empty() {
+        return Err(Failure::Config(anyhow!(
+            "{}:\n  {}",
+            args.mapping.display(),
+            broken.join("\n  ")
+        )));
+    }
+
+    let text = if args.input.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| Failure::Run(e.into()))?;
+        text
+    } else {
+        std::fs::read_to_string(&args.input)
+            .with_context(|| format!("cannot read {}", args.input.display()))
+            .map_err(Failure::Run)?
+    };
+    let items = parse_raw_items(&text)
+        .with_context(|| {
+            format!(
+                "{} is neither a JSON array nor JSON lines",
+                args.input.display()
+            )
+        })
+        .map_err(Failure::Run)?;
+
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut stderr = std::io::stderr();
+    let mut failed_items = 0usize;
+    for (number, item) in items.iter().enumerate() {
+        let raw = parse_raw(item.get().as_bytes())
+            .map_err(|e| Failure::Run(anyhow!("item {number}: {e}")))?;
+        let mut item_failed = false;
+        for &index in &selected {
+            let resource = compiled.resources[index]
+                .as_ref()
+                .expect("checked above: every selected resource compiled");
+            let result = compiled.map_item(resource, &raw);
+            for entity in &result.entities {
+                serde_json::to_writer(&mut out, entity).map_err(|e| Failure::Run(e.into()))?;
+                out.write_all(b"\n").map_err(|e| Failure::Run(e.into()))?;
+            }
+            for reason in &result.skipped {
+                let _ = writeln!(stderr, "item {number}: warning: {reason}");
+            }
+            for warning in &result.warnings {
+                let _ = writeln!(
+                    stderr,
+                    "item {number}: warning: {}: {} (the field is null)",
+                    warning.field, warning.message
+                );
+            }
+            if result.dropped > 0 {
+                let _ = writeln!(
+                    stderr,
+                    "item {number}: resources[{index}]: {} entit{} dropped: empty identifier or blueprint",
+                    result.dropped,
+                    if result.dropped == 1 { "y" } else { "ies" }
+                );
+            }
+            for error in &result.errors {
+                let _ = writeln!(stderr, "item {number}: error: {error}");
+                item_failed = true;
+            }
+        }
+        failed_items += usize::from(item_failed);
+    }
+    out.flush().map_err(|e| Failure::Run(e.into()))?;
+    if failed_items > 0 {
+        return Err(Failure::Run(anyhow!(
+            "{failed_items} of {} items failed to map",
+            items.len()
+        )));
+    }
+    Ok(())
+}
