@@ -6,9 +6,11 @@ pub mod config;
 mod interpolation;
 pub mod jq;
 mod natives;
+mod pool;
 mod quotes;
 mod regex;
 pub mod value;
 
 pub use compiled::{CompiledMapping, CompiledResource, FieldError, FieldWarning, ItemResult};
 pub use config::PortAppConfig;
+pub use pool::{BatchResult, EnvAccess, MappingPool, PendingBatch, PoolError, WarningCount};
