@@ -40,9 +40,9 @@ fn item(i: usize) -> String {
     format!(
         r#"{{"id": {i}, "name": "repo-{i}", "full_name": "org-{org}/Repo-{i}", "private": {private}, "archived": {archived}, "html_url": "https://github.com/org-{org}/repo-{i}", "description": {description}, "stargazers_count": {stars}, "language": "{language}", "topics": ["backend", "internal-x", "team]{t}", "svc]"], "created_at": "2023-0{month}-1{day}T08:15:30Z", "owner": {{"login": "org-{org}", "team": "team-{t}"}}, "collaborators": [{{"login": "ann"}}, {{"login": "bob-{t}"}}], "size": {size}}}"#,
         org = i % 37,
-        private = i % 3 == 0,
-        archived = i % 50 == 0,
-        description = if i % 4 == 0 {
+        private = i.is_multiple_of(3),
+        archived = i.is_multiple_of(50),
+        description = if i.is_multiple_of(4) {
             "null".to_owned()
         } else {
             format!("\"Service number {i}\"")
