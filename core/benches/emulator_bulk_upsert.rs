@@ -37,6 +37,10 @@ fn entity(i: usize) -> Entity {
     e
 }
 
+/// The same allocator as the `port-agent` binary, so the figures are the binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let count: usize = std::env::var("BENCH_ENTITIES")
         .ok()

@@ -72,6 +72,10 @@ fn peak_rss_mib() -> f64 {
         / 1024.0
 }
 
+/// The same allocator as the `port-agent` binary, so the figures are the binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let total: usize = std::env::var("BENCH_ITEMS")
         .ok()

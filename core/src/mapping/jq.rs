@@ -31,10 +31,76 @@ impl std::fmt::Display for CompileError {
 }
 
 /// One compiled jq expression.
-pub struct Program {
-    filter: Filter,
-    /// The line of each `$__loc__`, bound as globals `{"file": "<top-level>", "line": N}`.
-    location_lines: Vec<usize>,
+pub struct Program(Compiled);
+
+enum Compiled {
+    /// A general expression, run by jaq.
+    Jaq {
+        filter: Filter,
+        /// The line of each `$__loc__`, bound as globals `{"file": "<top-level>", "line": N}`.
+        location_lines: Vec<usize>,
+    },
+    /// `.a.b.c`: most mapping fields are plain paths, evaluated without the interpreter.
+    Path(Vec<Val>),
+    /// A literal such as `"service"`, `true` or `3`.
+    Const(Val),
+}
+
+/// A plain path (`.a`, `.a.b_c`) as its keys, or a literal without escapes, when `code` is one.
+fn fast_path(code: &str) -> Option<Compiled> {
+    let code = code.trim();
+    let ident = |s: &str| {
+        let mut chars = s.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    if let Some(path) = code.strip_prefix('.')
+        && !path.is_empty()
+    {
+        let keys: Vec<&str> = path.split('.').collect();
+        // jq keywords are not path keys in this position (`.and` is fine in jq 1.7, but keep it simple).
+        if keys.iter().all(|k| ident(k)) {
+            return Some(Compiled::Path(
+                keys.into_iter().map(|k| Val::from(k.to_owned())).collect(),
+            ));
+        }
+        return None;
+    }
+    let literal = code.len() >= 2
+        && code.starts_with('"')
+        && code.ends_with('"')
+        && !code[1..code.len() - 1].contains(['"', '\\']);
+    if literal || matches!(code, "true" | "false" | "null") {
+        return jaq_json::read::parse_single(code.as_bytes())
+            .ok()
+            .map(Compiled::Const);
+    }
+    None
+}
+
+fn type_name(value: &Val) -> &'static str {
+    match value {
+        Val::Null => "null",
+        Val::Bool(_) => "boolean",
+        Val::Num(_) => "number",
+        Val::TStr(_) | Val::BStr(_) => "string",
+        Val::Arr(_) => "array",
+        Val::Obj(_) => "object",
+    }
+}
+
+/// `.a.b` as jq evaluates it: null through null, an error on anything but objects.
+fn follow(keys: &[Val], mut value: Val) -> Result<Val, String> {
+    for key in keys {
+        value = match &value {
+            Val::Null => return Ok(Val::Null),
+            Val::Obj(map) => map.get(key).cloned().unwrap_or(Val::Null),
+            other => return Err(format!("Cannot index {} with {key}", type_name(other))),
+        };
+    }
+    Ok(value)
 }
 
 impl std::fmt::Debug for Program {
@@ -109,6 +175,9 @@ impl Jq {
     /// Compiles `expression` after Ocean's single-quote rewrite.
     pub fn compile(&self, expression: &str) -> Result<Program, CompileError> {
         let rewritten = route_through_text_format(&rewrite_single_quotes(expression));
+        if let Some(fast) = fast_path(&rewritten) {
+            return Ok(Program(fast));
+        }
         let (code, lines) = bind_locations(&rewritten);
         let location_names: Vec<String> =
             (0..lines.len()).map(|i| format!("$__loc__{i}")).collect();
@@ -139,21 +208,29 @@ impl Jq {
                     message: format!("undefined {} `{name}`", undefined.as_str()),
                 }
             })?;
-        Ok(Program {
+        Ok(Program(Compiled::Jaq {
             filter,
             location_lines: lines,
-        })
+        }))
     }
 
     /// The first output of `program` on `input`: `Ok(None)` when it yields nothing.
     pub fn first(&self, program: &Program, input: Val) -> Result<Option<Val>, String> {
-        let mut globals = Vec::with_capacity(1 + program.location_lines.len());
+        let (filter, location_lines) = match &program.0 {
+            Compiled::Path(keys) => return follow(keys, input).map(Some),
+            Compiled::Const(value) => return Ok(Some(value.clone())),
+            Compiled::Jaq {
+                filter,
+                location_lines,
+            } => (filter, location_lines),
+        };
+        let mut globals = Vec::with_capacity(1 + location_lines.len());
         globals.push(self.env.clone());
-        globals.extend(program.location_lines.iter().map(|&line| location(line)));
-        let ctx = Ctx::<Data>::new(&program.filter.lut, Vars::new(globals));
+        globals.extend(location_lines.iter().map(|&line| location(line)));
+        let ctx = Ctx::<Data>::new(&filter.lut, Vars::new(globals));
         // Not `jaq_core::unwrap_valr`: it exits the process on `halt`. A mapping must never stop
         // the agent; as in libjq, `halt` and `halt_error` just end the outputs.
-        match program.filter.id.run((ctx, input)).next() {
+        match filter.id.run((ctx, input)).next() {
             None => Ok(None),
             Some(Ok(value)) => Ok(Some(value)),
             Some(Err(exception)) => match exception.get_err() {
@@ -245,6 +322,23 @@ mod tests {
         assert_eq!(error.offset, 5);
         assert!(error.message.contains("foo"), "{error}");
         assert_eq!(jq.compile(".a | [").unwrap_err().offset, 6);
+    }
+
+    #[test]
+    fn fast_paths_behave_as_jq() {
+        assert_eq!(run(".a.b", r#"{"a": {"b": 1.0}}"#), Ok(Some("1.0".into())));
+        assert_eq!(run(".a.b", r#"{"a": null}"#), Ok(Some("null".into())));
+        assert_eq!(run(".a", "null"), Ok(Some("null".into())));
+        assert_eq!(
+            run(".a.b", r#"{"a": "s"}"#),
+            Err(r#"Cannot index string with "b""#.into())
+        );
+        assert_eq!(run(r#""service""#, "null"), Ok(Some(r#""service""#.into())));
+        assert!(matches!(fast_path(".a.b"), Some(Compiled::Path(_))));
+        assert!(matches!(fast_path(" \"x\" "), Some(Compiled::Const(_))));
+        for general in [".a[0]", ".a | .b", ".", "\"a\\(1)\"", ".a?", "1 + 1"] {
+            assert!(fast_path(general).is_none(), "{general}");
+        }
     }
 
     #[test]

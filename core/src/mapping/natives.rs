@@ -15,6 +15,21 @@ pub fn funs() -> impl Iterator<Item = Fun<Data>> {
             bome(Ok(Val::from(out)))
         })),
         run(("_base64d", v(0), |cv: Cv<Data>| bome(base64_decode(&cv.1)))),
+        run(("_join", v(1), |mut cv: Cv<Data>| {
+            let separator = cv.0.pop_var();
+            bome(join(&cv.1, &separator))
+        })),
+        run(("_tostring", v(0), |cv: Cv<Data>| {
+            let text = match &cv.1 {
+                Val::TStr(_) => return bome(Ok(cv.1)),
+                other => {
+                    let mut out = String::new();
+                    write_json(&mut out, other);
+                    out
+                }
+            };
+            bome(Ok(Val::from(text)))
+        })),
     ]
     .into_iter()
 }
@@ -179,6 +194,67 @@ fn decimal_text(literal: &str) -> String {
         ));
         text
     }
+}
+
+fn type_name(value: &Val) -> &'static str {
+    match value {
+        Val::Null => "null",
+        Val::Bool(_) => "boolean",
+        Val::Num(_) => "number",
+        Val::TStr(_) | Val::BStr(_) => "string",
+        Val::Arr(_) => "array",
+        Val::Obj(_) => "object",
+    }
+}
+
+/// jq's `join`: null is "", booleans and numbers print as `tostring` does, strings as they are;
+/// arrays and objects cannot be joined.
+fn join(input: &Val, separator: &Val) -> ValR<Val> {
+    let items: Vec<&Val> = match input {
+        Val::Arr(items) => items.iter().collect(),
+        Val::Obj(map) => map.values().collect(),
+        other => {
+            return Err(Error::str(format!(
+                "Cannot iterate over {}",
+                type_name(other)
+            )));
+        }
+    };
+    let separator = match separator {
+        Val::TStr(bytes) | Val::BStr(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+        Val::Null => String::new(),
+        other => {
+            return Err(Error::str(format!(
+                "string (\"\") and {} ({other}) cannot be added",
+                type_name(other)
+            )));
+        }
+    };
+    let mut out: Option<String> = None;
+    for item in items {
+        let text = match item {
+            Val::Null => String::new(),
+            Val::TStr(bytes) | Val::BStr(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+            Val::Bool(_) | Val::Num(_) => {
+                let mut text = String::new();
+                write_json(&mut text, item);
+                text
+            }
+            other => {
+                let sofar = out.clone().unwrap_or_default() + &separator;
+                return Err(Error::str(format!(
+                    "string ({}) and {} ({other}) cannot be added",
+                    serde_json::Value::from(sofar),
+                    type_name(other)
+                )));
+            }
+        };
+        out = Some(match out {
+            None => text,
+            Some(acc) => acc + &separator + &text,
+        });
+    }
+    Ok(Val::from(out.unwrap_or_default()))
 }
 
 fn base64_decode(value: &Val) -> ValR<Val> {

@@ -6,7 +6,7 @@ def _jaq_setpath($p; $v): setpath($p; $v);
 
 # Text of values as jq prints it (numbers above all: `3`, not `3.0`; `1e-05`).
 def tojson: _tojson;
-def tostring: if type == "string" then . else _tojson end;
+def tostring: _tostring;
 def @json: tojson;
 def @text: tostring;
 def @base64d: tostring | _base64d;
@@ -73,24 +73,14 @@ def @tsv:
 
 # Regular expressions, defined as jq 1.7/1.8 defines them, on the Oniguruma-backed native.
 def match(re; mode): _match_impl(re; mode; false) | .[];
-def match($val): ($val | type) as $vt
-  | if $vt == "string" then match($val; null)
-    elif $vt == "array" and ($val | length) > 1 then match($val[0]; $val[1])
-    elif $vt == "array" and ($val | length) > 0 then match($val[0]; null)
-    else error($vt + " not a string or array") end;
+# The one-argument forms take a regex or [regex, flags]; the native dispatches on that.
+def match($val): _match_impl($val; null; false) | .[];
 def test(re; mode): _match_impl(re; mode; true);
-def test($val): ($val | type) as $vt
-  | if $vt == "string" then test($val; null)
-    elif $vt == "array" and ($val | length) > 1 then test($val[0]; $val[1])
-    elif $vt == "array" and ($val | length) > 0 then test($val[0]; null)
-    else error($vt + " not a string or array") end;
+def test($val): _match_impl($val; null; true);
 def capture(re; mods): match(re; mods)
   | reduce (.captures | .[] | select(.name != null) | {(.name): .string}) as $pair ({}; . + $pair);
-def capture($val): ($val | type) as $vt
-  | if $vt == "string" then capture($val; null)
-    elif $vt == "array" and ($val | length) > 1 then capture($val[0]; $val[1])
-    elif $vt == "array" and ($val | length) > 0 then capture($val[0]; null)
-    else error($vt + " not a string or array") end;
+def capture($val): match($val)
+  | reduce (.captures | .[] | select(.name != null) | {(.name): .string}) as $pair ({}; . + $pair);
 def scan($re; $flags): match($re; "g" + $flags)
   | if (.captures | length > 0) then [.captures | .[] | .string] else .string end;
 def scan($re): scan($re; null);
@@ -103,18 +93,8 @@ def splits($re; flags): . as $s
   | $s[.[0]:.[1]];
 def splits($re): splits($re; null);
 def split($re; flags): [splits($re; flags)];
-def sub($re; s; $flags): . as $in
-  | (reduce match($re; $flags) as $edit
-      ({result: [], previous: 0};
-       $in[.previous:($edit | .offset)] as $gap
-       | [reduce ($edit | .captures | .[] | select(.name != null) | {(.name): .string}) as $pair
-           ({}; . + $pair) | s] as $inserts
-       # jq grows .result with `+=` past its end; jaq refuses that, so extend it first.
-       | .result = [range(0; [(.result | length), ($inserts | length)] | max) as $ix
-           | if $ix < ($inserts | length) then .result[$ix] + $gap + $inserts[$ix] else .result[$ix] end]
-       | .previous = ($edit | .offset + .length))
-     | .result[] + $in[.previous:])
-    // $in;
+# Native, with the semantics of jq's definition (see regex.rs).
+def sub($re; s; $flags): _sub($re; s; $flags);
 def sub($re; s): sub($re; s; "");
 def gsub($re; s; flags): sub($re; s; flags + "g");
 def gsub($re; s): sub($re; s; "g");
@@ -122,9 +102,7 @@ def gsub($re; s): sub($re; s; "g");
 # Strings, arrays and generators with jq's edge cases.
 def ltrimstr($left): if startswith($left) then .[$left | length:] end;
 def rtrimstr($right): if endswith($right) then .[:$right | -length] end;
-def join($x): reduce .[] as $i (null;
-    (if . == null then "" else . + $x end)
-    + ($i | if type == "boolean" or type == "number" then tostring else . // "" end)) // "";
+def join($x): _join($x);
 def to_entries: [keys_unsorted[] as $k | {key: $k, value: .[$k]}];
 def from_entries: map(
     (.key // .Key // .name // .Name) as $k

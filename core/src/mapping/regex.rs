@@ -8,7 +8,7 @@ use std::rc::Rc;
 
 use jaq_core::ValT as _;
 use jaq_core::native::{Fun, bome, run, v};
-use jaq_core::{Cv, Error, ValR};
+use jaq_core::{Bind, Cv, DataT, Error, ValR, ValXs};
 use jaq_json::{Map, Val};
 use onig::{Regex, RegexOptions, Region, SearchOptions, Syntax};
 
@@ -23,12 +23,19 @@ thread_local! {
 }
 
 pub fn funs() -> impl Iterator<Item = Fun<Data>> {
-    [run(("_match_impl", v(3), |mut cv: Cv<Data>| {
-        let test = cv.0.pop_var();
-        let flags = cv.0.pop_var();
-        let re = cv.0.pop_var();
-        bome(match_impl(&cv.1, &re, &flags, test.as_bool()))
-    }))]
+    [
+        run(("_match_impl", v(3), |mut cv: Cv<Data>| {
+            let test = cv.0.pop_var();
+            let flags = cv.0.pop_var();
+            let re = cv.0.pop_var();
+            bome(match_impl(&cv.1, &re, &flags, test.as_bool()))
+        })),
+        run::<Data>((
+            "_sub",
+            [Bind::Var(()), Bind::Fun(()), Bind::Var(())].into(),
+            sub as jaq_core::RunPtr<Data>,
+        )),
+    ]
     .into_iter()
 }
 
@@ -117,24 +124,50 @@ fn string(s: &str) -> Val {
     Val::from(s.to_owned())
 }
 
-/// `_match_impl`: with `test`, whether the regex matches; else the array of match objects,
-/// shaped exactly as libjq's (`offset`/`length` in code points, unmatched groups at offset -1).
-fn match_impl(input: &Val, re: &Val, flags: &Val, test: bool) -> ValR<Val> {
-    let text = as_str(input).ok_or_else(|| {
-        fail(format!(
-            "{input} ({}) cannot be matched, as it is not a string",
-            type_name(input)
-        ))
-    })?;
-    let pattern = as_str(re).ok_or_else(|| {
-        fail(format!(
-            "{re} ({}) cannot be matched, as it is not a string",
-            type_name(re)
-        ))
-    })?;
-    let (options, global) = parse_flags(flags)?;
-    let regex = compiled(pattern, options)?;
+/// One match: the whole match and each group, as byte ranges (`None`: the group took no part).
+struct Found {
+    whole: (usize, usize),
+    groups: Vec<Option<(usize, usize)>>,
+}
 
+/// Every match as libjq finds them: non-global stops at the first; a zero-width match steps
+/// one character on; jq 1.8 searches up to and including the end of the text.
+fn find_all(text: &str, regex: &Regex, global: bool) -> Vec<Found> {
+    let end = text.len();
+    let mut start = 0usize;
+    let mut found = Vec::new();
+    let mut region = Region::new();
+    while start <= end {
+        region.clear();
+        if regex
+            .search_with_options(
+                text,
+                start,
+                end,
+                SearchOptions::SEARCH_OPTION_NONE,
+                Some(&mut region),
+            )
+            .is_none()
+        {
+            break;
+        }
+        let whole = region.pos(0).expect("a match has a whole-match group");
+        let groups = (1..region.len()).map(|i| region.pos(i)).collect();
+        found.push(Found { whole, groups });
+        start = if whole.0 == whole.1 {
+            whole.1 + text[whole.1..].chars().next().map_or(1, char::len_utf8)
+        } else {
+            whole.1
+        };
+        if !global {
+            break;
+        }
+    }
+    found
+}
+
+/// The name of each group (index 0 is the whole match), from the regex.
+fn group_names(regex: &Regex) -> Vec<Option<String>> {
     let mut names: Vec<Option<String>> = vec![None; regex.captures_len() + 1];
     regex.foreach_name(|name, groups| {
         for &g in groups {
@@ -144,89 +177,181 @@ fn match_impl(input: &Val, re: &Val, flags: &Val, test: bool) -> ValR<Val> {
         }
         true
     });
-    let name_of = |i: usize| names[i].as_ref().map(|n| string(n)).unwrap_or(Val::Null);
+    names
+}
 
-    let end = text.len();
-    let mut start = 0usize;
-    let mut matches = Vec::new();
-    let mut region = Region::new();
-    loop {
-        region.clear();
-        if start > end
-            || regex
-                .search_with_options(
-                    text,
-                    start,
-                    end,
-                    SearchOptions::SEARCH_OPTION_NONE,
-                    Some(&mut region),
-                )
-                .is_none()
-        {
-            break;
+/// Regex and flags from `_match_impl`'s arguments, including jq's one-argument `[re, flags]`.
+fn regex_and_flags(re: &Val, flags: &Val) -> Result<(Rc<Regex>, bool), Error<Val>> {
+    let (re, flags) = match (re, flags) {
+        (Val::Arr(parts), Val::Null) => match parts.as_slice() {
+            [re, flags, ..] => (re.clone(), flags.clone()),
+            [re] => (re.clone(), Val::Null),
+            [] => return Err(fail("array not a string or array".to_owned())),
+        },
+        (re @ (Val::TStr(_) | Val::BStr(_)), flags) => (re.clone(), flags.clone()),
+        (other, Val::Null) => {
+            return Err(fail(format!("{} not a string or array", type_name(other))));
         }
-        if test {
-            return Ok(Val::Bool(true));
+        (other, _) => {
+            return Err(fail(format!(
+                "{other} ({}) cannot be matched, as it is not a string",
+                type_name(other)
+            )));
         }
-        let (beg, fin) = region.pos(0).expect("a match has a whole-match group");
+    };
+    let pattern = as_str(&re).ok_or_else(|| {
+        fail(format!(
+            "{re} ({}) cannot be matched, as it is not a string",
+            type_name(&re)
+        ))
+    })?;
+    let (options, global) = parse_flags(&flags)?;
+    Ok((compiled(pattern, options)?, global))
+}
+
+fn input_text(input: &Val) -> Result<&str, Error<Val>> {
+    as_str(input).ok_or_else(|| {
+        fail(format!(
+            "{input} ({}) cannot be matched, as it is not a string",
+            type_name(input)
+        ))
+    })
+}
+
+/// `_match_impl`: with `test`, whether the regex matches; else the array of match objects,
+/// shaped exactly as libjq's (`offset`/`length` in code points, unmatched groups at offset -1).
+fn match_impl(input: &Val, re: &Val, flags: &Val, test: bool) -> ValR<Val> {
+    let text = input_text(input)?;
+    let (regex, global) = regex_and_flags(re, flags)?;
+    if test {
+        let found = regex
+            .search_with_options(text, 0, text.len(), SearchOptions::SEARCH_OPTION_NONE, None)
+            .is_some();
+        return Ok(Val::Bool(found));
+    }
+    let names = group_names(&regex);
+    let name_of = |i: usize| names[i].as_ref().map(|n| string(n)).unwrap_or(Val::Null);
+    let matches = find_all(text, &regex, global).into_iter().map(|found| {
+        let (beg, fin) = found.whole;
         let offset = chars_before(text, beg);
-        if beg == fin {
-            // libjq gives a zero-width match empty captures at the same offset, then steps one on.
-            let captures: Vec<Val> = (1..region.len())
-                .map(|i| {
-                    object(vec![
+        let captures: Vec<Val> = found
+            .groups
+            .iter()
+            .enumerate()
+            .map(|(g, pos)| {
+                let i = g + 1;
+                match (beg == fin, pos) {
+                    // libjq gives a zero-width match empty captures at the match's offset.
+                    (true, _) => object(vec![
                         ("offset", Val::from(offset)),
                         ("string", string("")),
                         ("length", Val::from(0isize)),
                         ("name", name_of(i)),
-                    ])
-                })
-                .collect();
-            matches.push(object(vec![
-                ("offset", Val::from(offset)),
-                ("length", Val::from(0isize)),
-                ("string", string("")),
-                ("captures", captures.into_iter().collect()),
-            ]));
-            start = fin + text[fin..].chars().next().map_or(1, char::len_utf8);
-        } else {
-            let captures: Vec<Val> = (1..region.len())
-                .map(|i| match region.pos(i) {
-                    None => object(vec![
+                    ]),
+                    (false, None) => object(vec![
                         ("offset", Val::from(-1isize)),
                         ("string", Val::Null),
                         ("length", Val::from(0isize)),
                         ("name", name_of(i)),
                     ]),
-                    Some((b, e)) if b == e => object(vec![
-                        ("offset", Val::from(chars_before(text, b))),
+                    (false, Some((b, e))) if b == e => object(vec![
+                        ("offset", Val::from(chars_before(text, *b))),
                         ("string", string("")),
                         ("length", Val::from(0isize)),
                         ("name", name_of(i)),
                     ]),
-                    Some((b, e)) => object(vec![
-                        ("offset", Val::from(chars_before(text, b))),
-                        ("length", Val::from(text[b..e].chars().count() as isize)),
-                        ("string", string(&text[b..e])),
+                    (false, Some((b, e))) => object(vec![
+                        ("offset", Val::from(chars_before(text, *b))),
+                        ("length", Val::from(text[*b..*e].chars().count() as isize)),
+                        ("string", string(&text[*b..*e])),
                         ("name", name_of(i)),
                     ]),
-                })
-                .collect();
-            matches.push(object(vec![
-                ("offset", Val::from(offset)),
-                ("length", Val::from(text[beg..fin].chars().count() as isize)),
-                ("string", string(&text[beg..fin])),
-                ("captures", captures.into_iter().collect()),
-            ]));
-            start = fin;
-        }
-        // jq 1.8 keeps searching up to and including the end, so a zero-width match there counts.
-        if !global || start > end {
-            break;
-        }
+                }
+            })
+            .collect();
+        object(vec![
+            ("offset", Val::from(offset)),
+            ("length", Val::from(text[beg..fin].chars().count() as isize)),
+            ("string", string(&text[beg..fin])),
+            ("captures", captures.into_iter().collect()),
+        ])
+    });
+    Ok(matches.collect())
+}
+
+/// The object `sub`'s replacement filter sees: each named group's text (null when unmatched).
+fn capture_object(text: &str, found: &Found, names: &[Option<String>]) -> Val {
+    let mut map = Map::default();
+    for (g, pos) in found.groups.iter().enumerate() {
+        let Some(name) = &names[g + 1] else { continue };
+        let value = match (found.whole.0 == found.whole.1, pos) {
+            (true, _) => string(""),
+            (false, Some((b, e))) => string(&text[*b..*e]),
+            (false, None) => Val::Null,
+        };
+        map.insert(string(name), value);
     }
-    if test {
-        return Ok(Val::Bool(false));
+    Val::obj(map)
+}
+
+/// `sub`/`gsub` as jq's definition behaves, natively: each match's gap and the replacement
+/// filter's outputs accumulate per output index, so a filter with several outputs gives
+/// several strings, and no match (or no output at all) gives the input.
+fn sub<'a>(mut cv: Cv<'a, Data>) -> ValXs<'a, <Data as DataT>::V<'a>> {
+    let flags = cv.0.pop_var();
+    let (replacement, ctx) = cv.0.pop_fun();
+    let re = cv.0.pop_var();
+    let input = cv.1;
+    let run = || -> Result<Vec<Val>, jaq_core::Exn<'a, Val>> {
+        let text = input_text(&input)?;
+        let (regex, global) = regex_and_flags(&re, &flags)?;
+        let names = group_names(&regex);
+        let mut results: Vec<String> = Vec::new();
+        let mut previous = 0usize;
+        for found in find_all(text, &regex, global) {
+            let gap = &text[previous..found.whole.0];
+            let captures = capture_object(text, &found, &names);
+            let mut inserts = Vec::new();
+            for insert in replacement.run((ctx.clone(), captures)) {
+                let insert = insert?;
+                match insert {
+                    Val::Null => inserts.push(String::new()),
+                    ref s @ (Val::TStr(_) | Val::BStr(_)) => {
+                        inserts.push(as_str(s).unwrap_or_default().to_owned())
+                    }
+                    other => {
+                        return Err(fail(format!(
+                            "string ({}) and {} ({other}) cannot be added",
+                            serde_json::Value::from(gap),
+                            type_name(&other)
+                        ))
+                        .into());
+                    }
+                }
+            }
+            for (ix, insert) in inserts.iter().enumerate() {
+                if ix == results.len() {
+                    results.push(String::new());
+                }
+                results[ix].push_str(gap);
+                results[ix].push_str(insert);
+            }
+            previous = found.whole.1;
+        }
+        if results.is_empty() {
+            return Ok(vec![input.clone()]);
+        }
+        let tail = &text[previous..];
+        Ok(results
+            .into_iter()
+            .map(|mut r| {
+                r.push_str(tail);
+                Val::from(r)
+            })
+            .collect())
+    };
+    match run() {
+        Ok(values) => Box::new(values.into_iter().map(Ok)),
+        Err(exception) => Box::new(std::iter::once(Err(exception))),
     }
-    Ok(matches.into_iter().collect())
 }
