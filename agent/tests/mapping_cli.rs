@@ -11,8 +11,13 @@ fn golden(case: &str) -> PathBuf {
 }
 
 fn port_agent(args: &[&str], stdin: Option<&[u8]>) -> Output {
+    port_agent_with_env(args, stdin, &[])
+}
+
+fn port_agent_with_env(args: &[&str], stdin: Option<&[u8]>, envs: &[(&str, &str)]) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_port-agent"))
         .args(args)
+        .envs(envs.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -197,4 +202,44 @@ fn validate_accepts_a_good_mapping() {
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(text(&out.stdout).starts_with("ok: "));
+}
+
+#[test]
+fn environment_access_in_mappings_follows_oceans_switch() {
+    let dir = tempfile::tempdir().unwrap();
+    let mapping = dir.path().join("m.yaml");
+    std::fs::write(
+        &mapping,
+        "resources:\n  - kind: a\n    selector: {query: 'true'}\n    port: {entity: {mappings: {identifier: .id, blueprint: '\"b\"', properties: {region: env.PORT_AGENT_TEST_REGION, also: $ENV.PORT_AGENT_TEST_REGION}}}}\n",
+    )
+    .unwrap();
+    let args = [
+        "mapping",
+        "test",
+        "--mapping",
+        mapping.to_str().unwrap(),
+        "--kind",
+        "a",
+        "--input",
+        "-",
+    ];
+    let allowed = port_agent_with_env(
+        &args,
+        Some(br#"{"id": "x"}"#),
+        &[("PORT_AGENT_TEST_REGION", "eu-west-1")],
+    );
+    let entity: serde_json::Value = serde_json::from_slice(&allowed.stdout).unwrap();
+    assert_eq!(entity["properties"]["region"], "eu-west-1");
+    assert_eq!(entity["properties"]["also"], "eu-west-1");
+    let denied = port_agent_with_env(
+        &args,
+        Some(br#"{"id": "x"}"#),
+        &[
+            ("PORT_AGENT_TEST_REGION", "eu-west-1"),
+            ("OCEAN__ALLOW_ENVIRONMENT_VARIABLES_JQ_ACCESS", "false"),
+        ],
+    );
+    let entity: serde_json::Value = serde_json::from_slice(&denied.stdout).unwrap();
+    assert_eq!(entity["properties"]["region"], serde_json::Value::Null);
+    assert_eq!(entity["properties"]["also"], serde_json::Value::Null);
 }

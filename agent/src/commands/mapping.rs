@@ -4,7 +4,6 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow};
-use port_agent_core::mapping::jq::Jq;
 use port_agent_core::mapping::value::parse_raw;
 use port_agent_core::mapping::{CompiledMapping, PortAppConfig};
 use port_agent_core::raw_items::parse_raw_items;
@@ -13,7 +12,8 @@ use crate::Failure;
 
 fn load(mapping: &Path) -> Result<(PortAppConfig, CompiledMapping), Failure> {
     let config = PortAppConfig::from_file(mapping).map_err(|e| Failure::Config(e.into()))?;
-    let compiled = CompiledMapping::compile(&config, Jq::process_env());
+    let env = crate::config::jq_env_access_from_environment().value();
+    let compiled = CompiledMapping::compile(&config, env);
     Ok((config, compiled))
 }
 

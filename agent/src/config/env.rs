@@ -20,6 +20,7 @@ pub const KNOWN_SECTIONS: &[&str] = &[
     "event_listener",
     "scheduled_resync_interval",
     "initialize_port_resources",
+    "allow_environment_variables_jq_access",
 ];
 
 /// One variable that set a config key, kept to name it in error messages.

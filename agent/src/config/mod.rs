@@ -9,6 +9,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use port_agent_core::Secret;
+use port_agent_core::mapping::EnvAccess;
 use port_agent_core::port::{IntegrationIdentity, PortClientConfig};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
@@ -28,6 +29,9 @@ pub struct AgentConfig {
     pub resources_path: PathBuf,
     #[serde(default)]
     pub initialize_port_resources: Option<bool>,
+    /// Whether mappings may read the environment through `env` and `$ENV` (default true).
+    #[serde(default)]
+    pub allow_environment_variables_jq_access: Option<bool>,
     #[serde(default)]
     pub state: StateSettings,
     #[serde(default)]
@@ -292,7 +296,29 @@ fn validate(config: &AgentConfig) -> Vec<String> {
     problems
 }
 
+/// Ocean's switch for `env`/`$ENV` in mappings, read from the environment alone (for commands
+/// that take no config file).
+pub fn jq_env_access_from_environment() -> EnvAccess {
+    let denied = std::env::vars().any(|(k, v)| {
+        k.eq_ignore_ascii_case("OCEAN__ALLOW_ENVIRONMENT_VARIABLES_JQ_ACCESS")
+            && matches!(v.trim().to_ascii_lowercase().as_str(), "false" | "0" | "no")
+    });
+    if denied {
+        EnvAccess::Denied
+    } else {
+        EnvAccess::Process
+    }
+}
+
 impl AgentConfig {
+    /// What mappings see as `$ENV`.
+    pub fn jq_env_access(&self) -> EnvAccess {
+        match self.allow_environment_variables_jq_access {
+            Some(false) => EnvAccess::Denied,
+            _ => EnvAccess::Process,
+        }
+    }
+
     /// The Port client settings this configuration describes.
     pub fn port_client_config(&self) -> PortClientConfig {
         let identity = IntegrationIdentity {

@@ -23,7 +23,8 @@ pub enum EnvAccess {
 }
 
 impl EnvAccess {
-    fn value(self) -> Val {
+    /// `$ENV` as a jq value.
+    pub fn value(self) -> Val {
         match self {
             EnvAccess::Process => Jq::process_env(),
             EnvAccess::Denied => Val::obj(jaq_json::Map::default()),
