@@ -27,6 +27,24 @@ YAML
 
 echo "== port-agent port check (against the emulator at $base_url)"
 "$bin/port-agent" port check --config "$work/agent.yaml"
+echo "== port-agent mapping test (a sample mapping on two raw items)"
+cat >"$work/port-app-config.yaml" <<'YAML'
+resources:
+  - kind: service
+    selector: {query: 'true'}
+    port:
+      entity:
+        mappings:
+          identifier: .name | ascii_downcase
+          title: .name
+          blueprint: '"service"'
+          properties:
+            language: .language // 'unknown'
+            repo: .url | sub("^https://"; "")
+YAML
+printf '%s\n' '{"name": "Payments", "language": "Rust", "url": "https://git.example.com/payments"}' \
+               '{"name": "Search", "url": "https://git.example.com/search"}' >"$work/services.jsonl"
+"$bin/port-agent" mapping test --mapping "$work/port-app-config.yaml" --kind service --input "$work/services.jsonl"
 echo "== the emulator saw:"
 curl -fsS "$base_url/_emulator/stats" 2>/dev/null || true
 echo
