@@ -1,0 +1,40 @@
+use std::path::PathBuf;
+
+/// Why the state cannot be used. Every message names the file and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(
+        "state file {path} is locked by another process (another port-agent is running on it); stop it, or give this one its own state.path"
+    )]
+    Locked { path: PathBuf },
+
+    #[error(
+        "state file {path} is corrupt or not a port-agent state file ({detail}); it was left untouched: move it aside and run again (the first resync then sends every entity once)"
+    )]
+    Corrupt { path: PathBuf, detail: String },
+
+    #[error(
+        "state file {path} belongs to integration '{found}', not '{expected}'; give each integration its own state.path"
+    )]
+    OtherIntegration {
+        path: PathBuf,
+        found: String,
+        expected: String,
+    },
+
+    #[error(
+        "state file {path} was written by a newer port-agent (schema {found}, this one knows up to {supported}); upgrade port-agent"
+    )]
+    NewerSchema {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+
+    #[error("state file {path}: {source}")]
+    Storage {
+        path: PathBuf,
+        #[source]
+        source: redb::Error,
+    },
+}

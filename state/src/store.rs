@@ -1,0 +1,586 @@
+use std::path::{Path, PathBuf};
+
+use redb::{
+    Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    StorageError, TableDefinition,
+};
+
+use crate::error::StateError;
+use crate::record::{EntityKey, EntityRecord, Identity, RunRecord, RunStatus, Written};
+
+/// The layout this build writes. Opening a newer one is refused; older ones are migrated on open.
+pub const SCHEMA_VERSION: u32 = 1;
+
+const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+const ENTITIES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("entities");
+const RUNS: TableDefinition<u64, &str> = TableDefinition::new("runs");
+const CHECKPOINTS: TableDefinition<&str, &str> = TableDefinition::new("checkpoints");
+
+/// The open state file. One per agent: redb locks the file against a second process.
+#[derive(Debug)]
+pub struct StateStore {
+    db: Database,
+    path: PathBuf,
+    identity: Identity,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl StateStore {
+    fn storage(&self, source: impl Into<redb::Error>) -> StateError {
+        StateError::Storage {
+            path: self.path.clone(),
+            source: source.into(),
+        }
+    }
+
+    /// Opens (or creates) the state file of `identity`. Refuses a file of another integration,
+    /// of a newer schema, a locked one or a corrupt one; never replaces a file it cannot read.
+    pub fn open(path: &Path, identity: &Identity) -> Result<Self, StateError> {
+        let db = open_database(path)?;
+        let mut store = Self {
+            db,
+            path: path.to_owned(),
+            identity: identity.clone(),
+        };
+        match store.read_identity()? {
+            Some((found, version)) => {
+                if version > SCHEMA_VERSION {
+                    return Err(StateError::NewerSchema {
+                        path: path.to_owned(),
+                        found: version,
+                        supported: SCHEMA_VERSION,
+                    });
+                }
+                if found != *identity {
+                    return Err(StateError::OtherIntegration {
+                        path: path.to_owned(),
+                        found: describe(&found),
+                        expected: describe(identity),
+                    });
+                }
+                store.identity = found;
+            }
+            None => store.initialize()?,
+        }
+        Ok(store)
+    }
+
+    /// Opens an existing state file whatever integration it belongs to (for `state inspect`).
+    pub fn open_existing(path: &Path) -> Result<Self, StateError> {
+        if !path.exists() {
+            return Err(StateError::Storage {
+                path: path.to_owned(),
+                source: redb::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no such file",
+                )),
+            });
+        }
+        let db = open_database(path)?;
+        let mut store = Self {
+            db,
+            path: path.to_owned(),
+            identity: Identity {
+                integration_type: String::new(),
+                integration_identifier: String::new(),
+                port_base_url: String::new(),
+            },
+        };
+        match store.read_identity()? {
+            Some((identity, version)) if version <= SCHEMA_VERSION => store.identity = identity,
+            Some((_, version)) => {
+                return Err(StateError::NewerSchema {
+                    path: path.to_owned(),
+                    found: version,
+                    supported: SCHEMA_VERSION,
+                });
+            }
+            None => {
+                return Err(StateError::Corrupt {
+                    path: path.to_owned(),
+                    detail: "it has no port-agent metadata".to_owned(),
+                });
+            }
+        }
+        Ok(store)
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn read_identity(&self) -> Result<Option<(Identity, u32)>, StateError> {
+        let txn = self.db.begin_read().map_err(|e| self.storage(e))?;
+        let table = match txn.open_table(META) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(self.storage(e)),
+        };
+        let get = |key: &str| -> Result<Option<String>, StateError> {
+            Ok(table
+                .get(key)
+                .map_err(|e| self.storage(e))?
+                .map(|v| v.value().to_owned()))
+        };
+        let Some(version) = get("schema_version")? else {
+            return Ok(None);
+        };
+        let version = version.parse::<u32>().map_err(|_| StateError::Corrupt {
+            path: self.path.clone(),
+            detail: format!("schema version {version:?}"),
+        })?;
+        let identity = Identity {
+            integration_type: get("integration_type")?.unwrap_or_default(),
+            integration_identifier: get("integration_identifier")?.unwrap_or_default(),
+            port_base_url: get("port_base_url")?.unwrap_or_default(),
+        };
+        Ok(Some((identity, version)))
+    }
+
+    fn initialize(&self) -> Result<(), StateError> {
+        let txn = self.db.begin_write().map_err(|e| self.storage(e))?;
+        {
+            let mut meta = txn.open_table(META).map_err(|e| self.storage(e))?;
+            let version = SCHEMA_VERSION.to_string();
+            let created = now_ms().to_string();
+            for (key, value) in [
+                ("schema_version", version.as_str()),
+                ("integration_type", self.identity.integration_type.as_str()),
+                (
+                    "integration_identifier",
+                    self.identity.integration_identifier.as_str(),
+                ),
+                ("port_base_url", self.identity.port_base_url.as_str()),
+                ("created_at_ms", created.as_str()),
+            ] {
+                meta.insert(key, value).map_err(|e| self.storage(e))?;
+            }
+            txn.open_table(ENTITIES).map_err(|e| self.storage(e))?;
+            txn.open_table(RUNS).map_err(|e| self.storage(e))?;
+            txn.open_table(CHECKPOINTS).map_err(|e| self.storage(e))?;
+        }
+        txn.commit().map_err(|e| self.storage(e))
+    }
+
+    /// Starts a run. Runs an earlier agent left `running` (it was killed) are closed as aborted.
+    pub fn start_run(&self, trigger: &str) -> Result<RunRecord, StateError> {
+        let txn = self.db.begin_write().map_err(|e| self.storage(e))?;
+        let run = {
+            let mut runs = txn.open_table(RUNS).map_err(|e| self.storage(e))?;
+            let mut interrupted = Vec::new();
+            for entry in runs.iter().map_err(|e| self.storage(e))? {
+                let (id, json) = entry.map_err(|e| self.storage(e))?;
+                if let Ok(mut run) = serde_json::from_str::<RunRecord>(json.value())
+                    && run.status == RunStatus::Running
+                {
+                    run.status = RunStatus::Aborted;
+                    run.notes
+                        .push("interrupted: the agent stopped before the run finished".to_owned());
+                    interrupted.push((id.value(), run));
+                }
+            }
+            for (id, run) in interrupted {
+                runs.insert(
+                    id,
+                    serde_json::to_string(&run)
+                        .expect("runs are plain JSON")
+                        .as_str(),
+                )
+                .map_err(|e| self.storage(e))?;
+            }
+            let id = runs
+                .last()
+                .map_err(|e| self.storage(e))?
+                .map(|(k, _)| k.value() + 1)
+                .unwrap_or(1);
+            let run = RunRecord {
+                id,
+                trigger: trigger.to_owned(),
+                started_at_ms: now_ms(),
+                finished_at_ms: None,
+                status: RunStatus::Running,
+                kinds: Default::default(),
+                totals: Default::default(),
+                notes: Vec::new(),
+            };
+            runs.insert(
+                id,
+                serde_json::to_string(&run)
+                    .expect("runs are plain JSON")
+                    .as_str(),
+            )
+            .map_err(|e| self.storage(e))?;
+            run
+        };
+        txn.commit().map_err(|e| self.storage(e))?;
+        Ok(run)
+    }
+
+    /// Records the run as it ended.
+    pub fn finish_run(&self, run: &RunRecord) -> Result<(), StateError> {
+        let mut run = run.clone();
+        run.finished_at_ms.get_or_insert_with(now_ms);
+        let txn = self.db.begin_write().map_err(|e| self.storage(e))?;
+        {
+            let mut runs = txn.open_table(RUNS).map_err(|e| self.storage(e))?;
+            runs.insert(
+                run.id,
+                serde_json::to_string(&run)
+                    .expect("runs are plain JSON")
+                    .as_str(),
+            )
+            .map_err(|e| self.storage(e))?;
+        }
+        txn.commit().map_err(|e| self.storage(e))
+    }
+
+    /// The most recent runs, newest first.
+    pub fn runs(&self, limit: usize) -> Result<Vec<RunRecord>, StateError> {
+        let txn = self.db.begin_read().map_err(|e| self.storage(e))?;
+        let runs = txn.open_table(RUNS).map_err(|e| self.storage(e))?;
+        let mut out = Vec::new();
+        for entry in runs.iter().map_err(|e| self.storage(e))?.rev().take(limit) {
+            let (_, json) = entry.map_err(|e| self.storage(e))?;
+            if let Ok(run) = serde_json::from_str(json.value()) {
+                out.push(run);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The records of `keys`, in order.
+    pub fn get_many(&self, keys: &[EntityKey]) -> Result<Vec<Option<EntityRecord>>, StateError> {
+        let txn = self.db.begin_read().map_err(|e| self.storage(e))?;
+        let table = txn.open_table(ENTITIES).map_err(|e| self.storage(e))?;
+        keys.iter()
+            .map(|(bp, id)| {
+                Ok(table
+                    .get((bp.as_str(), id.as_str()))
+                    .map_err(|e| self.storage(e))?
+                    .and_then(|v| EntityRecord::decode(v.value())))
+            })
+            .collect()
+    }
+
+    /// Marks unchanged entities as produced by `run`. Not fsynced: see the crate docs.
+    pub fn mark_seen(&self, run: u64, keys: &[EntityKey]) -> Result<(), StateError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut txn = self.db.begin_write().map_err(|e| self.storage(e))?;
+        txn.set_durability(Durability::None)
+            .map_err(|e| self.storage(e))?;
+        {
+            let mut table = txn.open_table(ENTITIES).map_err(|e| self.storage(e))?;
+            for (bp, id) in keys {
+                let record = table
+                    .get((bp.as_str(), id.as_str()))
+                    .map_err(|e| self.storage(e))?
+                    .and_then(|v| EntityRecord::decode(v.value()));
+                if let Some(mut record) = record
+                    && record.last_seen_run != run
+                {
+                    record.last_seen_run = run;
+                    table
+                        .insert((bp.as_str(), id.as_str()), record.encode().as_slice())
+                        .map_err(|e| self.storage(e))?;
+                }
+            }
+        }
+        txn.commit().map_err(|e| self.storage(e))
+    }
+
+    /// Records entities Port acknowledged in `run`. Durable before it returns.
+    pub fn record_written(&self, run: u64, written: &[Written]) -> Result<(), StateError> {
+        if written.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        let txn = self.db.begin_write().map_err(|e| self.storage(e))?;
+        {
+            let mut table = txn.open_table(ENTITIES).map_err(|e| self.storage(e))?;
+            for w in written {
+                let record = EntityRecord {
+                    hash: w.hash,
+                    kind: w.kind.clone(),
+                    resource: w.resource,
+                    last_seen_run: run,
+                    written_run: run,
+                    written_at_ms: now,
+                };
+                table
+                    .insert(
+                        (w.key.0.as_str(), w.key.1.as_str()),
+                        record.encode().as_slice(),
+                    )
+                    .map_err(|e| self.storage(e))?;
+            }
+        }
+        txn.commit().map_err(|e| self.storage(e))
+    }
+
+    /// Entities no resource produced in `run`: the deletion candidates of a complete run.
+    pub fn unseen_in(&self, run: u64) -> Result<Vec<(EntityKey, EntityRecord)>, StateError> {
+        self.entities(|_, record| record.last_seen_run != run)
+    }
+
+    /// Every record that `keep` accepts.
+    pub fn entities(
+        &self,
+        mut keep: impl FnMut(&EntityKey, &EntityRecord) -> bool,
+    ) -> Result<Vec<(EntityKey, EntityRecord)>, StateError> {
+        let txn = self.db.begin_read().map_err(|e| self.storage(e))?;
+        let table = txn.open_table(ENTITIES).map_err(|e| self.storage(e))?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(|e| self.storage(e))? {
+            let (key, value) = entry.map_err(|e| self.storage(e))?;
+            let (bp, id) = key.value();
+            let Some(record) = EntityRecord::decode(value.value()) else {
+                return Err(StateError::Corrupt {
+                    path: self.path.clone(),
+                    detail: format!("unreadable record for {bp}/{id}"),
+                });
+            };
+            let key = (bp.to_owned(), id.to_owned());
+            if keep(&key, &record) {
+                out.push((key, record));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn entity_count(&self) -> Result<u64, StateError> {
+        let txn = self.db.begin_read().map_err(|e| self.storage(e))?;
+        let table = txn.open_table(ENTITIES).map_err(|e| self.storage(e))?;
+        table.len().map_err(|e| self.storage(e))
+    }
+
+    /// Forgets entities Port confirmed deleted. Durable before it returns.
+    pub fn remove(&self, keys: &[EntityKey]) -> Result<(), StateError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write().map_err(|e| self.storage(e))?;
+        {
+            let mut table = txn.open_table(ENTITIES).map_err(|e| self.storage(e))?;
+            for (bp, id) in keys {
+                table
+                    .remove((bp.as_str(), id.as_str()))
+                    .map_err(|e| self.storage(e))?;
+            }
+        }
+        txn.commit().map_err(|e| self.storage(e))
+    }
+
+    /// A per-kind checkpoint (free-form JSON text), e.g. how far the kind's last run got.
+    pub fn set_checkpoint(&self, kind: &str, value: &str) -> Result<(), StateError> {
+        let txn = self.db.begin_write().map_err(|e| self.storage(e))?;
+        {
+            let mut table = txn.open_table(CHECKPOINTS).map_err(|e| self.storage(e))?;
+            table.insert(kind, value).map_err(|e| self.storage(e))?;
+        }
+        txn.commit().map_err(|e| self.storage(e))
+    }
+
+    pub fn checkpoints(&self) -> Result<Vec<(String, String)>, StateError> {
+        let txn = self.db.begin_read().map_err(|e| self.storage(e))?;
+        let table = txn.open_table(CHECKPOINTS).map_err(|e| self.storage(e))?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(|e| self.storage(e))? {
+            let (k, v) = entry.map_err(|e| self.storage(e))?;
+            out.push((k.value().to_owned(), v.value().to_owned()));
+        }
+        Ok(out)
+    }
+}
+
+fn describe(identity: &Identity) -> String {
+    format!(
+        "{}/{} at {}",
+        identity.integration_type, identity.integration_identifier, identity.port_base_url
+    )
+}
+
+/// Opens or creates the redb file, telling lock, corruption and plain I/O failures apart.
+fn open_database(path: &Path) -> Result<Database, StateError> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| StateError::Storage {
+            path: path.to_owned(),
+            source: redb::Error::Io(e),
+        })?;
+    }
+    let existed_with_data = std::fs::metadata(path)
+        .map(|m| m.len() > 0)
+        .unwrap_or(false);
+    Database::create(path).map_err(|error| match error {
+        DatabaseError::DatabaseAlreadyOpen => StateError::Locked {
+            path: path.to_owned(),
+        },
+        DatabaseError::Storage(StorageError::Corrupted(detail)) => StateError::Corrupt {
+            path: path.to_owned(),
+            detail,
+        },
+        DatabaseError::Storage(StorageError::Io(io))
+            if existed_with_data
+                && !matches!(
+                    io.kind(),
+                    std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::NotFound
+                ) =>
+        {
+            StateError::Corrupt {
+                path: path.to_owned(),
+                detail: io.to_string(),
+            }
+        }
+        DatabaseError::UpgradeRequired(version) => StateError::Corrupt {
+            path: path.to_owned(),
+            detail: format!("redb file format {version} needs an upgrade"),
+        },
+        other => StateError::Storage {
+            path: path.to_owned(),
+            source: other.into(),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(identifier: &str) -> Identity {
+        Identity {
+            integration_type: "json".into(),
+            integration_identifier: identifier.into(),
+            port_base_url: "http://127.0.0.1:5555".into(),
+        }
+    }
+
+    fn written(id: &str, hash: u8) -> Written {
+        Written {
+            key: ("service".into(), id.into()),
+            hash: [hash; 32],
+            kind: "service".into(),
+            resource: 0,
+        }
+    }
+
+    #[test]
+    fn records_survive_reopening_and_runs_are_numbered() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        {
+            let store = StateStore::open(&path, &identity("svc")).unwrap();
+            let run = store.start_run("test").unwrap();
+            assert_eq!(run.id, 1);
+            store
+                .record_written(run.id, &[written("a", 1), written("b", 2)])
+                .unwrap();
+            store
+                .finish_run(&RunRecord {
+                    status: RunStatus::Completed,
+                    ..run
+                })
+                .unwrap();
+        }
+        let store = StateStore::open(&path, &identity("svc")).unwrap();
+        let keys = [
+            ("service".to_owned(), "a".to_owned()),
+            ("service".to_owned(), "zzz".to_owned()),
+        ];
+        let got = store.get_many(&keys).unwrap();
+        assert_eq!(got[0].as_ref().unwrap().hash, [1; 32]);
+        assert!(got[1].is_none());
+        let run = store.start_run("test").unwrap();
+        assert_eq!(run.id, 2);
+        store.mark_seen(run.id, &keys[..1]).unwrap();
+        let unseen: Vec<String> = store
+            .unseen_in(run.id)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k.1)
+            .collect();
+        assert_eq!(unseen, ["b"]);
+        store.remove(&[("service".into(), "b".into())]).unwrap();
+        assert_eq!(store.entity_count().unwrap(), 1);
+    }
+
+    #[test]
+    fn a_killed_run_is_closed_as_aborted_by_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let store = StateStore::open(&path, &identity("svc")).unwrap();
+        let first = store.start_run("test").unwrap();
+        let second = store.start_run("test").unwrap();
+        let runs = store.runs(10).unwrap();
+        assert_eq!(runs[0].id, second.id);
+        assert_eq!(runs[1].id, first.id);
+        assert_eq!(runs[1].status, RunStatus::Aborted);
+        assert!(runs[1].notes[0].contains("interrupted"));
+    }
+
+    #[test]
+    fn another_integrations_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        drop(StateStore::open(&path, &identity("svc")).unwrap());
+        let error = StateStore::open(&path, &identity("other")).unwrap_err();
+        assert!(
+            matches!(error, StateError::OtherIntegration { .. }),
+            "{error}"
+        );
+        assert!(error.to_string().contains("json/svc"), "{error}");
+    }
+
+    #[test]
+    fn a_second_opener_gets_a_lock_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let _first = StateStore::open(&path, &identity("svc")).unwrap();
+        let error = StateStore::open(&path, &identity("svc")).unwrap_err();
+        assert!(matches!(error, StateError::Locked { .. }), "{error}");
+    }
+
+    #[test]
+    fn garbage_and_truncated_files_are_reported_corrupt_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = dir.path().join("garbage.redb");
+        std::fs::write(&garbage, vec![0x42u8; 8192]).unwrap();
+        let error = StateStore::open(&garbage, &identity("svc")).unwrap_err();
+        assert!(matches!(error, StateError::Corrupt { .. }), "{error}");
+        assert_eq!(
+            std::fs::read(&garbage).unwrap(),
+            vec![0x42u8; 8192],
+            "the file must not be touched"
+        );
+
+        let good = dir.path().join("state.redb");
+        {
+            let store = StateStore::open(&good, &identity("svc")).unwrap();
+            let run = store.start_run("test").unwrap();
+            store
+                .record_written(
+                    run.id,
+                    &(0..500)
+                        .map(|i| written(&format!("e{i}"), 3))
+                        .collect::<Vec<_>>(),
+                )
+                .unwrap();
+        }
+        let bytes = std::fs::read(&good).unwrap();
+        let truncated = dir.path().join("truncated.redb");
+        std::fs::write(&truncated, &bytes[..bytes.len() / 3]).unwrap();
+        let error = StateStore::open(&truncated, &identity("svc")).unwrap_err();
+        assert!(matches!(error, StateError::Corrupt { .. }), "{error}");
+        assert!(error.to_string().contains("left untouched"), "{error}");
+    }
+}
