@@ -3,6 +3,7 @@
 //! No CLI and no HTTP server live here; the `port-agent` binary wires these parts together.
 
 pub mod entity_hash;
+pub mod integration;
 pub mod mapping;
 pub mod port;
 pub mod raw_items;

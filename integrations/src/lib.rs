@@ -1,0 +1,3 @@
+//! The systems port-agent syncs from: one module each, behind `port_agent_core::integration`.
+
+pub mod json;
