@@ -29,9 +29,52 @@ enum Command {
     /// Talk to Port's API.
     #[command(subcommand)]
     Port(PortCommand),
+    /// One resync: fetch, map, compare with the state, send Port only what changed, then exit.
+    ///
+    /// Exit code 0 only when the run completed; 1 when it failed or was aborted; 2 when the
+    /// configuration is wrong.
+    Resync {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only these kinds (repeatable); only their entities can be deleted.
+        #[arg(long)]
+        kind: Vec<String>,
+        /// Write nothing to Port or the state; print what would be upserted and deleted, and why.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the summary as one JSON object (run_id, status, kinds, totals, duration_ms).
+        #[arg(long)]
+        json: bool,
+    },
+    /// What the agent believes is in Port.
+    #[command(subcommand)]
+    State(StateCommand),
     /// Try a mapping (port-app-config) on raw items, without Port.
     #[command(subcommand)]
     Mapping(MappingCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum StateCommand {
+    /// Each entity the agent believes is in Port (hash, kind, last seen, last written), the run
+    /// history and the checkpoints. No secrets.
+    Inspect {
+        /// The agent's config (its state.path is inspected).
+        #[arg(long, short = 'c', env = "PORT_AGENT_CONFIG", conflicts_with = "state")]
+        config: Option<PathBuf>,
+        /// A state file, directly.
+        #[arg(long)]
+        state: Option<PathBuf>,
+        #[arg(long)]
+        blueprint: Option<String>,
+        #[arg(long)]
+        identifier: Option<String>,
+        #[arg(long)]
+        kind: Option<String>,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -114,6 +157,32 @@ fn main() -> ExitCode {
         Command::Mapping(MappingCommand::Validate { mapping }) => {
             commands::mapping::validate(&mapping)
         }
+        Command::Resync {
+            config,
+            kind,
+            dry_run,
+            json,
+        } => runtime.block_on(commands::resync::run(&commands::resync::ResyncArgs {
+            config: config.config,
+            kind,
+            dry_run,
+            json,
+        })),
+        Command::State(StateCommand::Inspect {
+            config,
+            state,
+            blueprint,
+            identifier,
+            kind,
+            json,
+        }) => commands::state::inspect(&commands::state::InspectArgs {
+            config,
+            state,
+            blueprint,
+            identifier,
+            kind,
+            json,
+        }),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -36,9 +36,9 @@ impl JsonIntegration {
             .ok_or("integration.config.kinds: expected a map of kind to file, e.g. {service: ./services.jsonl}")?;
         let mut files = BTreeMap::new();
         for (kind, path) in kinds {
-            let path = path
-                .as_str()
-                .ok_or_else(|| format!("integration.config.kinds.{kind}: expected a file path, found {path}"))?;
+            let path = path.as_str().ok_or_else(|| {
+                format!("integration.config.kinds.{kind}: expected a file path, found {path}")
+            })?;
             files.insert(kind.clone(), base_dir.join(path));
         }
         Ok(Self { files })
@@ -46,22 +46,34 @@ impl JsonIntegration {
 }
 
 fn fail(kind: &str, message: String) -> FetchError {
-    FetchError { kind: kind.to_owned(), message }
+    FetchError {
+        kind: kind.to_owned(),
+        message,
+    }
 }
 
 /// Reads `path` and sends its items in batches. Runs on a blocking thread.
 fn read_kind(kind: &str, path: &Path, sink: &mpsc::Sender<RawBatch>) -> Result<(), FetchError> {
-    let file = std::fs::File::open(path).map_err(|e| fail(kind, format!("cannot read {}: {e}", path.display())))?;
+    let file = std::fs::File::open(path)
+        .map_err(|e| fail(kind, format!("cannot read {}: {e}", path.display())))?;
     let mut reader = BufReader::new(file);
     let starts_with_array = {
-        let buffer = reader.fill_buf().map_err(|e| fail(kind, format!("cannot read {}: {e}", path.display())))?;
+        let buffer = reader
+            .fill_buf()
+            .map_err(|e| fail(kind, format!("cannot read {}: {e}", path.display())))?;
         buffer.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[')
     };
-    let send = |batch: RawBatch| sink.blocking_send(batch).map_err(|_| fail(kind, "the resync stopped reading".to_owned()));
+    let send = |batch: RawBatch| {
+        sink.blocking_send(batch)
+            .map_err(|_| fail(kind, "the resync stopped reading".to_owned()))
+    };
     if starts_with_array {
         let mut text = String::new();
-        reader.read_to_string(&mut text).map_err(|e| fail(kind, format!("cannot read {}: {e}", path.display())))?;
-        let items = parse_raw_items(&text).map_err(|e| fail(kind, format!("{}: {e}", path.display())))?;
+        reader
+            .read_to_string(&mut text)
+            .map_err(|e| fail(kind, format!("cannot read {}: {e}", path.display())))?;
+        let items =
+            parse_raw_items(&text).map_err(|e| fail(kind, format!("{}: {e}", path.display())))?;
         let mut items = items.into_iter().peekable();
         while items.peek().is_some() {
             send(items.by_ref().take(BATCH).collect())?;
@@ -70,11 +82,21 @@ fn read_kind(kind: &str, path: &Path, sink: &mpsc::Sender<RawBatch>) -> Result<(
     }
     let mut batch = Vec::with_capacity(BATCH);
     for (number, line) in reader.lines().enumerate() {
-        let line = line.map_err(|e| fail(kind, format!("{}: line {}: {e}", path.display(), number + 1)))?;
+        let line = line.map_err(|e| {
+            fail(
+                kind,
+                format!("{}: line {}: {e}", path.display(), number + 1),
+            )
+        })?;
         if line.trim().is_empty() {
             continue;
         }
-        let item = RawValue::from_string(line).map_err(|e| fail(kind, format!("{}: line {}: {e}", path.display(), number + 1)))?;
+        let item = RawValue::from_string(line).map_err(|e| {
+            fail(
+                kind,
+                format!("{}: line {}: {e}", path.display(), number + 1),
+            )
+        })?;
         batch.push(item);
         if batch.len() == BATCH {
             send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))?;
@@ -96,7 +118,13 @@ impl Integration for JsonIntegration {
             let path = self
                 .files
                 .get(kind)
-                .ok_or_else(|| fail(kind, "no file is configured for this kind under integration.config.kinds".to_owned()))?
+                .ok_or_else(|| {
+                    fail(
+                        kind,
+                        "no file is configured for this kind under integration.config.kinds"
+                            .to_owned(),
+                    )
+                })?
                 .clone();
             let kind_owned = kind.to_owned();
             tokio::task::spawn_blocking(move || read_kind(&kind_owned, &path, &sink))
@@ -110,7 +138,10 @@ impl Integration for JsonIntegration {
 mod tests {
     use super::*;
 
-    async fn fetch_all(integration: &JsonIntegration, kind: &str) -> Result<Vec<String>, FetchError> {
+    async fn fetch_all(
+        integration: &JsonIntegration,
+        kind: &str,
+    ) -> Result<Vec<String>, FetchError> {
         let (tx, mut rx) = mpsc::channel::<RawBatch>(2);
         let collect = async {
             let mut items = Vec::new();
@@ -127,23 +158,31 @@ mod tests {
     #[tokio::test]
     async fn reads_lines_and_arrays_in_batches_relative_to_the_config() {
         let dir = tempfile::tempdir().unwrap();
-        let lines: String = (0..1203).map(|i| format!("{{\"id\": {i}, \"n\": 1.0}}\n")).collect();
+        let lines: String = (0..1203)
+            .map(|i| format!("{{\"id\": {i}, \"n\": 1.0}}\n"))
+            .collect();
         std::fs::write(dir.path().join("a.jsonl"), lines).unwrap();
         std::fs::write(dir.path().join("b.json"), "  [{\"id\": 1}, {\"id\": 2}]").unwrap();
-        let config: Map<String, Value> = serde_json::from_str(r#"{"kinds": {"a": "a.jsonl", "b": "b.json"}}"#).unwrap();
+        let config: Map<String, Value> =
+            serde_json::from_str(r#"{"kinds": {"a": "a.jsonl", "b": "b.json"}}"#).unwrap();
         let integration = JsonIntegration::from_config(&config, dir.path()).unwrap();
         assert_eq!(integration.kinds(), ["a", "b"]);
         let a = fetch_all(&integration, "a").await.unwrap();
         assert_eq!(a.len(), 1203);
         assert_eq!(a[7], "{\"id\": 7, \"n\": 1.0}");
-        assert_eq!(fetch_all(&integration, "b").await.unwrap(), ["{\"id\": 1}", "{\"id\": 2}"]);
+        assert_eq!(
+            fetch_all(&integration, "b").await.unwrap(),
+            ["{\"id\": 1}", "{\"id\": 2}"]
+        );
     }
 
     #[tokio::test]
     async fn a_broken_line_fails_the_kind_with_path_and_line() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a.jsonl"), "{\"id\": 1}\n{\"id\": \n").unwrap();
-        let config: Map<String, Value> = serde_json::from_str(r#"{"kinds": {"a": "a.jsonl", "gone": "missing.jsonl"}}"#).unwrap();
+        let config: Map<String, Value> =
+            serde_json::from_str(r#"{"kinds": {"a": "a.jsonl", "gone": "missing.jsonl"}}"#)
+                .unwrap();
         let integration = JsonIntegration::from_config(&config, dir.path()).unwrap();
         let error = fetch_all(&integration, "a").await.unwrap_err();
         assert!(error.message.contains("a.jsonl: line 2"), "{error}");

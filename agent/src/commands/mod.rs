@@ -2,3 +2,5 @@
 
 pub mod mapping;
 pub mod port_check;
+pub mod resync;
+pub mod state;

@@ -310,6 +310,46 @@ pub fn jq_env_access_from_environment() -> EnvAccess {
     }
 }
 
+impl Loaded {
+    /// The folder relative paths in the config are resolved against.
+    pub fn base_dir(&self) -> PathBuf {
+        self.path
+            .parent()
+            .map(Path::to_path_buf)
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("."))
+    }
+
+    /// `path` as written in the config, resolved against the config file's folder.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        let base = self.base_dir();
+        if path.is_absolute() || base == Path::new(".") {
+            path.to_owned()
+        } else {
+            base.join(path)
+        }
+    }
+
+    /// The state file: `state.path`, else systemd's `$STATE_DIRECTORY`, else the XDG state
+    /// directory, one file per integration.
+    pub fn state_path(&self) -> PathBuf {
+        if let Some(path) = &self.config.state.path {
+            return self.resolve(path);
+        }
+        let file = format!("{}.redb", self.config.integration.identifier);
+        if let Some(dir) = std::env::var_os("STATE_DIRECTORY") {
+            return PathBuf::from(dir).join(file);
+        }
+        let base = std::env::var_os("XDG_STATE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/state"))
+            })
+            .unwrap_or_else(|| PathBuf::from("."));
+        base.join("port-agent").join(file)
+    }
+}
+
 impl AgentConfig {
     /// What mappings see as `$ENV`.
     pub fn jq_env_access(&self) -> EnvAccess {

@@ -1,0 +1,258 @@
+//! `port-agent resync`: one resync, then exit.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, anyhow};
+use port_agent_core::integration::Integration;
+use port_agent_core::mapping::{CompiledMapping, MappingPool, PortAppConfig};
+use port_agent_core::port::PortClient;
+use port_agent_core::resync::{IntegrationSetup, Resync, ResyncOptions, ResyncReport};
+use port_agent_integrations::json::JsonIntegration;
+use port_agent_state::{Identity, RunCounters, RunStatus, StateStore};
+use serde_json::{Value, json};
+
+use crate::Failure;
+use crate::config::{self, Loaded};
+
+#[derive(Debug)]
+pub struct ResyncArgs {
+    pub config: PathBuf,
+    pub kind: Vec<String>,
+    pub dry_run: bool,
+    pub json: bool,
+}
+
+fn config_error(e: impl Into<anyhow::Error>) -> Failure {
+    Failure::Config(e.into())
+}
+
+fn run_error(e: impl Into<anyhow::Error>) -> Failure {
+    Failure::Run(e.into())
+}
+
+/// The integration named by `integration.type`.
+fn integration(loaded: &Loaded) -> Result<Box<dyn Integration>, Failure> {
+    let settings = &loaded.config.integration;
+    match settings.integration_type.as_str() {
+        "json" => JsonIntegration::from_config(&settings.config, &loaded.base_dir())
+            .map(|i| Box::new(i) as Box<dyn Integration>)
+            .map_err(|e| config_error(anyhow!("{}: {e}", loaded.path.display()))),
+        other => Err(config_error(anyhow!(
+            "{}: integration.type '{other}' is not built into this port-agent (built in: json)",
+            loaded.path.display()
+        ))),
+    }
+}
+
+/// `resources_path/blueprints.json`, when there is one.
+fn blueprints(resources: &Path) -> Result<Vec<Value>, Failure> {
+    let path = resources.join("blueprints.json");
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))
+        .map_err(config_error)?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a JSON array of blueprints", path.display()))
+        .map_err(config_error)
+}
+
+/// The mapping: a local file, or (`mapping: port`) the one stored on the integration in Port.
+async fn mapping(
+    loaded: &Loaded,
+    client: &PortClient,
+    resources: &Path,
+) -> Result<(PortAppConfig, Value), Failure> {
+    let source = loaded.config.mapping.clone();
+    if source.as_deref() == Some("port") {
+        let identifier = &loaded.config.integration.identifier;
+        let integration = client.get_integration(identifier).await.map_err(run_error)?.ok_or_else(|| {
+            config_error(anyhow!("mapping: port, but integration '{identifier}' does not exist in Port yet; give a local mapping file for the first start"))
+        })?;
+        let stored = integration.config.unwrap_or(Value::Null);
+        let config = PortAppConfig::from_value(stored.clone()).map_err(|e| {
+            config_error(anyhow!(
+                "the mapping stored on integration '{identifier}' in Port: {e}"
+            ))
+        })?;
+        return Ok((config, stored));
+    }
+    let path = match source {
+        Some(path) => loaded.resolve(Path::new(&path)),
+        None => resources.join("port-app-config.yml"),
+    };
+    let config = PortAppConfig::from_file(&path).map_err(config_error)?;
+    let text = std::fs::read_to_string(&path).map_err(config_error)?;
+    let stored: Value = serde_yaml_ng::from_str(&text).map_err(config_error)?;
+    Ok((config, stored))
+}
+
+pub async fn run(args: &ResyncArgs) -> Result<(), Failure> {
+    let loaded = config::load(&args.config)?;
+    let config = &loaded.config;
+    let client = PortClient::new(config.port_client_config()).map_err(config_error)?;
+    let resources = loaded.resolve(&config.resources_path);
+    let (port_app_config, stored_mapping) = mapping(&loaded, &client, &resources).await?;
+    let compiled = CompiledMapping::compile(&port_app_config, config.jq_env_access().value());
+    for error in compiled.errors() {
+        tracing::error!("{error}");
+    }
+    let integration = integration(&loaded)?;
+    if let Some(unknown) = args
+        .kind
+        .iter()
+        .find(|k| !port_app_config.resources.iter().any(|r| &r.kind == *k))
+    {
+        return Err(config_error(anyhow!(
+            "--kind {unknown}: no resource of the mapping has this kind"
+        )));
+    }
+
+    let identity = Identity {
+        integration_type: config.integration.integration_type.clone(),
+        integration_identifier: config.integration.identifier.clone(),
+        port_base_url: config.port.base_url.clone(),
+    };
+    let state_path = loaded.state_path();
+    let state = if args.dry_run && !state_path.exists() {
+        None
+    } else {
+        let path = state_path.clone();
+        let opened = tokio::task::spawn_blocking(move || StateStore::open(&path, &identity))
+            .await
+            .map_err(run_error)?;
+        Some(Arc::new(opened.map_err(run_error)?))
+    };
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let pool =
+        MappingPool::start(&port_app_config, config.jq_env_access(), threads).map_err(run_error)?;
+    let setup = IntegrationSetup {
+        identifier: config.integration.identifier.clone(),
+        integration_type: config.integration.integration_type.clone(),
+        version: config.integration.version.clone(),
+        blueprints: blueprints(&resources)?,
+        mapping: stored_mapping,
+        interval_minutes: config.scheduled_resync_interval,
+    };
+    let resync = Resync {
+        client: &client,
+        state,
+        config: &port_app_config,
+        mapping: &compiled,
+        pool: &pool,
+        integration: integration.as_ref(),
+        setup: &setup,
+    };
+    let options = ResyncOptions {
+        kinds: (!args.kind.is_empty()).then(|| args.kind.clone()),
+        dry_run: args.dry_run,
+        trigger: "cli".to_owned(),
+    };
+    let report = resync.run(&options).await.map_err(run_error)?;
+    print(&report, args, &state_path).map_err(run_error)?;
+    match report.run.status {
+        RunStatus::Completed => Ok(()),
+        status => Err(Failure::Run(anyhow!(
+            "the resync ended {}: {}",
+            serde_json::to_value(status)
+                .unwrap_or_default()
+                .as_str()
+                .unwrap_or("badly"),
+            report.run.notes.join("; ")
+        ))),
+    }
+}
+
+fn counters_json(c: &RunCounters) -> Value {
+    json!({"fetched": c.fetched, "mapped": c.mapped, "unchanged": c.unchanged, "upserted": c.upserted, "failed": c.failed, "deleted": c.deleted})
+}
+
+fn print(report: &ResyncReport, args: &ResyncArgs, state_path: &Path) -> std::io::Result<()> {
+    let run = &report.run;
+    let mut out = std::io::stdout();
+    if args.json {
+        let kinds: serde_json::Map<String, Value> = run
+            .kinds
+            .iter()
+            .map(|(k, c)| (k.clone(), counters_json(c)))
+            .collect();
+        let mut summary = json!({
+            "run_id": run.id,
+            "status": run.status,
+            "kinds": kinds,
+            "totals": counters_json(&run.totals),
+            "duration_ms": report.duration.as_millis() as u64,
+            "notes": run.notes,
+            "dry_run": args.dry_run,
+        });
+        if args.dry_run {
+            summary["plan"] = report
+                .plan
+                .iter()
+                .map(|p| json!({"blueprint": p.blueprint, "identifier": p.identifier, "kind": p.kind, "action": if p.reason == "vanished" { "delete" } else { "upsert" }, "reason": p.reason}))
+                .collect();
+        }
+        return writeln!(out, "{summary}");
+    }
+    if args.dry_run {
+        writeln!(
+            out,
+            "dry run: nothing was written to Port or to {}",
+            state_path.display()
+        )?;
+        for p in &report.plan {
+            let action = if p.reason == "vanished" {
+                "delete"
+            } else {
+                "upsert"
+            };
+            writeln!(
+                out,
+                "  would {action} {}/{} ({}, kind {})",
+                p.blueprint, p.identifier, p.reason, p.kind
+            )?;
+        }
+    }
+    if args.dry_run {
+        writeln!(
+            out,
+            "dry run in {} ms (state {})",
+            report.duration.as_millis(),
+            state_path.display()
+        )?;
+    } else {
+        writeln!(
+            out,
+            "run {} {:?} in {} ms (state {})",
+            run.id,
+            run.status,
+            report.duration.as_millis(),
+            state_path.display()
+        )?;
+    }
+    writeln!(
+        out,
+        "  {:<24} {:>9} {:>9} {:>9} {:>9} {:>7} {:>8}",
+        "kind", "fetched", "mapped", "unchanged", "upserted", "failed", "deleted"
+    )?;
+    for (kind, c) in run
+        .kinds
+        .iter()
+        .chain(std::iter::once((&"total".to_owned(), &run.totals)))
+    {
+        writeln!(
+            out,
+            "  {kind:<24} {:>9} {:>9} {:>9} {:>9} {:>7} {:>8}",
+            c.fetched, c.mapped, c.unchanged, c.upserted, c.failed, c.deleted
+        )?;
+    }
+    for note in &run.notes {
+        writeln!(out, "  note: {note}")?;
+    }
+    Ok(())
+}

@@ -1,0 +1,534 @@
+//! One resync: integration → mapping → hash and diff against the state → Port writes → state.
+//!
+//! Only new or changed entities are sent; an entity is recorded in the state only after Port
+//! acknowledged it; deletions happen only after a run in which every resource succeeded, stay
+//! under `entityDeletionThreshold`, and are forgotten only after Port confirmed them.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use port_agent_state::{
+    EntityKey, EntityRecord, RunCounters, RunRecord, RunStatus, StateError, StateStore, Written,
+};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::entity_hash::EntityHash;
+use crate::integration::{Integration, RawBatch};
+use crate::mapping::{CompiledMapping, MappingPool, PortAppConfig};
+use crate::port::{
+    Entity, NewIntegration, PortClient, PortError, ResyncState, ResyncStatus, UpsertOutcome,
+};
+
+/// What the resync needs to know about the integration in Port.
+#[derive(Debug, Clone)]
+pub struct IntegrationSetup {
+    pub identifier: String,
+    pub integration_type: String,
+    pub version: String,
+    /// Blueprints to create in Port when missing (`.port/resources/blueprints.json`).
+    pub blueprints: Vec<Value>,
+    /// The mapping, stored on the integration when the agent creates it.
+    pub mapping: Value,
+    pub interval_minutes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ResyncOptions {
+    /// Only these kinds (and only their entities are deletion candidates). `None`: all.
+    pub kinds: Option<Vec<String>>,
+    /// Write nothing to Port or the state; report the plan.
+    pub dry_run: bool,
+    /// Why the run started: `cli`, `schedule`, `port-request`, ...
+    pub trigger: String,
+}
+
+/// A planned write, for `--dry-run`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedChange {
+    pub blueprint: String,
+    pub identifier: String,
+    pub kind: String,
+    /// `new`, `changed` or `vanished`.
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone)]
+pub struct ResyncReport {
+    pub run: RunRecord,
+    pub duration: Duration,
+    /// Filled by a dry run: what would be upserted and deleted.
+    pub plan: Vec<PlannedChange>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResyncError {
+    #[error(transparent)]
+    Port(#[from] PortError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("the state store stopped: {0}")]
+    Blocking(String),
+}
+
+/// Everything a resync works with.
+pub struct Resync<'a> {
+    pub client: &'a PortClient,
+    /// `None` only for a dry run without a state file yet.
+    pub state: Option<Arc<StateStore>>,
+    pub config: &'a PortAppConfig,
+    pub mapping: &'a CompiledMapping,
+    pub pool: &'a MappingPool,
+    pub integration: &'a dyn Integration,
+    pub setup: &'a IntegrationSetup,
+}
+
+impl std::fmt::Debug for Resync<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resync")
+            .field("setup", &self.setup)
+            .finish_non_exhaustive()
+    }
+}
+
+fn iso_now() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
+}
+
+/// Runs `work` on the state off the async runtime (redb blocks).
+async fn with_state<T: Send + 'static>(
+    state: &Arc<StateStore>,
+    work: impl FnOnce(&StateStore) -> Result<T, StateError> + Send + 'static,
+) -> Result<T, ResyncError> {
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || work(&state))
+        .await
+        .map_err(|e| ResyncError::Blocking(e.to_string()))?
+        .map_err(ResyncError::from)
+}
+
+fn key_of(entity: &Entity) -> EntityKey {
+    (entity.blueprint.clone(), entity.identifier_label())
+}
+
+/// What a dry run found: the writes it would make, and every entity the data produced.
+#[derive(Default)]
+struct Plan {
+    changes: Vec<PlannedChange>,
+    produced: HashSet<EntityKey>,
+}
+
+/// Per-resource progress while batches flow.
+#[derive(Default)]
+struct ResourceRun {
+    counters: RunCounters,
+    failed: Option<String>,
+}
+
+impl Resync<'_> {
+    /// Creates the integration and the missing blueprints in Port, as Ocean does at start.
+    async fn prepare_port(&self) -> Result<(), ResyncError> {
+        let setup = self.setup;
+        if self
+            .client
+            .get_integration(&setup.identifier)
+            .await?
+            .is_none()
+        {
+            tracing::info!(integration = %setup.identifier, "creating the integration in Port");
+            self.client
+                .create_integration(&NewIntegration {
+                    installation_id: setup.identifier.clone(),
+                    installation_app_type: setup.integration_type.clone(),
+                    version: setup.version.clone(),
+                    config: setup.mapping.clone(),
+                    changelog_destination: None,
+                })
+                .await?;
+        }
+        // Blueprints first without relations (they may point at each other), then relations.
+        let mut created = Vec::new();
+        for blueprint in &setup.blueprints {
+            let Some(id) = blueprint.get("identifier").and_then(Value::as_str) else {
+                continue;
+            };
+            if self.client.get_blueprint(id).await?.is_some() {
+                continue;
+            }
+            let mut bare = blueprint.clone();
+            let relations = bare.as_object_mut().and_then(|o| o.remove("relations"));
+            tracing::info!(blueprint = id, "creating a missing blueprint");
+            self.client.create_blueprint(&bare).await?;
+            if let Some(relations) =
+                relations.filter(|r| r.as_object().is_some_and(|o| !o.is_empty()))
+            {
+                created.push((id.to_owned(), relations));
+            }
+        }
+        for (id, relations) in created {
+            self.client
+                .patch_blueprint(&id, &serde_json::json!({ "relations": relations }))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn report_to_port(&self, status: ResyncStatus, started: &str) {
+        let state = ResyncState {
+            status,
+            last_resync_start: Some(started.to_owned()),
+            last_resync_end: (status != ResyncStatus::Running).then(iso_now),
+            next_resync: None,
+            interval_in_minutes: self.setup.interval_minutes,
+        };
+        // The resync state is informational: failing to report it must not fail the run.
+        if let Err(e) = self
+            .client
+            .patch_resync_state(&self.setup.identifier, &state)
+            .await
+        {
+            tracing::warn!(error = %e, "could not report the resync state to Port");
+        }
+    }
+
+    /// One resync. Returns the run as recorded; `Err` only when the run could not proceed at all.
+    pub async fn run(&self, options: &ResyncOptions) -> Result<ResyncReport, ResyncError> {
+        let started = Instant::now();
+        let started_iso = iso_now();
+        let dry = options.dry_run;
+        if !dry {
+            self.prepare_port().await?;
+        }
+        let mut run = match (&self.state, dry) {
+            (Some(state), false) => {
+                let trigger = options.trigger.clone();
+                with_state(state, move |s| s.start_run(&trigger)).await?
+            }
+            _ => RunRecord {
+                id: 0,
+                trigger: options.trigger.clone(),
+                started_at_ms: 0,
+                finished_at_ms: None,
+                status: RunStatus::Running,
+                kinds: BTreeMap::new(),
+                totals: RunCounters::default(),
+                notes: Vec::new(),
+            },
+        };
+        if !dry {
+            self.report_to_port(ResyncStatus::Running, &started_iso)
+                .await;
+        }
+        let mut plan = Plan::default();
+        let mut any_failed = false;
+        let in_scope = |kind: &str| {
+            options
+                .kinds
+                .as_ref()
+                .is_none_or(|kinds| kinds.iter().any(|k| k == kind))
+        };
+
+        for (index, resource) in self.config.resources.iter().enumerate() {
+            if !in_scope(&resource.kind) {
+                continue;
+            }
+            let outcome = match &self.mapping.resources[index] {
+                Err(errors) => ResourceRun {
+                    failed: Some(format!(
+                        "resources[{index}] (kind {}) does not compile: {}",
+                        resource.kind,
+                        errors
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    )),
+                    ..Default::default()
+                },
+                Ok(_) => {
+                    self.run_resource(index, &resource.kind, run.id, dry, &mut plan)
+                        .await?
+                }
+            };
+            if let Some(reason) = &outcome.failed {
+                tracing::error!(resource = index, kind = %resource.kind, reason = %reason, "resource failed; this run deletes nothing");
+                run.notes.push(reason.clone());
+                any_failed = true;
+            }
+            *run.kinds.entry(resource.kind.clone()).or_default() += outcome.counters;
+            run.totals += outcome.counters;
+        }
+
+        if any_failed {
+            run.notes
+                .push("deletions skipped: a resource failed in this run".to_owned());
+        } else if let Some(state) = &self.state {
+            self.delete_vanished(state, &mut run, options, dry, &mut plan)
+                .await?;
+        }
+        let deletion_failed = run.notes.iter().any(|n| n.starts_with("deletion failed"));
+        run.status = if any_failed || deletion_failed {
+            RunStatus::Failed
+        } else {
+            RunStatus::Completed
+        };
+        if !dry {
+            if let Some(state) = &self.state {
+                let record = run.clone();
+                with_state(state, move |s| s.finish_run(&record)).await?;
+            }
+            let port_status = if run.status == RunStatus::Completed {
+                ResyncStatus::Completed
+            } else {
+                ResyncStatus::Failed
+            };
+            self.report_to_port(port_status, &started_iso).await;
+        }
+        Ok(ResyncReport {
+            run,
+            duration: started.elapsed(),
+            plan: plan.changes,
+        })
+    }
+
+    async fn run_resource(
+        &self,
+        index: usize,
+        kind: &str,
+        run_id: u64,
+        dry: bool,
+        plan: &mut Plan,
+    ) -> Result<ResourceRun, ResyncError> {
+        let (sink, mut batches) = mpsc::channel::<RawBatch>(4);
+        let fetch = self.integration.fetch(kind, sink);
+        let consume = async {
+            let mut progress = ResourceRun::default();
+            while let Some(batch) = batches.recv().await {
+                progress.counters.fetched += batch.len() as u64;
+                let mapped = match self.pool.map_batch(index, batch).await {
+                    Ok(mapped) => mapped,
+                    Err(e) => {
+                        progress
+                            .failed
+                            .get_or_insert(format!("resources[{index}] (kind {kind}): {e}"));
+                        continue;
+                    }
+                };
+                if let Some((item, error)) = mapped.errors.first() {
+                    progress.failed.get_or_insert(format!(
+                        "resources[{index}] (kind {kind}): {} item error(s), first in batch item {item}: {error}",
+                        mapped.errors.len()
+                    ));
+                }
+                for (field, warning) in &mapped.warnings {
+                    tracing::warn!(field = %field, count = warning.count, first = %warning.first_message, "mapping field failed; set to null");
+                }
+                self.apply(
+                    index,
+                    kind,
+                    run_id,
+                    dry,
+                    mapped.entities,
+                    &mut progress.counters,
+                    plan,
+                )
+                .await?;
+            }
+            Ok::<_, ResyncError>(progress)
+        };
+        let (fetched, consumed) = tokio::join!(fetch, consume);
+        let mut progress = consumed?;
+        if let Err(e) = fetched {
+            progress
+                .failed
+                .get_or_insert(format!("resources[{index}]: {e}"));
+        }
+        Ok(progress)
+    }
+
+    /// Diff one batch of mapped entities against the state and send what changed.
+    #[allow(clippy::too_many_arguments)]
+    async fn apply(
+        &self,
+        index: usize,
+        kind: &str,
+        run_id: u64,
+        dry: bool,
+        entities: Vec<(Entity, EntityHash)>,
+        counters: &mut RunCounters,
+        plan: &mut Plan,
+    ) -> Result<(), ResyncError> {
+        counters.mapped += entities.len() as u64;
+        let keys: Vec<EntityKey> = entities.iter().map(|(e, _)| key_of(e)).collect();
+        if dry {
+            plan.produced.extend(keys.iter().cloned());
+        }
+        let known: Vec<Option<EntityRecord>> = match &self.state {
+            Some(state) => {
+                let keys = keys.clone();
+                with_state(state, move |s| s.get_many(&keys)).await?
+            }
+            None => vec![None; keys.len()],
+        };
+        let mut unchanged = Vec::new();
+        let mut changed: BTreeMap<String, Vec<(Entity, EntityHash, bool)>> = BTreeMap::new();
+        for ((entity, hash), record) in entities.into_iter().zip(known) {
+            match &record {
+                Some(r) if r.hash == hash.0 => unchanged.push(key_of(&entity)),
+                _ => changed.entry(entity.blueprint.clone()).or_default().push((
+                    entity,
+                    hash,
+                    record.is_some(),
+                )),
+            }
+        }
+        counters.unchanged += unchanged.len() as u64;
+        if dry {
+            for (entity, _, existed) in changed.into_values().flatten() {
+                plan.changes.push(PlannedChange {
+                    blueprint: entity.blueprint.clone(),
+                    identifier: entity.identifier_label(),
+                    kind: kind.to_owned(),
+                    reason: if existed { "changed" } else { "new" },
+                });
+            }
+            return Ok(());
+        }
+        let mut written = Vec::new();
+        let mut keep = unchanged;
+        for (blueprint, batch) in changed {
+            let to_send: Vec<Entity> = batch.iter().map(|(e, _, _)| e.clone()).collect();
+            let outcomes = self
+                .client
+                .upsert_entities(&blueprint, &to_send, self.mapping.options)
+                .await?;
+            for ((entity, hash, existed), outcome) in batch.into_iter().zip(outcomes) {
+                match outcome {
+                    UpsertOutcome::Upserted { .. } => written.push(Written {
+                        key: key_of(&entity),
+                        hash: hash.0,
+                        kind: kind.to_owned(),
+                        resource: index as u32,
+                    }),
+                    UpsertOutcome::Failed(error) => {
+                        counters.failed += 1;
+                        tracing::warn!(blueprint = %entity.blueprint, identifier = %entity.identifier_label(), error = %error.error, message = %error.message, "Port refused an entity; it is retried next resync");
+                        // Still produced by the data: never a deletion candidate because Port refused an update.
+                        if existed {
+                            keep.push(key_of(&entity));
+                        }
+                    }
+                }
+            }
+        }
+        counters.upserted += written.len() as u64;
+        if let Some(state) = &self.state {
+            with_state(state, move |s| {
+                s.record_written(run_id, &written)?;
+                s.mark_seen(run_id, &keep)
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn delete_vanished(
+        &self,
+        state: &Arc<StateStore>,
+        run: &mut RunRecord,
+        options: &ResyncOptions,
+        dry: bool,
+        plan: &mut Plan,
+    ) -> Result<(), ResyncError> {
+        let run_id = run.id;
+        let scope: Option<HashSet<String>> =
+            options.kinds.as_ref().map(|k| k.iter().cloned().collect());
+        let in_scope =
+            move |record: &EntityRecord| scope.as_ref().is_none_or(|s| s.contains(&record.kind));
+        let (total, vanished) = with_state(state, move |s| {
+            let all = s.entities(|_, r| in_scope(r))?;
+            let total = all.len();
+            // In a dry run nothing was marked seen, so "vanished" is what no item produced.
+            Ok((
+                total,
+                all.into_iter()
+                    .filter(|(_, r)| r.last_seen_run != run_id)
+                    .collect::<Vec<_>>(),
+            ))
+        })
+        .await?;
+        let vanished: Vec<(EntityKey, EntityRecord)> = if dry {
+            vanished
+                .into_iter()
+                .filter(|(k, _)| !plan.produced.contains(k))
+                .collect()
+        } else {
+            vanished
+        };
+        if vanished.is_empty() {
+            return Ok(());
+        }
+        let threshold = self.mapping.entity_deletion_threshold;
+        let ratio = vanished.len() as f64 / total.max(1) as f64;
+        if ratio > threshold {
+            let note = format!(
+                "deletions skipped: {} of {} entities ({:.0}%) vanished, above entityDeletionThreshold {:.0}%; if this is intended, raise the threshold",
+                vanished.len(),
+                total,
+                ratio * 100.0,
+                threshold * 100.0
+            );
+            tracing::error!("{note}");
+            run.notes.push(note);
+            return Ok(());
+        }
+        if dry {
+            plan.changes.extend(
+                vanished
+                    .into_iter()
+                    .map(|((blueprint, identifier), record)| PlannedChange {
+                        blueprint,
+                        identifier,
+                        kind: record.kind,
+                        reason: "vanished",
+                    }),
+            );
+            return Ok(());
+        }
+        let mut by_blueprint: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+        for ((blueprint, identifier), record) in vanished {
+            by_blueprint
+                .entry(blueprint)
+                .or_default()
+                .push((identifier, record.kind));
+        }
+        for (blueprint, entries) in by_blueprint {
+            let ids: Vec<String> = entries.iter().map(|(id, _)| id.clone()).collect();
+            let kinds: BTreeMap<String, String> = entries.into_iter().collect();
+            let report = self
+                .client
+                .delete_entities(&blueprint, &ids, self.mapping.delete_dependent_entities)
+                .await?;
+            // Gone either way: deleted now, or Port no longer had it.
+            let gone: Vec<EntityKey> = report
+                .deleted
+                .iter()
+                .chain(&report.not_deleted)
+                .map(|id| (blueprint.clone(), id.clone()))
+                .collect();
+            for id in &report.deleted {
+                let kind = kinds.get(id).cloned().unwrap_or_default();
+                run.kinds.entry(kind).or_default().deleted += 1;
+                run.totals.deleted += 1;
+            }
+            if let Some((id, error)) = report.failed.first() {
+                run.notes.push(format!("deletion failed for {} entities of {blueprint} (first {id}: {}); retried next resync", report.failed.len(), error.message));
+            }
+            with_state(state, move |s| s.remove(&gone)).await?;
+        }
+        Ok(())
+    }
+}
