@@ -1,0 +1,323 @@
+//! `port-agent resync` as a user runs it: a real process, a real redb file, the Port emulator.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use port_emulator::{Emulator, EmulatorConfig};
+use serde_json::{Value, json};
+
+const BLUEPRINTS: &str = r#"[
+  {"identifier": "team", "title": "Team", "schema": {"properties": {"size": {"type": "number"}}}},
+  {"identifier": "service", "title": "Service", "schema": {"properties": {
+     "language": {"type": "string"}, "stars": {"type": "number"}, "tier": {"type": "string"}}},
+   "relations": {"team": {"target": "team", "required": false, "many": false}}}
+]"#;
+
+fn mapping(tier_cut: u32) -> String {
+    format!(
+        r#"
+resources:
+  - kind: service
+    selector: {{query: 'true'}}
+    port:
+      entity:
+        mappings:
+          identifier: .name
+          title: .name
+          blueprint: '"service"'
+          properties:
+            language: .lang // 'unknown'
+            stars: .stars
+            tier: 'if .stars > {tier_cut} then "high" else "low" end'
+          relations:
+            team: .team
+  - kind: team
+    selector: {{query: 'true'}}
+    port:
+      entity:
+        mappings: {{identifier: .id, title: .id, blueprint: '"team"', properties: {{size: .size}}}}
+"#
+    )
+}
+
+fn service(i: usize) -> Value {
+    json!({"name": format!("svc-{i:04}"), "lang": (["rust", "go"][i % 2]), "stars": (i * 37) % 400, "team": format!("team-{}", i % 5)})
+}
+
+/// A folder with an agent config pointing at an in-process emulator.
+struct Project {
+    dir: tempfile::TempDir,
+    emulator: Emulator,
+}
+
+impl Project {
+    async fn new(services: usize) -> Self {
+        let emulator = Emulator::start(EmulatorConfig::default()).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join(".port/resources")).unwrap();
+        std::fs::write(root.join(".port/resources/blueprints.json"), BLUEPRINTS).unwrap();
+        std::fs::write(root.join("port-app-config.yaml"), mapping(100)).unwrap();
+        std::fs::write(
+            root.join("agent.yaml"),
+            format!(
+                "port: {{base_url: '{}', client_id: emulator-client, client_secret: emulator-secret}}\n\
+                 integration: {{identifier: my-services, type: json, config: {{kinds: {{service: ./services.jsonl, team: ./teams.jsonl}}}}}}\n\
+                 mapping: ./port-app-config.yaml\nresources_path: ./.port/resources\nstate: {{path: ./state/agent.redb}}\n\
+                 event_listener: {{type: ONCE}}\n",
+                emulator.base_url()
+            ),
+        )
+        .unwrap();
+        let project = Self { dir, emulator };
+        project.write_services(&(0..services).map(service).collect::<Vec<_>>());
+        project.write_lines(
+            "teams.jsonl",
+            &(0..5)
+                .map(|t| json!({"id": format!("team-{t}"), "size": t}))
+                .collect::<Vec<_>>(),
+        );
+        project
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn state_path(&self) -> PathBuf {
+        self.root().join("state/agent.redb")
+    }
+
+    fn write_lines(&self, file: &str, items: &[Value]) {
+        let text: String = items.iter().map(|v| format!("{v}\n")).collect();
+        std::fs::write(self.root().join(file), text).unwrap();
+    }
+
+    fn write_services(&self, items: &[Value]) {
+        self.write_lines("services.jsonl", items);
+    }
+
+    async fn agent(&self, args: &[&str]) -> Output {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_port-agent"));
+        command
+            .args(args)
+            .current_dir(self.root())
+            .env_remove("PORT_AGENT_CONFIG");
+        tokio::task::spawn_blocking(move || command.output().unwrap())
+            .await
+            .unwrap()
+    }
+
+    /// `resync --json`: exit code and the summary.
+    async fn resync(&self, extra: &[&str]) -> (i32, Value, String) {
+        let mut args = vec!["resync", "--config", "agent.yaml", "--json"];
+        args.extend_from_slice(extra);
+        let out = self.agent(&args).await;
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let summary = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {} / {stderr}", String::from_utf8_lossy(&out.stdout)));
+        (out.status.code().unwrap_or(-1), summary, stderr)
+    }
+
+    fn stats(&self) -> Value {
+        self.emulator.stats()
+    }
+
+    fn writes(&self) -> u64 {
+        let requests = &self.stats()["requests"];
+        [
+            "POST /v1/blueprints/{bp}/entities/bulk",
+            "POST /v1/blueprints/{bp}/entities",
+            "POST /v1/blueprints/{bp}/bulk/entities/delete",
+        ]
+        .iter()
+        .map(|r| requests[r].as_u64().unwrap_or(0))
+        .sum()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_what_changed_reaches_port() {
+    let project = Project::new(300).await;
+
+    let (code, first, stderr) = project.resync(&[]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(first["status"], "completed");
+    assert_eq!(first["totals"]["upserted"], 305);
+    assert_eq!(first["kinds"]["service"]["fetched"], 300);
+    for field in ["run_id", "duration_ms"] {
+        assert!(first[field].is_u64(), "{field}: {first}");
+    }
+    assert_eq!(project.stats()["entities_total"], 305);
+
+    // Nothing changed: zero writes.
+    let writes_before = project.writes();
+    let (code, second, _) = project.resync(&[]).await;
+    assert_eq!(code, 0);
+    assert_eq!(second["totals"]["unchanged"], 305);
+    assert_eq!(second["totals"]["upserted"], 0);
+    assert_eq!(
+        project.writes(),
+        writes_before,
+        "an unchanged resync must send no write"
+    );
+
+    // One changed raw item: exactly one upsert.
+    let mut services: Vec<Value> = (0..300).map(service).collect();
+    services[42]["lang"] = json!("zig");
+    project.write_services(&services);
+    let (_, third, _) = project.resync(&[]).await;
+    assert_eq!(third["totals"]["upserted"], 1);
+    assert_eq!(project.stats()["upserts_per_entity"]["service/svc-0042"], 2);
+    assert_eq!(project.stats()["upserts_per_entity"]["service/svc-0043"], 1);
+
+    // One removed: exactly one delete.
+    services.remove(7);
+    project.write_services(&services);
+    let (_, fourth, _) = project.resync(&[]).await;
+    assert_eq!(
+        (
+            fourth["totals"]["upserted"].as_u64(),
+            fourth["totals"]["deleted"].as_u64()
+        ),
+        (Some(0), Some(1))
+    );
+    assert_eq!(project.stats()["entities_deleted"], 1);
+    let entities = project.emulator.entities();
+    assert!(
+        !entities
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["identifier"] == "svc-0007")
+    );
+
+    // `state inspect` agrees with Port.
+    let inspect = project
+        .agent(&["state", "inspect", "--config", "agent.yaml", "--json"])
+        .await;
+    let state: Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(state["entities"].as_array().unwrap().len(), 304);
+    assert_eq!(state["runs"][0]["status"], "completed");
+    assert!(!String::from_utf8_lossy(&inspect.stdout).contains("emulator-secret"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mapping_change_resends_only_the_entities_it_changes() {
+    let project = Project::new(300).await;
+    assert_eq!(project.resync(&[]).await.0, 0);
+    std::fs::write(project.root().join("port-app-config.yaml"), mapping(200)).unwrap();
+    let (code, summary, stderr) = project.resync(&[]).await;
+    assert_eq!(code, 0, "{stderr}");
+    let affected = (0..300)
+        .filter(|&i| (101..=200).contains(&((i * 37) % 400)))
+        .count() as u64;
+    assert!(affected > 0);
+    assert_eq!(summary["totals"]["upserted"].as_u64(), Some(affected));
+    assert_eq!(
+        summary["totals"]["unchanged"].as_u64(),
+        Some(305 - affected)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_in_one_kind_blocks_every_deletion() {
+    let project = Project::new(50).await;
+    assert_eq!(project.resync(&[]).await.0, 0);
+    // A team disappears, and the service file breaks: the run must fail and delete nothing.
+    project.write_lines(
+        "teams.jsonl",
+        &(0..4)
+            .map(|t| json!({"id": format!("team-{t}"), "size": t}))
+            .collect::<Vec<_>>(),
+    );
+    std::fs::write(
+        project.root().join("services.jsonl"),
+        "{\"name\": \"svc-0000\"}\n{\"name\": \n",
+    )
+    .unwrap();
+    let (code, summary, _) = project.resync(&[]).await;
+    assert_eq!(code, 1);
+    assert_eq!(summary["status"], "failed");
+    let notes = summary["notes"].to_string();
+    assert!(
+        notes.contains("services.jsonl: line 2") && notes.contains("deletions skipped"),
+        "{notes}"
+    );
+    assert_eq!(project.stats()["entities_deleted"], 0);
+    assert_eq!(summary["totals"]["deleted"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletions_above_the_threshold_are_skipped_loudly() {
+    let project = Project::new(100).await;
+    assert_eq!(project.resync(&["--kind", "service"]).await.0, 0);
+    project.write_services(&(0..5).map(service).collect::<Vec<_>>());
+    let (code, summary, stderr) = project.resync(&["--kind", "service"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(project.stats()["entities_deleted"], 0);
+    let notes = summary["notes"].to_string();
+    assert!(
+        notes.contains("95 of 100 entities") && notes.contains("entityDeletionThreshold"),
+        "{notes}"
+    );
+    assert!(
+        stderr.contains("deletions skipped"),
+        "said loudly on stderr too: {stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_writes_nothing_anywhere() {
+    let project = Project::new(20).await;
+    let (code, summary, stderr) = project.resync(&["--dry-run"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(summary["plan"].as_array().unwrap().len(), 25);
+    assert_eq!(summary["plan"][0]["reason"], "new");
+    assert!(
+        !project.state_path().exists(),
+        "a dry run must not create the state file"
+    );
+    assert_eq!(
+        project.stats()["requests"].as_object().unwrap().len(),
+        0,
+        "a dry run must not call Port"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_agent_on_the_same_state_file_is_refused() {
+    let project = Project::new(5).await;
+    assert_eq!(project.resync(&[]).await.0, 0);
+    let identity = port_agent_state::Identity {
+        integration_type: "json".into(),
+        integration_identifier: "my-services".into(),
+        port_base_url: project.emulator.base_url(),
+    };
+    let _held = port_agent_state::StateStore::open(&project.state_path(), &identity).unwrap();
+    let out = project.agent(&["resync", "--config", "agent.yaml"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("locked by another process"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_state_file_is_reported_and_left_alone() {
+    let project = Project::new(5).await;
+    std::fs::create_dir_all(project.state_path().parent().unwrap()).unwrap();
+    std::fs::write(
+        project.state_path(),
+        b"definitely not a redb file, but long enough to look like one..".repeat(100),
+    )
+    .unwrap();
+    let before = std::fs::read(project.state_path()).unwrap();
+    let out = project.agent(&["resync", "--config", "agent.yaml"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("corrupt") && stderr.contains("agent.redb"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(project.state_path()).unwrap(), before);
+    assert_eq!(project.stats()["entities_total"], 0);
+}
