@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use port_agent_state::{
     EntityKey, EntityRecord, RunCounters, RunRecord, RunStatus, StateError, StateStore, Written,
 };
@@ -119,6 +120,14 @@ fn key_of(entity: &Entity) -> EntityKey {
 struct Plan {
     changes: Vec<PlannedChange>,
     produced: HashSet<EntityKey>,
+}
+
+/// A mapped entity that differs from what the state knows: to be sent.
+struct Pending {
+    entity: Entity,
+    hash: EntityHash,
+    /// The state knew an older version (so a failed update must not make it a deletion candidate).
+    existed: bool,
 }
 
 /// Per-resource progress while batches flow.
@@ -374,20 +383,26 @@ impl Resync<'_> {
             None => vec![None; keys.len()],
         };
         let mut unchanged = Vec::new();
-        let mut changed: BTreeMap<String, Vec<(Entity, EntityHash, bool)>> = BTreeMap::new();
+        let mut changed: BTreeMap<String, Vec<Pending>> = BTreeMap::new();
         for ((entity, hash), record) in entities.into_iter().zip(known) {
             match &record {
                 Some(r) if r.hash == hash.0 => unchanged.push(key_of(&entity)),
-                _ => changed.entry(entity.blueprint.clone()).or_default().push((
-                    entity,
-                    hash,
-                    record.is_some(),
-                )),
+                _ => changed
+                    .entry(entity.blueprint.clone())
+                    .or_default()
+                    .push(Pending {
+                        entity,
+                        hash,
+                        existed: record.is_some(),
+                    }),
             }
         }
         counters.unchanged += unchanged.len() as u64;
         if dry {
-            for (entity, _, existed) in changed.into_values().flatten() {
+            for Pending {
+                entity, existed, ..
+            } in changed.into_values().flatten()
+            {
                 plan.changes.push(PlannedChange {
                     blueprint: entity.blueprint.clone(),
                     identifier: entity.identifier_label(),
@@ -397,34 +412,76 @@ impl Resync<'_> {
             }
             return Ok(());
         }
-        let mut written = Vec::new();
-        let mut keep = unchanged;
+        // Unchanged entities are marked seen now; every bulk request's acknowledgements are
+        // committed as soon as Port gives them, so a kill loses at most the requests in flight.
+        if let Some(state) = &self.state {
+            with_state(state, move |s| s.mark_seen(run_id, &unchanged)).await?;
+        }
+        let chunk_size = self.client.config().bulk.max_entities;
+        let mut chunks: Vec<(String, Vec<Pending>)> = Vec::new();
         for (blueprint, batch) in changed {
-            let to_send: Vec<Entity> = batch.iter().map(|(e, _, _)| e.clone()).collect();
-            let outcomes = self
-                .client
-                .upsert_entities(&blueprint, &to_send, self.mapping.options)
-                .await?;
-            for ((entity, hash, existed), outcome) in batch.into_iter().zip(outcomes) {
-                match outcome {
-                    UpsertOutcome::Upserted { .. } => written.push(Written {
-                        key: key_of(&entity),
-                        hash: hash.0,
-                        kind: kind.to_owned(),
-                        resource: index as u32,
-                    }),
-                    UpsertOutcome::Failed(error) => {
-                        counters.failed += 1;
-                        tracing::warn!(blueprint = %entity.blueprint, identifier = %entity.identifier_label(), error = %error.error, message = %error.message, "Port refused an entity; it is retried next resync");
-                        // Still produced by the data: never a deletion candidate because Port refused an update.
-                        if existed {
-                            keep.push(key_of(&entity));
-                        }
+            let mut batch = batch.into_iter().peekable();
+            while batch.peek().is_some() {
+                chunks.push((blueprint.clone(), batch.by_ref().take(chunk_size).collect()));
+            }
+        }
+        let concurrency = self.client.config().max_concurrency;
+        let mut sent = futures_util::stream::iter(chunks)
+            .map(|(blueprint, chunk)| self.send_chunk(index, kind, run_id, blueprint, chunk))
+            .buffer_unordered(concurrency);
+        while let Some(result) = sent.next().await {
+            let (upserted, failed) = result?;
+            counters.upserted += upserted;
+            counters.failed += failed;
+        }
+        Ok(())
+    }
+
+    /// Upserts one bulk request's worth of entities and commits what Port acknowledged.
+    /// Returns (upserted, failed).
+    async fn send_chunk(
+        &self,
+        index: usize,
+        kind: &str,
+        run_id: u64,
+        blueprint: String,
+        chunk: Vec<Pending>,
+    ) -> Result<(u64, u64), ResyncError> {
+        let to_send: Vec<Entity> = chunk.iter().map(|p| p.entity.clone()).collect();
+        let outcomes = self
+            .client
+            .upsert_entities(&blueprint, &to_send, self.mapping.options)
+            .await?;
+        let mut written = Vec::new();
+        let mut keep = Vec::new();
+        let mut failed = 0;
+        for (
+            Pending {
+                entity,
+                hash,
+                existed,
+            },
+            outcome,
+        ) in chunk.into_iter().zip(outcomes)
+        {
+            match outcome {
+                UpsertOutcome::Upserted { .. } => written.push(Written {
+                    key: key_of(&entity),
+                    hash: hash.0,
+                    kind: kind.to_owned(),
+                    resource: index as u32,
+                }),
+                UpsertOutcome::Failed(error) => {
+                    failed += 1;
+                    tracing::warn!(blueprint = %entity.blueprint, identifier = %entity.identifier_label(), error = %error.error, message = %error.message, "Port refused an entity; it is retried next resync");
+                    // Still produced by the data: never a deletion candidate because Port refused an update.
+                    if existed {
+                        keep.push(key_of(&entity));
                     }
                 }
             }
         }
-        counters.upserted += written.len() as u64;
+        let upserted = written.len() as u64;
         if let Some(state) = &self.state {
             with_state(state, move |s| {
                 s.record_written(run_id, &written)?;
@@ -432,7 +489,7 @@ impl Resync<'_> {
             })
             .await?;
         }
-        Ok(())
+        Ok((upserted, failed))
     }
 
     async fn delete_vanished(
