@@ -1,0 +1,198 @@
+//! A resync of many entities, run as a user runs it: the `port-agent` process against the Port
+//! emulator (in this process, on its own thread), with a redb state file.
+//!
+//! `cargo bench -p port-agent --bench resync` (BENCH_ENTITIES, default 100000). Prints, for the
+//! first resync, an unchanged resync and one with 1% of items changed: wall time, the agent's
+//! CPU time, its peak RSS, and the entity writes Port received.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use port_emulator::{Emulator, EmulatorConfig};
+use serde_json::{Value, json};
+
+const MAPPING: &str = r#"
+resources:
+  - kind: repository
+    selector:
+      query: '.archived | not'
+    port:
+      entity:
+        mappings:
+          identifier: .full_name | split("/") | last | ascii_downcase
+          title: .name // .full_name
+          blueprint: '"repository"'
+          properties:
+            url: .html_url
+            description: .description // ''
+            stars: .stargazers_count | tostring
+            language: .language // "unknown"
+            topics: '[.topics[] | select(startswith("internal") | not) | gsub("\\](?=[^$])"; "-")]'
+            createdDay: .created_at | fromdate | strftime("%Y-%m-%d")
+            owners: '.collaborators | map(.login) | join(",")'
+            visibility: if .private then "private" else "public" end
+"#;
+
+fn item(i: usize, version: usize) -> String {
+    json!({
+        "id": i, "name": format!("repo-{i}"), "full_name": format!("org-{}/Repo-{i}", i % 37),
+        "private": i.is_multiple_of(3), "archived": false, "html_url": format!("https://github.com/org/repo-{i}"),
+        "description": format!("Service number {i} v{version}"), "stargazers_count": i % 5000,
+        "language": (["Rust", "Go", "Python", "TypeScript"][i % 4]),
+        "topics": ["backend", "internal-x", format!("team]{}", i % 11), "svc]"],
+        "created_at": format!("2023-0{}-1{}T08:15:30Z", 1 + i % 9, i % 9),
+        "collaborators": [{"login": "ann"}, {"login": format!("bob-{}", i % 11)}]
+    })
+    .to_string()
+}
+
+fn write_items(dir: &Path, count: usize, changed_every: Option<usize>) {
+    let mut out = std::io::BufWriter::new(std::fs::File::create(dir.join("repos.jsonl")).unwrap());
+    for i in 0..count {
+        let version = usize::from(changed_every.is_some_and(|n| i % n == 0));
+        writeln!(out, "{}", item(i, version)).unwrap();
+    }
+}
+
+/// User + system CPU seconds of this process's waited-for children (fields 16 and 17).
+fn children_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // After ")" the state is field 3, so cutime (16) and cstime (17) are at 13 and 14.
+    (ticks(13) + ticks(14)) / 100.0
+}
+
+fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<f64>().ok()? / 1024.0)
+}
+
+struct Measured {
+    wall: Duration,
+    cpu: f64,
+    rss_mib: f64,
+    summary: Value,
+}
+
+fn resync(dir: &Path) -> Measured {
+    let cpu_before = children_cpu();
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_port-agent"))
+        .args(["resync", "--config", "agent.yaml", "--json"])
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut rss: f64 = 0.0;
+    while child.try_wait().unwrap().is_none() {
+        if let Some(now) = peak_rss_mib(child.id()) {
+            rss = rss.max(now);
+        }
+        // A plain thread sampling another process, not async code: blocking is what it should do.
+        #[allow(clippy::disallowed_methods)]
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "the resync failed");
+    Measured {
+        wall: started.elapsed(),
+        cpu: children_cpu() - cpu_before,
+        rss_mib: rss,
+        summary: serde_json::from_slice(&output.stdout).unwrap(),
+    }
+}
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() {
+    let count: usize = std::env::var("BENCH_ENTITIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let (address_tx, address_rx) = std::sync::mpsc::sync_channel(1);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let emulator = Emulator::start(EmulatorConfig::default()).await.unwrap();
+            address_tx.send(emulator.base_url()).unwrap();
+            let stats = std::sync::Arc::new(emulator);
+            let _ = stop_rx.await;
+            stats.stats()
+        })
+    });
+    let base_url = address_rx.recv().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join(".port/resources")).unwrap();
+    std::fs::write(
+        root.join(".port/resources/blueprints.json"),
+        r#"[{"identifier": "repository", "schema": {"properties": {"url": {"type": "string"}, "description": {"type": "string"},
+            "stars": {"type": "string"}, "language": {"type": "string"}, "topics": {"type": "array"}, "createdDay": {"type": "string"},
+            "owners": {"type": "string"}, "visibility": {"type": "string"}}}}]"#,
+    )
+    .unwrap();
+    std::fs::write(root.join("port-app-config.yaml"), MAPPING).unwrap();
+    std::fs::write(
+        root.join("agent.yaml"),
+        format!(
+            "port: {{base_url: '{base_url}', client_id: emulator-client, client_secret: emulator-secret}}\n\
+             integration: {{identifier: bench, type: json, config: {{kinds: {{repository: ./repos.jsonl}}}}}}\n\
+             mapping: ./port-app-config.yaml\nstate: {{path: ./state.redb}}\n"
+        ),
+    )
+    .unwrap();
+
+    let mut out = std::io::stdout();
+    writeln!(
+        out,
+        "resync of {count} entities (agent process vs the emulator, redb state):"
+    )
+    .unwrap();
+    for (label, changed_every) in [
+        ("first", None),
+        ("unchanged", None),
+        ("1% changed", Some(100)),
+    ] {
+        write_items(root, count, changed_every);
+        let m = resync(root);
+        let totals = &m.summary["totals"];
+        writeln!(
+            out,
+            "  {label:<11} wall {:>6.2} s  agent CPU {:>6.2} s  peak RSS {:>5.0} MiB  upserted {:>7}  unchanged {:>7}",
+            m.wall.as_secs_f64(),
+            m.cpu,
+            m.rss_mib,
+            totals["upserted"],
+            totals["unchanged"]
+        )
+        .unwrap();
+    }
+    drop(stop_tx);
+    let stats = server.join().unwrap();
+    let size = std::fs::metadata(root.join("state.redb"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    writeln!(
+        out,
+        "  emulator: {} entity writes in all; state file {:.1} MiB",
+        stats["entities_upserted"],
+        size as f64 / 1048576.0
+    )
+    .unwrap();
+}
