@@ -4,7 +4,7 @@
 //! acknowledged it; deletions happen only after a run in which every resource succeeded, stay
 //! under `entityDeletionThreshold`, and are forgotten only after Port confirmed them.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 
 use crate::entity_hash::EntityHash;
 use crate::integration::{Integration, RawBatch};
-use crate::mapping::{CompiledMapping, MappingPool, PortAppConfig};
+use crate::mapping::{CompiledMapping, MappingPool, PendingBatch, PortAppConfig};
 use crate::port::{
     Entity, NewIntegration, PortClient, PortError, ResyncState, ResyncStatus, UpsertOutcome,
 };
@@ -315,9 +315,39 @@ impl Resync<'_> {
         let fetch = self.integration.fetch(kind, sink);
         let consume = async {
             let mut progress = ResourceRun::default();
-            while let Some(batch) = batches.recv().await {
-                progress.counters.fetched += batch.len() as u64;
-                let mapped = match self.pool.map_batch(index, batch).await {
+            // Several batches map at once on the pool; results are applied in fetch order. While
+            // fewer than `depth` are in flight, take the next batch; when the fetch is done
+            // (`recv` gives None), drain what is in flight.
+            let mut in_flight: VecDeque<PendingBatch> = VecDeque::new();
+            let depth = self.pool.threads() + 1;
+            loop {
+                let next = if in_flight.len() < depth {
+                    batches.recv().await
+                } else {
+                    None
+                };
+                let draining = next.is_none();
+                if let Some(batch) = next {
+                    progress.counters.fetched += batch.len() as u64;
+                    match self.pool.submit(index, batch).await {
+                        Ok(pending) => in_flight.push_back(pending),
+                        Err(e) => {
+                            progress
+                                .failed
+                                .get_or_insert(format!("resources[{index}] (kind {kind}): {e}"));
+                        }
+                    }
+                    if in_flight.len() < depth {
+                        continue;
+                    }
+                }
+                let Some(pending) = in_flight.pop_front() else {
+                    if draining {
+                        break;
+                    }
+                    continue;
+                };
+                let mapped = match pending.result().await {
                     Ok(mapped) => mapped,
                     Err(e) => {
                         progress
@@ -505,18 +535,10 @@ impl Resync<'_> {
             options.kinds.as_ref().map(|k| k.iter().cloned().collect());
         let in_scope =
             move |record: &EntityRecord| scope.as_ref().is_none_or(|s| s.contains(&record.kind));
-        let (total, vanished) = with_state(state, move |s| {
-            let all = s.entities(|_, r| in_scope(r))?;
-            let total = all.len();
-            // In a dry run nothing was marked seen, so "vanished" is what no item produced.
-            Ok((
-                total,
-                all.into_iter()
-                    .filter(|(_, r)| r.last_seen_run != run_id)
-                    .collect::<Vec<_>>(),
-            ))
-        })
-        .await?;
+        // In a dry run nothing was marked seen: "unseen" is then every record, filtered below by
+        // what the data produced.
+        let (total, vanished) =
+            with_state(state, move |s| s.scoped_unseen(run_id, in_scope)).await?;
         let vanished: Vec<(EntityKey, EntityRecord)> = if dry {
             vanished
                 .into_iter()

@@ -11,6 +11,9 @@ use crate::record::{EntityKey, EntityRecord, Identity, RunRecord, RunStatus, Wri
 /// The layout this build writes. Opening a newer one is refused; older ones are migrated on open.
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// Page cache of the state file.
+const CACHE_BYTES: usize = 32 * 1024 * 1024;
+
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 const ENTITIES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("entities");
 const RUNS: TableDefinition<u64, &str> = TableDefinition::new("runs");
@@ -334,6 +337,22 @@ impl StateStore {
         self.entities(|_, record| record.last_seen_run != run)
     }
 
+    /// How many records `in_scope` accepts, and those of them `run` did not see; reads the
+    /// records once and keeps only the unseen ones.
+    pub fn scoped_unseen(
+        &self,
+        run: u64,
+        in_scope: impl Fn(&EntityRecord) -> bool,
+    ) -> Result<(usize, Vec<(EntityKey, EntityRecord)>), StateError> {
+        let mut total = 0;
+        let unseen = self.entities(|_, record| {
+            let counted = in_scope(record);
+            total += usize::from(counted);
+            counted && record.last_seen_run != run
+        })?;
+        Ok((total, unseen))
+    }
+
     /// Every record that `keep` accepts.
     pub fn entities(
         &self,
@@ -422,35 +441,40 @@ fn open_database(path: &Path) -> Result<Database, StateError> {
     let existed_with_data = std::fs::metadata(path)
         .map(|m| m.len() > 0)
         .unwrap_or(false);
-    Database::create(path).map_err(|error| match error {
-        DatabaseError::DatabaseAlreadyOpen => StateError::Locked {
-            path: path.to_owned(),
-        },
-        DatabaseError::Storage(StorageError::Corrupted(detail)) => StateError::Corrupt {
-            path: path.to_owned(),
-            detail,
-        },
-        DatabaseError::Storage(StorageError::Io(io))
-            if existed_with_data
-                && !matches!(
-                    io.kind(),
-                    std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::NotFound
-                ) =>
-        {
-            StateError::Corrupt {
+    // redb caches up to 1 GiB by default; the agent's working set is far smaller, and its
+    // memory budget is 150 MB at a million entities.
+    Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)
+        .map_err(|error| match error {
+            DatabaseError::DatabaseAlreadyOpen => StateError::Locked {
                 path: path.to_owned(),
-                detail: io.to_string(),
+            },
+            DatabaseError::Storage(StorageError::Corrupted(detail)) => StateError::Corrupt {
+                path: path.to_owned(),
+                detail,
+            },
+            DatabaseError::Storage(StorageError::Io(io))
+                if existed_with_data
+                    && !matches!(
+                        io.kind(),
+                        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::NotFound
+                    ) =>
+            {
+                StateError::Corrupt {
+                    path: path.to_owned(),
+                    detail: io.to_string(),
+                }
             }
-        }
-        DatabaseError::UpgradeRequired(version) => StateError::Corrupt {
-            path: path.to_owned(),
-            detail: format!("redb file format {version} needs an upgrade"),
-        },
-        other => StateError::Storage {
-            path: path.to_owned(),
-            source: other.into(),
-        },
-    })
+            DatabaseError::UpgradeRequired(version) => StateError::Corrupt {
+                path: path.to_owned(),
+                detail: format!("redb file format {version} needs an upgrade"),
+            },
+            other => StateError::Storage {
+                path: path.to_owned(),
+                source: other.into(),
+            },
+        })
 }
 
 #[cfg(test)]

@@ -169,6 +169,11 @@ impl MappingPool {
         })
     }
 
+    /// How many worker threads map.
+    pub fn threads(&self) -> usize {
+        self.workers.len()
+    }
+
     /// Queues a batch, waiting while the queue is full, and returns a handle to its result.
     pub async fn submit(
         &self,
