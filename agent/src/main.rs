@@ -75,6 +75,40 @@ enum StateCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Counts by blueprint and kind, runs, file size.
+    Stats {
+        #[command(flatten)]
+        target: StateTarget,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every entity record as JSON lines.
+    Export {
+        #[command(flatten)]
+        target: StateTarget,
+        /// JSON lines (the only format).
+        #[arg(long, default_value_t = true)]
+        jsonl: bool,
+    },
+    /// Forget everything: the next resync sends every entity once. Asks first.
+    Reset {
+        #[command(flatten)]
+        target: StateTarget,
+        /// Do not ask.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// Which state file: the config's, or one named directly.
+#[derive(Debug, Args)]
+struct StateTarget {
+    /// The agent's config (its state.path).
+    #[arg(long, short = 'c', env = "PORT_AGENT_CONFIG", conflicts_with = "state")]
+    config: Option<PathBuf>,
+    /// A state file, directly.
+    #[arg(long)]
+    state: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -183,6 +217,15 @@ fn main() -> ExitCode {
             kind,
             json,
         }),
+        Command::State(StateCommand::Stats { target, json }) => {
+            commands::state::stats(&target.config, &target.state, json)
+        }
+        Command::State(StateCommand::Export { target, .. }) => {
+            commands::state::export(&target.config, &target.state)
+        }
+        Command::State(StateCommand::Reset { target, yes }) => {
+            commands::state::reset(&target.config, &target.state, yes)
+        }
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

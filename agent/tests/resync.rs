@@ -321,3 +321,55 @@ async fn a_corrupt_state_file_is_reported_and_left_alone() {
     assert_eq!(std::fs::read(project.state_path()).unwrap(), before);
     assert_eq!(project.stats()["entities_total"], 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_stats_export_and_reset() {
+    let project = Project::new(30).await;
+    assert_eq!(project.resync(&[]).await.0, 0);
+
+    let stats = project
+        .agent(&["state", "stats", "--config", "agent.yaml", "--json"])
+        .await;
+    let stats: Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert_eq!(stats["entities"], 35);
+    assert_eq!(stats["by_blueprint"]["service"], 30);
+    assert_eq!(stats["by_kind"]["team"], 5);
+    assert_eq!(stats["last_run"]["status"], "completed");
+
+    let export = project
+        .agent(&["state", "export", "--config", "agent.yaml", "--jsonl"])
+        .await;
+    let lines: Vec<Value> = String::from_utf8_lossy(&export.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 35);
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["hash"].as_str().is_some_and(|h| h.len() == 64))
+    );
+
+    // Without a terminal and without --yes, reset refuses and changes nothing.
+    let refused = project
+        .agent(&["state", "reset", "--config", "agent.yaml"])
+        .await;
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(project.state_path().exists());
+
+    let reset = project
+        .agent(&["state", "reset", "--config", "agent.yaml", "--yes"])
+        .await;
+    assert_eq!(
+        reset.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&reset.stderr)
+    );
+    assert!(!project.state_path().exists());
+    let (_, summary, _) = project.resync(&[]).await;
+    assert_eq!(
+        summary["totals"]["upserted"], 35,
+        "after a reset every entity is sent once more"
+    );
+}

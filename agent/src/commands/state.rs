@@ -46,17 +46,161 @@ fn run_json(run: &RunRecord) -> Value {
     value
 }
 
-pub fn inspect(args: &InspectArgs) -> Result<(), Failure> {
-    let path = match (&args.state, &args.config) {
-        (Some(path), _) => path.clone(),
-        (None, Some(config)) => config::load(config)?.state_path(),
-        (None, None) => {
+/// The state file named by `--state`, or by the config's `state.path`.
+pub fn state_path(
+    config_file: &Option<PathBuf>,
+    state: &Option<PathBuf>,
+) -> Result<PathBuf, Failure> {
+    match (state, config_file) {
+        (Some(path), _) => Ok(path.clone()),
+        (None, Some(config)) => Ok(config::load(config)?.state_path()),
+        (None, None) => Err(Failure::Config(anyhow!(
+            "give --config FILE or --state PATH"
+        ))),
+    }
+}
+
+fn open(path: &std::path::Path) -> Result<StateStore, Failure> {
+    StateStore::open_existing(path).map_err(|e| Failure::Run(e.into()))
+}
+
+/// Ignores a closed pipe (`| head`), which is not a failure.
+fn finish_output(result: std::io::Result<()>) -> Result<(), Failure> {
+    match result {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.map_err(|e| Failure::Run(e.into())),
+    }
+}
+
+/// `state stats`: counts by blueprint and kind, runs, file size.
+pub fn stats(
+    config_file: &Option<PathBuf>,
+    state: &Option<PathBuf>,
+    as_json: bool,
+) -> Result<(), Failure> {
+    let path = state_path(config_file, state)?;
+    let store = open(&path)?;
+    let mut by_blueprint: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut by_kind: std::collections::BTreeMap<String, u64> = Default::default();
+    // Counted while scanning; nothing is kept.
+    store
+        .entities(|(bp, _), r| {
+            *by_blueprint.entry(bp.clone()).or_default() += 1;
+            *by_kind.entry(r.kind.clone()).or_default() += 1;
+            false
+        })
+        .map_err(|e| Failure::Run(e.into()))?;
+    let entities: u64 = by_blueprint.values().sum();
+    let runs = store.runs(usize::MAX).map_err(|e| Failure::Run(e.into()))?;
+    let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let last = runs.first().map(run_json).unwrap_or(Value::Null);
+    let mut out = std::io::stdout().lock();
+    finish_output(if as_json {
+        writeln!(
+            out,
+            "{}",
+            json!({"state": path.display().to_string(), "bytes": bytes, "entities": entities, "by_blueprint": by_blueprint, "by_kind": by_kind, "runs": runs.len(), "last_run": last})
+        )
+    } else {
+        (|| {
+            writeln!(
+                out,
+                "state {} ({:.1} MiB): {entities} entities, {} runs",
+                path.display(),
+                bytes as f64 / 1048576.0,
+                runs.len()
+            )?;
+            for (bp, n) in &by_blueprint {
+                writeln!(out, "  blueprint {bp}: {n}")?;
+            }
+            for (kind, n) in &by_kind {
+                writeln!(out, "  kind {kind}: {n}")?;
+            }
+            if let Some(run) = runs.first() {
+                writeln!(
+                    out,
+                    "  last run {} {:?} started {}",
+                    run.id,
+                    run.status,
+                    iso(run.started_at_ms)
+                )?;
+            }
+            Ok(())
+        })()
+    })
+}
+
+/// `state export --jsonl`: one JSON line per entity record.
+pub fn export(config_file: &Option<PathBuf>, state: &Option<PathBuf>) -> Result<(), Failure> {
+    let path = state_path(config_file, state)?;
+    let store = open(&path)?;
+    let entities = store
+        .entities(|_, _| true)
+        .map_err(|e| Failure::Run(e.into()))?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    finish_output((|| {
+        for (key, record) in &entities {
+            writeln!(out, "{}", entity_json(key, record))?;
+        }
+        out.flush()
+    })())
+}
+
+/// `state reset`: forgets everything, so the next resync sends every entity once. Asks first,
+/// unless `--yes`.
+pub fn reset(
+    config_file: &Option<PathBuf>,
+    state: &Option<PathBuf>,
+    yes: bool,
+) -> Result<(), Failure> {
+    let path = state_path(config_file, state)?;
+    if !path.exists() {
+        return Err(Failure::Run(anyhow!(
+            "{} does not exist: nothing to reset",
+            path.display()
+        )));
+    }
+    // Opening proves no agent holds the file (redb locks it) and that it is a state file.
+    let store = open(&path)?;
+    let identifier = store.identity().integration_identifier.clone();
+    let count = store.entity_count().map_err(|e| Failure::Run(e.into()))?;
+    drop(store);
+    if !yes {
+        use std::io::IsTerminal;
+        if !std::io::stdin().is_terminal() {
             return Err(Failure::Config(anyhow!(
-                "give --config FILE or --state PATH"
+                "state reset asks for confirmation; run it on a terminal, or pass --yes"
             )));
         }
-    };
-    let store = StateStore::open_existing(&path).map_err(|e| Failure::Run(e.into()))?;
+        let mut err = std::io::stderr();
+        let _ = write!(
+            err,
+            "This forgets the {count} entities port-agent believes are in Port for '{identifier}'; the next resync sends them all again.\nType the integration identifier to confirm: "
+        );
+        let _ = err.flush();
+        let mut answer = String::new();
+        std::io::stdin()
+            .read_line(&mut answer)
+            .map_err(|e| Failure::Run(e.into()))?;
+        if answer.trim() != identifier {
+            return Err(Failure::Run(anyhow!(
+                "not confirmed; the state is unchanged"
+            )));
+        }
+    }
+    std::fs::remove_file(&path)
+        .map_err(|e| Failure::Run(anyhow!("cannot remove {}: {e}", path.display())))?;
+    let mut out = std::io::stdout();
+    finish_output(writeln!(
+        out,
+        "reset: removed {} ({count} entities forgotten)",
+        path.display()
+    ))
+}
+
+pub fn inspect(args: &InspectArgs) -> Result<(), Failure> {
+    let path = state_path(&args.config, &args.state)?;
+    let store = open(&path)?;
     let entities = store
         .entities(|(bp, id), r| {
             args.blueprint.as_ref().is_none_or(|b| b == bp)
@@ -130,9 +274,5 @@ pub fn inspect(args: &InspectArgs) -> Result<(), Failure> {
             Ok(())
         })()
     };
-    match result {
-        // `state inspect | head` closes the pipe early; that is not a failure.
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        other => other.map_err(|e: std::io::Error| Failure::Run(e.into())),
-    }
+    finish_output(result)
 }
