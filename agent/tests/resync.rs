@@ -373,3 +373,25 @@ async fn state_stats_export_and_reset() {
         "after a reset every entity is sent once more"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_missing_related_entities_targets_are_upserted_first() {
+    let project = Project::new(0).await;
+    std::fs::write(
+        project.root().join(".port/resources/blueprints.json"),
+        r#"[{"identifier": "service", "schema": {"properties": {}}, "relations": {"dependsOn": {"target": "service", "required": false, "many": true}}}]"#,
+    )
+    .unwrap();
+    std::fs::write(
+        project.root().join("port-app-config.yaml"),
+        "createMissingRelatedEntities: false\nresources:\n  - kind: service\n    selector: {query: 'true'}\n    port:\n      entity:\n        mappings: {identifier: .name, blueprint: '\"service\"', relations: {dependsOn: .deps}}\n",
+    )
+    .unwrap();
+    // Each service depends on the next one in the file: every target comes after its dependent.
+    let services: Vec<Value> = (0..60).map(|i| json!({"name": format!("s{i}"), "deps": if i < 59 { vec![format!("s{}", i + 1)] } else { vec![] }})).collect();
+    project.write_services(&services);
+    let (code, summary, stderr) = project.resync(&["--kind", "service"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(summary["totals"]["upserted"], 60, "{summary}");
+    assert_eq!(summary["totals"]["failed"], 0, "{summary}");
+}

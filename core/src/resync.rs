@@ -130,6 +130,67 @@ struct Pending {
     existed: bool,
 }
 
+/// Identifiers an entity's relations point at (plain identifiers; search queries are Port's).
+fn relation_targets(entity: &Entity) -> impl Iterator<Item = &str> {
+    entity.relations.values().flat_map(|value| match value {
+        Value::String(id) => vec![id.as_str()],
+        Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    })
+}
+
+/// Orders entities so that relation targets among them come in an earlier layer (Kahn's
+/// algorithm). Entities caught in a cycle share the last layer: Port decides for them.
+fn dependency_layers(pending: Vec<Pending>) -> Vec<Vec<Pending>> {
+    let position: std::collections::HashMap<String, usize> = pending
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.entity.identifier_label(), i))
+        .collect();
+    let mut waiting_on: Vec<usize> = vec![0; pending.len()];
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); pending.len()];
+    for (i, p) in pending.iter().enumerate() {
+        let mut targets: Vec<usize> = relation_targets(&p.entity)
+            .filter_map(|t| position.get(t).copied())
+            .filter(|&t| t != i)
+            .collect();
+        targets.sort_unstable();
+        targets.dedup();
+        waiting_on[i] = targets.len();
+        for t in targets {
+            dependents[t].push(i);
+        }
+    }
+    let mut layer_of = vec![usize::MAX; pending.len()];
+    let mut current: Vec<usize> = (0..pending.len()).filter(|&i| waiting_on[i] == 0).collect();
+    let mut depth = 0;
+    while !current.is_empty() {
+        let mut next = Vec::new();
+        for &i in &current {
+            layer_of[i] = depth;
+            for &d in &dependents[i] {
+                waiting_on[d] -= 1;
+                if waiting_on[d] == 0 {
+                    next.push(d);
+                }
+            }
+        }
+        current = next;
+        depth += 1;
+    }
+    let mut layers: Vec<Vec<Pending>> = (0..=depth).map(|_| Vec::new()).collect();
+    for (i, p) in pending.into_iter().enumerate() {
+        let layer = if layer_of[i] == usize::MAX {
+            depth
+        } else {
+            layer_of[i]
+        };
+        layers[layer].push(p);
+    }
+    layers.retain(|l| !l.is_empty());
+    layers
+}
+
 /// Per-resource progress while batches flow.
 #[derive(Default)]
 struct ResourceRun {
@@ -448,21 +509,37 @@ impl Resync<'_> {
             with_state(state, move |s| s.mark_seen(run_id, &unchanged)).await?;
         }
         let chunk_size = self.client.config().bulk.max_entities;
-        let mut chunks: Vec<(String, Vec<Pending>)> = Vec::new();
-        for (blueprint, batch) in changed {
-            let mut batch = batch.into_iter().peekable();
-            while batch.peek().is_some() {
-                chunks.push((blueprint.clone(), batch.by_ref().take(chunk_size).collect()));
-            }
-        }
         let concurrency = self.client.config().max_concurrency;
-        let mut sent = futures_util::stream::iter(chunks)
-            .map(|(blueprint, chunk)| self.send_chunk(index, kind, run_id, blueprint, chunk))
-            .buffer_unordered(concurrency);
-        while let Some(result) = sent.next().await {
-            let (upserted, failed) = result?;
-            counters.upserted += upserted;
-            counters.failed += failed;
+        let pending: Vec<Pending> = changed.into_values().flatten().collect();
+        let layers = if self.mapping.options.create_missing_related_entities {
+            vec![pending]
+        } else {
+            // Port refuses a relation to an entity that does not exist yet: targets go first.
+            dependency_layers(pending)
+        };
+        for layer in layers {
+            let mut by_blueprint: BTreeMap<String, Vec<Pending>> = BTreeMap::new();
+            for p in layer {
+                by_blueprint
+                    .entry(p.entity.blueprint.clone())
+                    .or_default()
+                    .push(p);
+            }
+            let mut chunks: Vec<(String, Vec<Pending>)> = Vec::new();
+            for (blueprint, batch) in by_blueprint {
+                let mut batch = batch.into_iter().peekable();
+                while batch.peek().is_some() {
+                    chunks.push((blueprint.clone(), batch.by_ref().take(chunk_size).collect()));
+                }
+            }
+            let mut sent = futures_util::stream::iter(chunks)
+                .map(|(blueprint, chunk)| self.send_chunk(index, kind, run_id, blueprint, chunk))
+                .buffer_unordered(concurrency);
+            while let Some(result) = sent.next().await {
+                let (upserted, failed) = result?;
+                counters.upserted += upserted;
+                counters.failed += failed;
+            }
         }
         Ok(())
     }
@@ -609,5 +686,53 @@ impl Resync<'_> {
             with_state(state, move |s| s.remove(&gone)).await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pending(id: &str, relations: Value) -> Pending {
+        let mut entity = Entity::new("svc", id);
+        entity.relations = relations.as_object().unwrap().clone();
+        Pending {
+            entity,
+            hash: EntityHash([0; 32]),
+            existed: false,
+        }
+    }
+
+    fn ids(layers: &[Vec<Pending>]) -> Vec<Vec<String>> {
+        layers
+            .iter()
+            .map(|l| l.iter().map(|p| p.entity.identifier_label()).collect())
+            .collect()
+    }
+
+    #[test]
+    fn targets_come_before_the_entities_that_point_at_them() {
+        let layers = dependency_layers(vec![
+            pending("api", json!({"team": "core", "depends": ["db", "cache"]})),
+            pending("db", json!({"team": "core"})),
+            pending("core", json!({})),
+            pending("cache", json!({"outside": "not-in-batch"})),
+        ]);
+        assert_eq!(
+            ids(&layers),
+            [vec!["core", "cache"], vec!["db"], vec!["api"]]
+        );
+    }
+
+    #[test]
+    fn cycles_are_tolerated_and_sent_last() {
+        let layers = dependency_layers(vec![
+            pending("a", json!({"next": "b"})),
+            pending("b", json!({"next": "a"})),
+            pending("c", json!({})),
+            pending("self", json!({"me": "self"})),
+        ]);
+        assert_eq!(ids(&layers), [vec!["c", "self"], vec!["a", "b"]]);
     }
 }
