@@ -12,6 +12,7 @@
 //! redb calls block; async callers run them on a blocking thread.
 
 mod error;
+mod migrations;
 mod record;
 mod store;
 

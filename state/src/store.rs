@@ -60,6 +60,9 @@ impl StateStore {
                         supported: SCHEMA_VERSION,
                     });
                 }
+                if version < SCHEMA_VERSION {
+                    store.migrate(version)?;
+                }
                 if found != *identity {
                     return Err(StateError::OtherIntegration {
                         path: path.to_owned(),
@@ -148,6 +151,24 @@ impl StateStore {
             port_base_url: get("port_base_url")?.unwrap_or_default(),
         };
         Ok(Some((identity, version)))
+    }
+
+    /// Brings a file of schema `from` up to [`SCHEMA_VERSION`], every step in one transaction:
+    /// a crash mid-way leaves the old file as it was.
+    fn migrate(&self, from: u32) -> Result<(), StateError> {
+        let txn = self.db.begin_write().map_err(|e| self.storage(e))?;
+        for migration in crate::migrations::MIGRATIONS
+            .iter()
+            .filter(|m| m.from >= from)
+        {
+            (migration.apply)(&txn).map_err(|e| self.storage(e))?;
+        }
+        {
+            let mut meta = txn.open_table(META).map_err(|e| self.storage(e))?;
+            meta.insert("schema_version", SCHEMA_VERSION.to_string().as_str())
+                .map_err(|e| self.storage(e))?;
+        }
+        txn.commit().map_err(|e| self.storage(e))
     }
 
     fn initialize(&self) -> Result<(), StateError> {
@@ -550,6 +571,40 @@ mod tests {
         assert_eq!(runs[1].id, first.id);
         assert_eq!(runs[1].status, RunStatus::Aborted);
         assert!(runs[1].notes[0].contains("interrupted"));
+    }
+
+    fn set_schema_version(path: &Path, version: &str) {
+        let db = Database::create(path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META)
+            .unwrap()
+            .insert("schema_version", version)
+            .unwrap();
+        txn.commit().unwrap();
+    }
+
+    #[test]
+    fn an_older_schema_is_migrated_on_open_and_a_newer_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        {
+            let store = StateStore::open(&path, &identity("svc")).unwrap();
+            let run = store.start_run("test").unwrap();
+            store.record_written(run.id, &[written("a", 1)]).unwrap();
+        }
+        set_schema_version(&path, "0");
+        {
+            let store = StateStore::open(&path, &identity("svc")).unwrap();
+            assert_eq!(store.read_identity().unwrap().unwrap().1, SCHEMA_VERSION);
+            assert_eq!(store.entity_count().unwrap(), 1);
+        }
+        set_schema_version(&path, "99");
+        let error = StateStore::open(&path, &identity("svc")).unwrap_err();
+        assert!(
+            matches!(error, StateError::NewerSchema { found: 99, .. }),
+            "{error}"
+        );
+        assert!(error.to_string().contains("upgrade port-agent"), "{error}");
     }
 
     #[test]

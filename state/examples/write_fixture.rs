@@ -1,0 +1,34 @@
+//! Writes `migrations/fixtures/v{SCHEMA_VERSION}.redb`, the file a later schema's migration is
+//! tested on: `cargo run -p port-agent-state --example write_fixture`.
+
+use port_agent_state::{Identity, RunRecord, RunStatus, SCHEMA_VERSION, StateStore, Written};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../migrations/fixtures/v{SCHEMA_VERSION}.redb"));
+    if path.exists() {
+        std::fs::remove_file(&path)?;
+    }
+    let identity = Identity {
+        integration_type: "json".into(),
+        integration_identifier: "fixture".into(),
+        port_base_url: "http://127.0.0.1:5555".into(),
+    };
+    let store = StateStore::open(&path, &identity)?;
+    let run = store.start_run("fixture")?;
+    let written: Vec<Written> = (0..3u8)
+        .map(|i| Written {
+            key: ("service".into(), format!("svc-{i}")),
+            hash: [i; 32],
+            kind: "service".into(),
+            resource: 0,
+        })
+        .collect();
+    store.record_written(run.id, &written)?;
+    store.set_checkpoint("service", r#"{"done": true}"#)?;
+    store.finish_run(&RunRecord {
+        status: RunStatus::Completed,
+        ..run
+    })?;
+    Ok(())
+}
