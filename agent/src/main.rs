@@ -90,6 +90,18 @@ enum StateCommand {
         #[arg(long, default_value_t = true)]
         jsonl: bool,
     },
+    /// Build the state from what Port holds for this integration (after switching from Ocean):
+    /// entities Port holds as mapped are not sent again. Sends nothing to Port.
+    Rebuild {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Read Port (the only source there is; Ocean's flag name).
+        #[arg(long, required = true)]
+        from_port: bool,
+        /// Replace an existing state file.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Forget everything: the next resync sends every entity once. Asks first.
     Reset {
         #[command(flatten)]
@@ -225,6 +237,9 @@ fn main() -> ExitCode {
         }
         Command::State(StateCommand::Reset { target, yes }) => {
             commands::state::reset(&target.config, &target.state, yes)
+        }
+        Command::State(StateCommand::Rebuild { config, yes, .. }) => {
+            runtime.block_on(commands::resync::rebuild(&config.config, yes))
         }
     };
     match outcome {

@@ -395,3 +395,57 @@ async fn without_missing_related_entities_targets_are_upserted_first() {
     assert_eq!(summary["totals"]["upserted"], 60, "{summary}");
     assert_eq!(summary["totals"]["failed"], 0, "{summary}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuilding_from_port_avoids_resending_what_port_already_holds() {
+    let project = Project::new(50).await;
+    assert_eq!(project.resync(&[]).await.0, 0);
+    // A fresh agent taking over (as from Ocean): Port holds everything, the agent nothing.
+    assert_eq!(
+        project
+            .agent(&["state", "reset", "--config", "agent.yaml", "--yes"])
+            .await
+            .status
+            .code(),
+        Some(0)
+    );
+    let mut services: Vec<Value> = (0..50).map(service).collect();
+    services[3]["lang"] = json!("zig");
+    services.remove(10);
+    project.write_services(&services);
+
+    let out = project
+        .agent(&["state", "rebuild", "--from-port", "--config", "agent.yaml"])
+        .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("53 entities adopted")
+            && stdout.contains("1 differ and 0 are missing")
+            && stdout.contains("1 in Port are produced by no item"),
+        "{stdout}"
+    );
+    let writes = project.stats()["entities_upserted"].as_u64().unwrap();
+
+    let (code, summary, stderr) = project.resync(&[]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(summary["totals"]["upserted"], 1);
+    assert_eq!(summary["totals"]["deleted"], 1);
+    assert_eq!(summary["totals"]["unchanged"], 53);
+    assert_eq!(
+        project.stats()["entities_upserted"].as_u64().unwrap(),
+        writes + 1
+    );
+    assert_eq!(project.stats()["upserts_per_entity"]["service/svc-0003"], 2);
+
+    // An existing state is not replaced without --yes.
+    let again = project
+        .agent(&["state", "rebuild", "--from-port", "--config", "agent.yaml"])
+        .await;
+    assert_eq!(again.status.code(), Some(2));
+}

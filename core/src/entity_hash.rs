@@ -35,7 +35,8 @@ impl fmt::Debug for EntityHash {
 /// Largest integer a double holds exactly; beyond it, integral doubles stay doubles.
 const EXACT_INTEGER_LIMIT: f64 = 9_007_199_254_740_992.0;
 
-fn canonical_value(value: &Value) -> Value {
+/// `value` with keys sorted and numbers in one format, so that equal data compares equal.
+pub fn canonical_value(value: &Value) -> Value {
     match value {
         Value::Number(n) => Value::Number(canonical_number(n)),
         Value::Array(items) => Value::Array(items.iter().map(canonical_value).collect()),

@@ -7,6 +7,7 @@ pub mod integration;
 pub mod mapping;
 pub mod port;
 pub mod raw_items;
+pub mod rebuild;
 pub mod resync;
 pub mod secret;
 

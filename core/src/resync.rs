@@ -193,9 +193,9 @@ fn dependency_layers(pending: Vec<Pending>) -> Vec<Vec<Pending>> {
 
 /// Per-resource progress while batches flow.
 #[derive(Default)]
-struct ResourceRun {
-    counters: RunCounters,
-    failed: Option<String>,
+pub(crate) struct ResourceRun {
+    pub(crate) counters: RunCounters,
+    pub(crate) failed: Option<String>,
 }
 
 impl Resync<'_> {
@@ -372,6 +372,24 @@ impl Resync<'_> {
         dry: bool,
         plan: &mut Plan,
     ) -> Result<ResourceRun, ResyncError> {
+        self.map_resource(index, kind, async |entities, counters| {
+            self.apply(index, kind, run_id, dry, entities, counters, plan)
+                .await
+        })
+        .await
+    }
+
+    /// Fetches resource `index`'s kind and maps it on the pool, handing each mapped batch to
+    /// `on_batch` in fetch order. Item errors and fetch errors mark the resource as failed.
+    pub(crate) async fn map_resource(
+        &self,
+        index: usize,
+        kind: &str,
+        mut on_batch: impl AsyncFnMut(
+            Vec<(Entity, EntityHash)>,
+            &mut RunCounters,
+        ) -> Result<(), ResyncError>,
+    ) -> Result<ResourceRun, ResyncError> {
         let (sink, mut batches) = mpsc::channel::<RawBatch>(4);
         let fetch = self.integration.fetch(kind, sink);
         let consume = async {
@@ -426,16 +444,7 @@ impl Resync<'_> {
                 for (field, warning) in &mapped.warnings {
                     tracing::warn!(field = %field, count = warning.count, first = %warning.first_message, "mapping field failed; set to null");
                 }
-                self.apply(
-                    index,
-                    kind,
-                    run_id,
-                    dry,
-                    mapped.entities,
-                    &mut progress.counters,
-                    plan,
-                )
-                .await?;
+                on_batch(mapped.entities, &mut progress.counters).await?;
             }
             Ok::<_, ResyncError>(progress)
         };

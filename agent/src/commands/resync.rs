@@ -90,8 +90,20 @@ async fn mapping(
     Ok((config, stored))
 }
 
-pub async fn run(args: &ResyncArgs) -> Result<(), Failure> {
-    let loaded = config::load(&args.config)?;
+/// Everything a resync or a rebuild works with, set up from the config.
+struct Prepared {
+    client: PortClient,
+    port_app_config: PortAppConfig,
+    compiled: CompiledMapping,
+    integration: Box<dyn Integration>,
+    pool: MappingPool,
+    setup: IntegrationSetup,
+    identity: Identity,
+    state_path: PathBuf,
+}
+
+async fn prepare(config_path: &Path, kinds: &[String]) -> Result<Prepared, Failure> {
+    let loaded = config::load(config_path)?;
     let config = &loaded.config;
     let client = PortClient::new(config.port_client_config()).map_err(config_error)?;
     let resources = loaded.resolve(&config.resources_path);
@@ -101,8 +113,7 @@ pub async fn run(args: &ResyncArgs) -> Result<(), Failure> {
         tracing::error!("{error}");
     }
     let integration = integration(&loaded)?;
-    if let Some(unknown) = args
-        .kind
+    if let Some(unknown) = kinds
         .iter()
         .find(|k| !port_app_config.resources.iter().any(|r| &r.kind == *k))
     {
@@ -110,21 +121,10 @@ pub async fn run(args: &ResyncArgs) -> Result<(), Failure> {
             "--kind {unknown}: no resource of the mapping has this kind"
         )));
     }
-
     let identity = Identity {
         integration_type: config.integration.integration_type.clone(),
         integration_identifier: config.integration.identifier.clone(),
         port_base_url: config.port.base_url.clone(),
-    };
-    let state_path = loaded.state_path();
-    let state = if args.dry_run && !state_path.exists() {
-        None
-    } else {
-        let path = state_path.clone();
-        let opened = tokio::task::spawn_blocking(move || StateStore::open(&path, &identity))
-            .await
-            .map_err(run_error)?;
-        Some(Arc::new(opened.map_err(run_error)?))
     };
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -139,15 +139,93 @@ pub async fn run(args: &ResyncArgs) -> Result<(), Failure> {
         mapping: stored_mapping,
         interval_minutes: config.scheduled_resync_interval,
     };
-    let resync = Resync {
-        client: &client,
-        state,
-        config: &port_app_config,
-        mapping: &compiled,
-        pool: &pool,
-        integration: integration.as_ref(),
-        setup: &setup,
+    Ok(Prepared {
+        client,
+        port_app_config,
+        compiled,
+        integration,
+        pool,
+        setup,
+        identity,
+        state_path: loaded.state_path(),
+    })
+}
+
+async fn open_state(path: &Path, identity: &Identity) -> Result<Arc<StateStore>, Failure> {
+    let (path, identity) = (path.to_owned(), identity.clone());
+    let opened = tokio::task::spawn_blocking(move || StateStore::open(&path, &identity))
+        .await
+        .map_err(run_error)?;
+    Ok(Arc::new(opened.map_err(run_error)?))
+}
+
+impl Prepared {
+    fn resync(&self, state: Option<Arc<StateStore>>) -> Resync<'_> {
+        Resync {
+            client: &self.client,
+            state,
+            config: &self.port_app_config,
+            mapping: &self.compiled,
+            pool: &self.pool,
+            integration: self.integration.as_ref(),
+            setup: &self.setup,
+        }
+    }
+}
+
+/// `port-agent state rebuild --from-port`: a fresh state from what Port holds.
+pub async fn rebuild(config_path: &Path, yes: bool) -> Result<(), Failure> {
+    let prepared = prepare(config_path, &[]).await?;
+    let path = &prepared.state_path;
+    if path.exists() {
+        if !yes {
+            return Err(Failure::Config(anyhow!(
+                "{} exists; rebuilding replaces it: pass --yes (or `port-agent state reset` first)",
+                path.display()
+            )));
+        }
+        // Opening first proves no agent holds it and that it is this integration's.
+        drop(open_state(path, &prepared.identity).await?);
+        std::fs::remove_file(path)
+            .map_err(|e| run_error(anyhow!("cannot replace {}: {e}", path.display())))?;
+    }
+    let state = open_state(path, &prepared.identity).await?;
+    let report = prepared
+        .resync(Some(state))
+        .rebuild_from_port()
+        .await
+        .map_err(run_error)?;
+    let mut out = std::io::stdout();
+    writeln!(
+        out,
+        "rebuilt {} from Port (run {}): {} entities adopted as they are; {} differ and {} are missing (the next resync sends them); {} in Port are produced by no item (the next complete resync deletes them)",
+        path.display(),
+        report.run_id,
+        report.adopted,
+        report.differing,
+        report.missing,
+        report.orphaned
+    )
+    .map_err(run_error)?;
+    if report.failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::Run(anyhow!(
+            "some resources failed, so entities not produced were not recorded: {}",
+            report.failed.join("; ")
+        )))
+    }
+}
+
+pub async fn run(args: &ResyncArgs) -> Result<(), Failure> {
+    let prepared = prepare(&args.config, &args.kind).await?;
+    let state_path = prepared.state_path.clone();
+    let state = if args.dry_run && !state_path.exists() {
+        None
+    } else {
+        Some(open_state(&state_path, &prepared.identity).await?)
     };
+    let resync = prepared.resync(state);
     let options = ResyncOptions {
         kinds: (!args.kind.is_empty()).then(|| args.kind.clone()),
         dry_run: args.dry_run,
