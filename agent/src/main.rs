@@ -102,6 +102,15 @@ enum StateCommand {
         #[arg(long)]
         yes: bool,
     },
+    /// Compare the state with Port (entities deleted or edited there by hand, or unknown to the
+    /// state). Exit 0 when nothing drifted, 1 when something did.
+    Verify {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Fix the drift: re-send what Port lost or changed, delete what the data no longer has.
+        #[arg(long)]
+        repair: bool,
+    },
     /// Forget everything: the next resync sends every entity once. Asks first.
     Reset {
         #[command(flatten)]
@@ -240,6 +249,9 @@ fn main() -> ExitCode {
         }
         Command::State(StateCommand::Rebuild { config, yes, .. }) => {
             runtime.block_on(commands::resync::rebuild(&config.config, yes))
+        }
+        Command::State(StateCommand::Verify { config, repair }) => {
+            runtime.block_on(commands::resync::verify(&config.config, repair))
         }
     };
     match outcome {

@@ -449,3 +449,103 @@ async fn rebuilding_from_port_avoids_resending_what_port_already_holds() {
         .await;
     assert_eq!(again.status.code(), Some(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_finds_hand_made_drift_and_repair_fixes_it() {
+    let project = Project::new(40).await;
+    assert_eq!(project.resync(&[]).await.0, 0);
+    let clean = project
+        .agent(&["state", "verify", "--config", "agent.yaml"])
+        .await;
+    assert_eq!(
+        clean.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&clean.stdout)
+    );
+
+    // Someone deletes one entity and edits another in Port's UI, and adds one by hand with the
+    // integration's datasource.
+    let client_config = {
+        let mut c = port_agent_core::port::PortClientConfig::new(
+            project.emulator.base_url(),
+            "emulator-client",
+            port_agent_core::Secret::new("emulator-secret"),
+            port_agent_core::port::IntegrationIdentity {
+                integration_type: "json".into(),
+                version: "hand".into(),
+                identifier: "my-services".into(),
+            },
+        );
+        c.retry.max_attempts = 2;
+        c
+    };
+    let hand = port_agent_core::port::PortClient::new(client_config).unwrap();
+    hand.delete_entities("service", &["svc-0005".to_owned()], false)
+        .await
+        .unwrap();
+    let mut edited = port_agent_core::port::Entity::new("service", "svc-0006");
+    edited.properties.insert("language".into(), json!("cobol"));
+    let options = port_agent_core::port::UpsertOptions {
+        merge: true,
+        create_missing_related_entities: true,
+    };
+    hand.upsert_entities(
+        "service",
+        &[
+            edited,
+            port_agent_core::port::Entity::new("service", "stray"),
+        ],
+        options,
+    )
+    .await
+    .unwrap();
+
+    let drift = project
+        .agent(&["state", "verify", "--config", "agent.yaml"])
+        .await;
+    let stdout = String::from_utf8_lossy(&drift.stdout);
+    assert_eq!(drift.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("3 drifted"), "{stdout}");
+    assert!(
+        stdout.contains("service/svc-0005: missing in Port"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("service/svc-0006: content differs"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("service/stray: unknown to the state"),
+        "{stdout}"
+    );
+
+    let repair = project
+        .agent(&["state", "verify", "--repair", "--config", "agent.yaml"])
+        .await;
+    let stdout = String::from_utf8_lossy(&repair.stdout);
+    assert_eq!(
+        repair.status.code(),
+        Some(0),
+        "{stdout} {}",
+        String::from_utf8_lossy(&repair.stderr)
+    );
+    assert!(stdout.contains("re-sent 2 and deleted 1"), "{stdout}");
+    let after = project
+        .agent(&["state", "verify", "--config", "agent.yaml"])
+        .await;
+    assert_eq!(
+        after.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&after.stdout)
+    );
+    let entities = project.emulator.entities();
+    let svc6 = entities
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["identifier"] == "svc-0006")
+        .unwrap();
+    assert_eq!(svc6["properties"]["language"], "rust");
+}

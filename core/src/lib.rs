@@ -10,5 +10,6 @@ pub mod raw_items;
 pub mod rebuild;
 pub mod resync;
 pub mod secret;
+pub mod verify;
 
 pub use secret::Secret;

@@ -217,6 +217,70 @@ pub async fn rebuild(config_path: &Path, yes: bool) -> Result<(), Failure> {
     }
 }
 
+/// `port-agent state verify [--repair]`: drift between the state and Port. Exit 0 when there
+/// is none (or it was repaired), 1 when there is.
+pub async fn verify(config_path: &Path, repair: bool) -> Result<(), Failure> {
+    let prepared = prepare(config_path, &[]).await?;
+    if !prepared.state_path.exists() {
+        return Err(Failure::Run(anyhow!(
+            "{} does not exist yet: run a resync (or `state rebuild --from-port`) first",
+            prepared.state_path.display()
+        )));
+    }
+    let state = open_state(&prepared.state_path, &prepared.identity).await?;
+    let resync = prepared.resync(Some(state));
+    let report = resync.verify().await.map_err(run_error)?;
+    let mut out = std::io::stdout();
+    writeln!(
+        out,
+        "verified {} entities of the state against Port: {} drifted",
+        report.checked,
+        report.drift.len()
+    )
+    .map_err(run_error)?;
+    for d in &report.drift {
+        writeln!(out, "  {}/{}: {}", d.blueprint, d.identifier, d.what).map_err(run_error)?;
+    }
+    for failed in &report.failed {
+        writeln!(out, "  note: {failed}; its content was not compared").map_err(run_error)?;
+    }
+    if report.drift.is_empty() {
+        return Ok(());
+    }
+    if !repair {
+        return Err(Failure::Run(anyhow!(
+            "{} entities drifted; `state verify --repair` fixes them",
+            report.drift.len()
+        )));
+    }
+    resync
+        .forget_drift(&report.drift)
+        .await
+        .map_err(run_error)?;
+    let options = ResyncOptions {
+        kinds: None,
+        dry_run: false,
+        trigger: "verify-repair".to_owned(),
+    };
+    let repaired = resync.run(&options).await.map_err(run_error)?;
+    writeln!(
+        out,
+        "repaired: run {} {:?} re-sent {} and deleted {}",
+        repaired.run.id,
+        repaired.run.status,
+        repaired.run.totals.upserted,
+        repaired.run.totals.deleted
+    )
+    .map_err(run_error)?;
+    match repaired.run.status {
+        RunStatus::Completed => Ok(()),
+        _ => Err(Failure::Run(anyhow!(
+            "the repairing resync did not complete: {}",
+            repaired.run.notes.join("; ")
+        ))),
+    }
+}
+
 pub async fn run(args: &ResyncArgs) -> Result<(), Failure> {
     let prepared = prepare(&args.config, &args.kind).await?;
     let state_path = prepared.state_path.clone();
