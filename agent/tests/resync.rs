@@ -549,3 +549,26 @@ async fn verify_finds_hand_made_drift_and_repair_fixes_it() {
         .unwrap();
     assert_eq!(svc6["properties"]["language"], "rust");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verification_runs_every_n_resyncs_when_configured() {
+    let project = Project::new(10).await;
+    let config = std::fs::read_to_string(project.root().join("agent.yaml")).unwrap();
+    std::fs::write(
+        project.root().join("agent.yaml"),
+        config.replace(
+            "state: {path: ./state/agent.redb}",
+            "state: {path: ./state/agent.redb, verify_every: 2}",
+        ),
+    )
+    .unwrap();
+    let (_, first, _) = project.resync(&[]).await;
+    assert!(!first["notes"].to_string().contains("verified"), "{first}");
+    let (_, second, _) = project.resync(&[]).await;
+    assert!(
+        second["notes"]
+            .to_string()
+            .contains("verified against Port: 0 of 15 entities drifted"),
+        "{second}"
+    );
+}

@@ -92,6 +92,7 @@ async fn mapping(
 
 /// Everything a resync or a rebuild works with, set up from the config.
 struct Prepared {
+    verify_every: Option<u64>,
     client: PortClient,
     port_app_config: PortAppConfig,
     compiled: CompiledMapping,
@@ -140,6 +141,7 @@ async fn prepare(config_path: &Path, kinds: &[String]) -> Result<Prepared, Failu
         interval_minutes: config.scheduled_resync_interval,
     };
     Ok(Prepared {
+        verify_every: config.state.verify_every,
         client,
         port_app_config,
         compiled,
@@ -295,7 +297,28 @@ pub async fn run(args: &ResyncArgs) -> Result<(), Failure> {
         dry_run: args.dry_run,
         trigger: "cli".to_owned(),
     };
-    let report = resync.run(&options).await.map_err(run_error)?;
+    let mut report = resync.run(&options).await.map_err(run_error)?;
+    // `state.verify_every`: a scheduled comparison with Port, after every N-th completed run.
+    if let Some(every) = prepared.verify_every
+        && !args.dry_run
+        && report.run.status == RunStatus::Completed
+        && report.run.id.is_multiple_of(every)
+    {
+        let verified = resync.verify().await.map_err(run_error)?;
+        for d in &verified.drift {
+            tracing::warn!(blueprint = %d.blueprint, identifier = %d.identifier, drift = d.what, "state and Port disagree; `port-agent state verify --repair` fixes it");
+        }
+        report.run.notes.push(format!(
+            "verified against Port: {} of {} entities drifted{}",
+            verified.drift.len(),
+            verified.checked,
+            if verified.drift.is_empty() {
+                ""
+            } else {
+                " (run `port-agent state verify --repair`)"
+            }
+        ));
+    }
     print(&report, args, &state_path).map_err(run_error)?;
     match report.run.status {
         RunStatus::Completed => Ok(()),

@@ -86,6 +86,9 @@ fn default_version() -> String {
 pub struct StateSettings {
     #[serde(default)]
     pub path: Option<PathBuf>,
+    /// Compare the state with Port after every N-th completed resync (`state verify`).
+    #[serde(default)]
+    pub verify_every: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -289,6 +292,9 @@ fn validate(config: &AgentConfig) -> Vec<String> {
             "integration.version: {:?} must be non-empty printable ASCII without '/'",
             integration.version
         ));
+    }
+    if config.state.verify_every == Some(0) {
+        problems.push("state.verify_every: must be at least 1 (or left out)".to_owned());
     }
     if config.scheduled_resync_interval == Some(0) {
         problems.push("scheduled_resync_interval: must be at least 1 minute".to_owned());
