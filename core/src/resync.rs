@@ -35,6 +35,21 @@ pub struct IntegrationSetup {
     pub interval_minutes: Option<u64>,
 }
 
+/// Live counters of a running resync, for a progress display.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub fetched: std::sync::atomic::AtomicU64,
+    pub unchanged: std::sync::atomic::AtomicU64,
+    pub upserted: std::sync::atomic::AtomicU64,
+    pub kind: std::sync::Mutex<String>,
+}
+
+impl Progress {
+    fn add(counter: &std::sync::atomic::AtomicU64, n: u64) {
+        counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct ResyncOptions {
     /// Only these kinds (and only their entities are deletion candidates). `None`: all.
@@ -83,6 +98,8 @@ pub struct Resync<'a> {
     pub pool: &'a MappingPool,
     pub integration: &'a dyn Integration,
     pub setup: &'a IntegrationSetup,
+    /// Updated as the run goes, for whoever shows progress.
+    pub progress: Option<Arc<Progress>>,
 }
 
 impl std::fmt::Debug for Resync<'_> {
@@ -305,6 +322,9 @@ impl Resync<'_> {
             if !in_scope(&resource.kind) {
                 continue;
             }
+            if let Some(progress) = &self.progress {
+                *progress.kind.lock().unwrap_or_else(|e| e.into_inner()) = resource.kind.clone();
+            }
             let outcome = match &self.mapping.resources[index] {
                 Err(errors) => ResourceRun {
                     failed: Some(format!(
@@ -408,6 +428,9 @@ impl Resync<'_> {
                 let draining = next.is_none();
                 if let Some(batch) = next {
                     progress.counters.fetched += batch.len() as u64;
+                    if let Some(live) = &self.progress {
+                        Progress::add(&live.fetched, batch.len() as u64);
+                    }
                     match self.pool.submit(index, batch).await {
                         Ok(pending) => in_flight.push_back(pending),
                         Err(e) => {
@@ -498,6 +521,9 @@ impl Resync<'_> {
             }
         }
         counters.unchanged += unchanged.len() as u64;
+        if let Some(live) = &self.progress {
+            Progress::add(&live.unchanged, unchanged.len() as u64);
+        }
         if dry {
             for Pending {
                 entity, existed, ..
@@ -547,6 +573,9 @@ impl Resync<'_> {
             while let Some(result) = sent.next().await {
                 let (upserted, failed) = result?;
                 counters.upserted += upserted;
+                if let Some(live) = &self.progress {
+                    Progress::add(&live.upserted, upserted);
+                }
                 counters.failed += failed;
             }
         }

@@ -1,6 +1,6 @@
 //! `port-agent resync`: one resync, then exit.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -8,7 +8,7 @@ use anyhow::{Context, anyhow};
 use port_agent_core::integration::Integration;
 use port_agent_core::mapping::{CompiledMapping, MappingPool, PortAppConfig};
 use port_agent_core::port::PortClient;
-use port_agent_core::resync::{IntegrationSetup, Resync, ResyncOptions, ResyncReport};
+use port_agent_core::resync::{IntegrationSetup, Progress, Resync, ResyncOptions, ResyncReport};
 use port_agent_integrations::json::JsonIntegration;
 use port_agent_state::{Identity, RunCounters, RunStatus, StateStore};
 use serde_json::{Value, json};
@@ -162,7 +162,11 @@ async fn open_state(path: &Path, identity: &Identity) -> Result<Arc<StateStore>,
 }
 
 impl Prepared {
-    fn resync(&self, state: Option<Arc<StateStore>>) -> Resync<'_> {
+    fn resync(
+        &self,
+        state: Option<Arc<StateStore>>,
+        progress: Option<Arc<Progress>>,
+    ) -> Resync<'_> {
         Resync {
             client: &self.client,
             state,
@@ -171,6 +175,7 @@ impl Prepared {
             pool: &self.pool,
             integration: self.integration.as_ref(),
             setup: &self.setup,
+            progress,
         }
     }
 }
@@ -193,7 +198,7 @@ pub async fn rebuild(config_path: &Path, yes: bool) -> Result<(), Failure> {
     }
     let state = open_state(path, &prepared.identity).await?;
     let report = prepared
-        .resync(Some(state))
+        .resync(Some(state), None)
         .rebuild_from_port()
         .await
         .map_err(run_error)?;
@@ -230,7 +235,7 @@ pub async fn verify(config_path: &Path, repair: bool) -> Result<(), Failure> {
         )));
     }
     let state = open_state(&prepared.state_path, &prepared.identity).await?;
-    let resync = prepared.resync(Some(state));
+    let resync = prepared.resync(Some(state), None);
     let report = resync.verify().await.map_err(run_error)?;
     let mut out = std::io::stdout();
     writeln!(
@@ -291,13 +296,23 @@ pub async fn run(args: &ResyncArgs) -> Result<(), Failure> {
     } else {
         Some(open_state(&state_path, &prepared.identity).await?)
     };
-    let resync = prepared.resync(state);
+    // A live line on stderr, only for a person watching (never with --json, never in a pipe).
+    let progress =
+        (!args.json && std::io::stderr().is_terminal()).then(|| Arc::new(Progress::default()));
+    let resync = prepared.resync(state, progress.clone());
     let options = ResyncOptions {
         kinds: (!args.kind.is_empty()).then(|| args.kind.clone()),
         dry_run: args.dry_run,
         trigger: "cli".to_owned(),
     };
-    let mut report = resync.run(&options).await.map_err(run_error)?;
+    let ticker = progress.map(|live| tokio::spawn(show_progress(live)));
+    let outcome = resync.run(&options).await;
+    if let Some(ticker) = ticker {
+        ticker.abort();
+        let mut err = std::io::stderr();
+        let _ = write!(err, "\r\x1b[2K");
+    }
+    let mut report = outcome.map_err(run_error)?;
     // `state.verify_every`: a scheduled comparison with Port, after every N-th completed run.
     if let Some(every) = prepared.verify_every
         && !args.dry_run
@@ -330,6 +345,25 @@ pub async fn run(args: &ResyncArgs) -> Result<(), Failure> {
                 .unwrap_or("badly"),
             report.run.notes.join("; ")
         ))),
+    }
+}
+
+/// Redraws one status line until aborted.
+async fn show_progress(live: Arc<Progress>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut ticks = tokio::time::interval(std::time::Duration::from_millis(200));
+    loop {
+        ticks.tick().await;
+        let kind = live.kind.lock().map(|k| k.clone()).unwrap_or_default();
+        let mut err = std::io::stderr();
+        let _ = write!(
+            err,
+            "\r\x1b[2K{kind}: {} fetched, {} unchanged, {} sent to Port",
+            live.fetched.load(Relaxed),
+            live.unchanged.load(Relaxed),
+            live.upserted.load(Relaxed)
+        );
+        let _ = err.flush();
     }
 }
 
