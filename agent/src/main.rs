@@ -186,7 +186,13 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        // State calls run on blocking threads; a few suffice (redb serializes writers), and
+        // every extra thread keeps its own allocator heap.
+        .max_blocking_threads(4)
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             return report(Failure::Run(

@@ -572,3 +572,40 @@ async fn verification_runs_every_n_resyncs_when_configured() {
         "{second}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_whose_mapping_reads_the_environment_are_always_mapped_again() {
+    let project = Project::new(20).await;
+    let mapping = std::fs::read_to_string(project.root().join("port-app-config.yaml")).unwrap();
+    std::fs::write(
+        project.root().join("port-app-config.yaml"),
+        mapping.replace(
+            "stars: .stars",
+            "stars: .stars\n            language: env.PORT_AGENT_TEST_LANGUAGE",
+        ),
+    )
+    .unwrap();
+    let resync = |language: &'static str| {
+        let root = project.root().to_owned();
+        tokio::task::spawn_blocking(move || {
+            let out = Command::new(env!("CARGO_BIN_EXE_port-agent"))
+                .args([
+                    "resync",
+                    "--config",
+                    "agent.yaml",
+                    "--json",
+                    "--kind",
+                    "service",
+                ])
+                .env("PORT_AGENT_TEST_LANGUAGE", language)
+                .current_dir(root)
+                .output()
+                .unwrap();
+            serde_json::from_slice::<Value>(&out.stdout).unwrap()
+        })
+    };
+    assert_eq!(resync("rust").await.unwrap()["totals"]["upserted"], 20);
+    assert_eq!(resync("rust").await.unwrap()["totals"]["upserted"], 0);
+    // Same raw items, different environment: the raw-item cache must not vouch for them.
+    assert_eq!(resync("go").await.unwrap()["totals"]["upserted"], 20);
+}

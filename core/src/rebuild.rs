@@ -122,9 +122,9 @@ impl Resync<'_> {
             }
             let kind = resource.kind.clone();
             let progress = self
-                .map_resource(index, &resource.kind, async |entities, _counters| {
+                .map_resource(index, &resource.kind, false, async |mapped, _counters| {
                     let mut written = Vec::new();
-                    for (entity, hash) in entities {
+                    for (entity, hash) in mapped.entities {
                         let key = (entity.blueprint.clone(), entity.identifier_label());
                         match in_port.remove(&key) {
                             Some(port) if port_holds(&entity, &port) => {

@@ -4,13 +4,14 @@
 //! acknowledged it; deletions happen only after a run in which every resource succeeded, stay
 //! under `entityDeletionThreshold`, and are forgotten only after Port confirmed them.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use port_agent_state::{
-    EntityKey, EntityRecord, RunCounters, RunRecord, RunStatus, StateError, StateStore, Written,
+    EntityKey, EntityRecord, Produced, RunCounters, RunRecord, RunStatus, StateError, StateStore,
+    Written,
 };
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -139,6 +140,103 @@ struct Plan {
     produced: HashSet<EntityKey>,
 }
 
+/// For each submitted item, its fingerprint when it may be remembered.
+type Fingerprints = Vec<Option<[u8; 32]>>;
+
+/// One batch after mapping.
+pub(crate) struct Mapped {
+    pub(crate) entities: Vec<(Entity, EntityHash)>,
+    /// For each entity, the position of the submitted item that produced it.
+    pub(crate) entity_items: Vec<usize>,
+    pub(crate) fingerprints: Fingerprints,
+    /// What unchanged items (not mapped again) produced.
+    pub(crate) cached: Produced,
+}
+
+/// Builtins whose output depends on more than the item: a resource using one is always mapped.
+const NONDETERMINISTIC: &[&str] = &[
+    "now",
+    "env",
+    "$ENV",
+    "input",
+    "inputs",
+    "input_line_number",
+    "input_filename",
+    "localtime",
+    "strflocaltime",
+    "$__prog_args",
+];
+
+fn uses_nondeterminism(text: &str) -> bool {
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    NONDETERMINISTIC.iter().any(|name| {
+        text.match_indices(name).any(|(at, _)| {
+            let before = text[..at].chars().next_back();
+            let after = text[at + name.len()..].chars().next();
+            !before.is_some_and(|c| word(c) || (c == '$' && !name.starts_with('$')))
+                && !after.is_some_and(word)
+        })
+    })
+}
+
+/// blake3 of the item under the resource's fingerprint.
+fn item_fingerprint(resource: &[u8; 32], raw: &str) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new_keyed(resource);
+    hasher.update(raw.as_bytes());
+    *hasher.finalize().as_bytes()
+}
+
+/// Splits a batch into items the cache vouches for (their entities are recorded with the same
+/// hashes) and items to map. Returns the items to map, their fingerprints, and what the cached
+/// ones produced.
+async fn split_cached(
+    state: &Arc<StateStore>,
+    resource: &[u8; 32],
+    batch: RawBatch,
+) -> Result<(RawBatch, Fingerprints, Produced), ResyncError> {
+    let fingerprints: Vec<[u8; 32]> = batch
+        .iter()
+        .map(|raw| item_fingerprint(resource, raw.get()))
+        .collect();
+    let lookup = fingerprints.clone();
+    let known = with_state(state, move |s| {
+        let hits = s.raw_lookup(&lookup)?;
+        let keys: Vec<EntityKey> = hits
+            .iter()
+            .flatten()
+            .flatten()
+            .map(|(key, _)| key.clone())
+            .collect();
+        let records = s.get_many(&keys)?;
+        let recorded: HashMap<EntityKey, [u8; 32]> = keys
+            .into_iter()
+            .zip(records)
+            .filter_map(|(k, r)| Some((k, r?.hash)))
+            .collect();
+        // A hit counts only if the state still holds each entity with the hash the item produced.
+        Ok(hits
+            .into_iter()
+            .map(|hit| {
+                hit.filter(|produced| produced.iter().all(|(k, h)| recorded.get(k) == Some(h)))
+            })
+            .collect::<Vec<_>>())
+    })
+    .await?;
+    let mut to_map = Vec::with_capacity(batch.len());
+    let mut to_map_fingerprints = Vec::with_capacity(batch.len());
+    let mut cached = Vec::new();
+    for ((raw, fingerprint), hit) in batch.into_iter().zip(fingerprints).zip(known) {
+        match hit {
+            Some(produced) => cached.extend(produced),
+            None => {
+                to_map.push(raw);
+                to_map_fingerprints.push(Some(fingerprint));
+            }
+        }
+    }
+    Ok((to_map, to_map_fingerprints, cached))
+}
+
 /// A mapped entity that differs from what the state knows: to be sent.
 struct Pending {
     entity: Entity,
@@ -216,6 +314,20 @@ pub(crate) struct ResourceRun {
 }
 
 impl Resync<'_> {
+    /// What makes resource `index`'s output for an item: its mapping text and this engine.
+    /// `None` when it uses builtins that depend on more than the item.
+    fn resource_fingerprint(&self, index: usize) -> Option<[u8; 32]> {
+        let text = self.setup.mapping.get("resources")?.get(index)?.to_string();
+        if uses_nondeterminism(&text) {
+            return None;
+        }
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(b"port-agent raw item cache\0");
+        hasher.update(env!("CARGO_PKG_VERSION").as_bytes());
+        hasher.update(text.as_bytes());
+        Some(*hasher.finalize().as_bytes())
+    }
+
     /// Creates the integration and the missing blueprints in Port, as Ocean does at start.
     async fn prepare_port(&self) -> Result<(), ResyncError> {
         let setup = self.setup;
@@ -359,6 +471,9 @@ impl Resync<'_> {
             self.delete_vanished(state, &mut run, options, dry, &mut plan)
                 .await?;
         }
+        if !dry && let Some(state) = &self.state {
+            with_state(state, |s| s.raw_prune().map(drop)).await?;
+        }
         let deletion_failed = run.notes.iter().any(|n| n.starts_with("deletion failed"));
         run.status = if any_failed || deletion_failed {
             RunStatus::Failed
@@ -392,8 +507,8 @@ impl Resync<'_> {
         dry: bool,
         plan: &mut Plan,
     ) -> Result<ResourceRun, ResyncError> {
-        self.map_resource(index, kind, async |entities, counters| {
-            self.apply(index, kind, run_id, dry, entities, counters, plan)
+        self.map_resource(index, kind, true, async |mapped, counters| {
+            self.apply(index, kind, run_id, dry, mapped, counters, plan)
                 .await
         })
         .await
@@ -401,15 +516,21 @@ impl Resync<'_> {
 
     /// Fetches resource `index`'s kind and maps it on the pool, handing each mapped batch to
     /// `on_batch` in fetch order. Item errors and fetch errors mark the resource as failed.
+    ///
+    /// With `use_cache`, raw items whose bytes and resource mapping are unchanged since their
+    /// entities were last recorded are not mapped again: they come back in [`Mapped::cached`].
     pub(crate) async fn map_resource(
         &self,
         index: usize,
         kind: &str,
-        mut on_batch: impl AsyncFnMut(
-            Vec<(Entity, EntityHash)>,
-            &mut RunCounters,
-        ) -> Result<(), ResyncError>,
+        use_cache: bool,
+        mut on_batch: impl AsyncFnMut(Mapped, &mut RunCounters) -> Result<(), ResyncError>,
     ) -> Result<ResourceRun, ResyncError> {
+        let fingerprint = if use_cache {
+            self.resource_fingerprint(index)
+        } else {
+            None
+        };
         let (sink, mut batches) = mpsc::channel::<RawBatch>(4);
         let fetch = self.integration.fetch(kind, sink);
         let consume = async {
@@ -417,7 +538,7 @@ impl Resync<'_> {
             // Several batches map at once on the pool; results are applied in fetch order. While
             // fewer than `depth` are in flight, take the next batch; when the fetch is done
             // (`recv` gives None), drain what is in flight.
-            let mut in_flight: VecDeque<PendingBatch> = VecDeque::new();
+            let mut in_flight: VecDeque<(PendingBatch, Fingerprints, Produced)> = VecDeque::new();
             let depth = self.pool.threads() + 1;
             loop {
                 let next = if in_flight.len() < depth {
@@ -431,8 +552,17 @@ impl Resync<'_> {
                     if let Some(live) = &self.progress {
                         Progress::add(&live.fetched, batch.len() as u64);
                     }
+                    let (batch, fingerprints, cached) = match (&fingerprint, &self.state) {
+                        (Some(resource), Some(state)) => {
+                            split_cached(state, resource, batch).await?
+                        }
+                        _ => {
+                            let none = vec![None; batch.len()];
+                            (batch, none, Vec::new())
+                        }
+                    };
                     match self.pool.submit(index, batch).await {
-                        Ok(pending) => in_flight.push_back(pending),
+                        Ok(pending) => in_flight.push_back((pending, fingerprints, cached)),
                         Err(e) => {
                             progress
                                 .failed
@@ -443,7 +573,7 @@ impl Resync<'_> {
                         continue;
                     }
                 }
-                let Some(pending) = in_flight.pop_front() else {
+                let Some((pending, mut fingerprints, cached)) = in_flight.pop_front() else {
                     if draining {
                         break;
                     }
@@ -467,7 +597,19 @@ impl Resync<'_> {
                 for (field, warning) in &mapped.warnings {
                     tracing::warn!(field = %field, count = warning.count, first = %warning.first_message, "mapping field failed; set to null");
                 }
-                on_batch(mapped.entities, &mut progress.counters).await?;
+                // An item that failed or was skipped is not remembered: it is mapped again next time.
+                for (item, _) in mapped.errors.iter().chain(&mapped.skipped) {
+                    if let Some(f) = fingerprints.get_mut(*item) {
+                        *f = None;
+                    }
+                }
+                let batch = Mapped {
+                    entities: mapped.entities,
+                    entity_items: mapped.entity_items,
+                    fingerprints,
+                    cached,
+                };
+                on_batch(batch, &mut progress.counters).await?;
             }
             Ok::<_, ResyncError>(progress)
         };
@@ -489,10 +631,35 @@ impl Resync<'_> {
         kind: &str,
         run_id: u64,
         dry: bool,
-        entities: Vec<(Entity, EntityHash)>,
+        mapped: Mapped,
         counters: &mut RunCounters,
         plan: &mut Plan,
     ) -> Result<(), ResyncError> {
+        let Mapped {
+            entities,
+            entity_items,
+            fingerprints,
+            cached,
+        } = mapped;
+        // Items the cache vouches for: their entities are unchanged without being mapped.
+        let cached_keys: Vec<EntityKey> = cached.into_iter().map(|(key, _)| key).collect();
+        counters.mapped += cached_keys.len() as u64;
+        counters.unchanged += cached_keys.len() as u64;
+        if let Some(live) = &self.progress {
+            Progress::add(&live.unchanged, cached_keys.len() as u64);
+        }
+        if dry {
+            plan.produced.extend(cached_keys.iter().cloned());
+        } else if let Some(state) = &self.state {
+            with_state(state, move |s| s.mark_seen(run_id, &cached_keys)).await?;
+        }
+        // What each mapped item produced, for the cache once it is all recorded.
+        let mut produced: Vec<Produced> = vec![Vec::new(); fingerprints.len()];
+        for ((entity, hash), &item) in entities.iter().zip(&entity_items) {
+            if let Some(slot) = produced.get_mut(item) {
+                slot.push((key_of(entity), hash.0));
+            }
+        }
         counters.mapped += entities.len() as u64;
         let keys: Vec<EntityKey> = entities.iter().map(|(e, _)| key_of(e)).collect();
         if dry {
@@ -552,6 +719,7 @@ impl Resync<'_> {
             // Port refuses a relation to an entity that does not exist yet: targets go first.
             dependency_layers(pending)
         };
+        let mut failed_keys: HashSet<EntityKey> = HashSet::new();
         for layer in layers {
             let mut by_blueprint: BTreeMap<String, Vec<Pending>> = BTreeMap::new();
             for p in layer {
@@ -571,13 +739,23 @@ impl Resync<'_> {
                 .map(|(blueprint, chunk)| self.send_chunk(index, kind, run_id, blueprint, chunk))
                 .buffer_unordered(concurrency);
             while let Some(result) = sent.next().await {
-                let (upserted, failed) = result?;
+                let (upserted, failed, refused) = result?;
+                failed_keys.extend(refused);
                 counters.upserted += upserted;
                 if let Some(live) = &self.progress {
                     Progress::add(&live.upserted, upserted);
                 }
                 counters.failed += failed;
             }
+        }
+        if let Some(state) = &self.state {
+            let remember: Vec<([u8; 32], Produced)> = fingerprints
+                .into_iter()
+                .zip(produced)
+                .filter_map(|(f, p)| Some((f?, p)))
+                .filter(|(_, p)| p.iter().all(|(key, _)| !failed_keys.contains(key)))
+                .collect();
+            with_state(state, move |s| s.raw_remember(&remember)).await?;
         }
         Ok(())
     }
@@ -591,7 +769,7 @@ impl Resync<'_> {
         run_id: u64,
         blueprint: String,
         chunk: Vec<Pending>,
-    ) -> Result<(u64, u64), ResyncError> {
+    ) -> Result<(u64, u64, Vec<EntityKey>), ResyncError> {
         let to_send: Vec<Entity> = chunk.iter().map(|p| p.entity.clone()).collect();
         let outcomes = self
             .client
@@ -600,6 +778,7 @@ impl Resync<'_> {
         let mut written = Vec::new();
         let mut keep = Vec::new();
         let mut failed = 0;
+        let mut refused = Vec::new();
         for (
             Pending {
                 entity,
@@ -618,6 +797,7 @@ impl Resync<'_> {
                 }),
                 UpsertOutcome::Failed(error) => {
                     failed += 1;
+                    refused.push(key_of(&entity));
                     tracing::warn!(blueprint = %entity.blueprint, identifier = %entity.identifier_label(), error = %error.error, message = %error.message, "Port refused an entity; it is retried next resync");
                     // Still produced by the data: never a deletion candidate because Port refused an update.
                     if existed {
@@ -634,7 +814,7 @@ impl Resync<'_> {
             })
             .await?;
         }
-        Ok((upserted, failed))
+        Ok((upserted, failed, refused))
     }
 
     async fn delete_vanished(
@@ -761,6 +941,27 @@ mod tests {
             ids(&layers),
             [vec!["core", "cache"], vec!["db"], vec!["api"]]
         );
+    }
+
+    #[test]
+    fn resources_reading_the_clock_or_environment_are_never_cached() {
+        for text in [
+            r#"{"q":"now | todate"}"#,
+            r#"{"q":"env.REGION"}"#,
+            r#"{"q":"$ENV.X"}"#,
+            r#"{"q":"[inputs]"}"#,
+            r#"{"q":"localtime"}"#,
+        ] {
+            assert!(uses_nondeterminism(text), "{text}");
+        }
+        for text in [
+            r#"{"q":".known | ascii_downcase"}"#,
+            r#"{"q":".environment"}"#,
+            r#"{"q":".snow"}"#,
+            r#"{"q":"$now_ish"}"#,
+        ] {
+            assert!(!uses_nondeterminism(text), "{text}");
+        }
     }
 
     #[test]

@@ -80,8 +80,8 @@ impl Resync<'_> {
                 continue;
             }
             let progress = self
-                .map_resource(index, &resource.kind, async |entities, _counters| {
-                    for (entity, hash) in entities {
+                .map_resource(index, &resource.kind, false, async |mapped, _counters| {
+                    for (entity, hash) in mapped.entities {
                         let key = (entity.blueprint.clone(), entity.identifier_label());
                         if records.get(&key) == Some(&hash.0)
                             && let Some(port) = in_port.get(&key)

@@ -18,6 +18,50 @@ const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 const ENTITIES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("entities");
 const RUNS: TableDefinition<u64, &str> = TableDefinition::new("runs");
 const CHECKPOINTS: TableDefinition<&str, &str> = TableDefinition::new("checkpoints");
+/// Raw-item fingerprint → the entities that item produced, so an unchanged item is not mapped
+/// again. A cache: rebuilt when lost, never fsynced on its own.
+const RAW_ITEMS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("raw_items");
+
+/// What one raw item produced: each entity's key and hash.
+pub type Produced = Vec<(EntityKey, [u8; 32])>;
+
+fn encode_produced(produced: &Produced) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + produced.len() * 64);
+    out.extend_from_slice(&(produced.len() as u32).to_le_bytes());
+    for ((bp, id), hash) in produced {
+        out.extend_from_slice(hash);
+        out.extend_from_slice(&(bp.len() as u32).to_le_bytes());
+        out.extend_from_slice(bp.as_bytes());
+        out.extend_from_slice(&(id.len() as u32).to_le_bytes());
+        out.extend_from_slice(id.as_bytes());
+    }
+    out
+}
+
+fn decode_produced(mut bytes: &[u8]) -> Option<Produced> {
+    fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        if bytes.len() < n {
+            return None;
+        }
+        let (head, tail) = bytes.split_at(n);
+        *bytes = tail;
+        Some(head)
+    }
+    let len = |bytes: &mut &[u8]| {
+        take(bytes, 4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
+    };
+    let count = len(&mut bytes)?;
+    let mut out = Vec::with_capacity(count.min(1024));
+    for _ in 0..count {
+        let hash: [u8; 32] = take(&mut bytes, 32)?.try_into().ok()?;
+        let n = len(&mut bytes)?;
+        let bp = String::from_utf8(take(&mut bytes, n)?.to_vec()).ok()?;
+        let n = len(&mut bytes)?;
+        let id = String::from_utf8(take(&mut bytes, n)?.to_vec()).ok()?;
+        out.push(((bp, id), hash));
+    }
+    Some(out)
+}
 
 /// The open state file. One per agent: redb locks the file against a second process.
 #[derive(Debug)]
@@ -422,6 +466,72 @@ impl StateStore {
         txn.commit().map_err(|e| self.storage(e))
     }
 
+    /// What each raw-item fingerprint produced last time, where known.
+    pub fn raw_lookup(
+        &self,
+        fingerprints: &[[u8; 32]],
+    ) -> Result<Vec<Option<Produced>>, StateError> {
+        let txn = self.db.begin_read().map_err(|e| self.storage(e))?;
+        let table = match txn.open_table(RAW_ITEMS) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => {
+                return Ok(vec![None; fingerprints.len()]);
+            }
+            Err(e) => return Err(self.storage(e)),
+        };
+        fingerprints
+            .iter()
+            .map(|f| {
+                Ok(table
+                    .get(f.as_slice())
+                    .map_err(|e| self.storage(e))?
+                    .and_then(|v| decode_produced(v.value())))
+            })
+            .collect()
+    }
+
+    /// Remembers what raw items produced. Call only once their entities are recorded.
+    pub fn raw_remember(&self, entries: &[([u8; 32], Produced)]) -> Result<(), StateError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut txn = self.db.begin_write().map_err(|e| self.storage(e))?;
+        txn.set_durability(Durability::None)
+            .map_err(|e| self.storage(e))?;
+        {
+            let mut table = txn.open_table(RAW_ITEMS).map_err(|e| self.storage(e))?;
+            for (fingerprint, produced) in entries {
+                table
+                    .insert(fingerprint.as_slice(), encode_produced(produced).as_slice())
+                    .map_err(|e| self.storage(e))?;
+            }
+        }
+        txn.commit().map_err(|e| self.storage(e))
+    }
+
+    /// Old raw-item versions pile up: past twice the entities (plus slack) the cache is dropped
+    /// whole and rebuilt by the next run.
+    pub fn raw_prune(&self) -> Result<bool, StateError> {
+        let entities = self.entity_count()?;
+        let txn = self.db.begin_write().map_err(|e| self.storage(e))?;
+        let pruned = {
+            let table = txn.open_table(RAW_ITEMS).map_err(|e| self.storage(e))?;
+            table.len().map_err(|e| self.storage(e))? > 2 * entities + 1000
+        };
+        if pruned {
+            txn.delete_table(RAW_ITEMS).map_err(|e| self.storage(e))?;
+        }
+        txn.commit().map_err(|e| self.storage(e))?;
+        Ok(pruned)
+    }
+
+    /// Forgets every raw-item fingerprint (after a reset of what Port holds, or a repair).
+    pub fn raw_forget(&self) -> Result<(), StateError> {
+        let txn = self.db.begin_write().map_err(|e| self.storage(e))?;
+        txn.delete_table(RAW_ITEMS).map_err(|e| self.storage(e))?;
+        txn.commit().map_err(|e| self.storage(e))
+    }
+
     /// A per-kind checkpoint (free-form JSON text), e.g. how far the kind's last run got.
     pub fn set_checkpoint(&self, kind: &str, value: &str) -> Result<(), StateError> {
         let txn = self.db.begin_write().map_err(|e| self.storage(e))?;
@@ -557,6 +667,35 @@ mod tests {
         assert_eq!(unseen, ["b"]);
         store.remove(&[("service".into(), "b".into())]).unwrap();
         assert_eq!(store.entity_count().unwrap(), 1);
+    }
+
+    #[test]
+    fn raw_item_fingerprints_round_trip_and_prune() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(&dir.path().join("state.redb"), &identity("svc")).unwrap();
+        assert_eq!(store.raw_lookup(&[[1; 32]]).unwrap(), vec![None]);
+        let produced: Produced = vec![
+            (("service".into(), "a/b é".into()), [9; 32]),
+            (("team".into(), "t".into()), [8; 32]),
+        ];
+        store
+            .raw_remember(&[([1; 32], produced.clone()), ([2; 32], Vec::new())])
+            .unwrap();
+        assert_eq!(
+            store.raw_lookup(&[[1; 32], [2; 32], [3; 32]]).unwrap(),
+            vec![Some(produced), Some(Vec::new()), None]
+        );
+        assert!(!store.raw_prune().unwrap());
+        let many: Vec<([u8; 32], Produced)> = (0..1100u32)
+            .map(|i| {
+                let mut f = [0; 32];
+                f[..4].copy_from_slice(&i.to_le_bytes());
+                (f, Vec::new())
+            })
+            .collect();
+        store.raw_remember(&many).unwrap();
+        assert!(store.raw_prune().unwrap());
+        assert_eq!(store.raw_lookup(&[[1; 32]]).unwrap(), vec![None]);
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub struct WarningCount {
 #[derive(Debug, Default)]
 pub struct BatchResult {
     pub entities: Vec<(Entity, EntityHash)>,
+    /// For each entity, the batch position of the item that produced it.
+    pub entity_items: Vec<usize>,
     pub filtered_out: usize,
     pub dropped: usize,
     pub skipped: Vec<(usize, String)>,
@@ -126,6 +128,8 @@ fn map_batch(
                     first_message: warning.message,
                 });
         }
+        out.entity_items
+            .extend(std::iter::repeat_n(number, result.entities.len()));
         out.entities.extend(result.entities.into_iter().map(|e| {
             let hash = hash_entity(&e);
             (e, hash)
@@ -241,6 +245,7 @@ mod tests {
         assert_eq!(result.entities[0].0.properties["n"], "1.0");
         assert_eq!(result.entities[0].1, hash_entity(&result.entities[0].0));
         assert_eq!(result.filtered_out, 1);
+        assert_eq!(result.entity_items, [0, 3]);
         assert_eq!(
             result.errors.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
             [2]
