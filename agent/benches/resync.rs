@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use port_emulator::{Emulator, EmulatorConfig};
+use port_emulator::{EmulatorConfig, EmulatorThread};
 use serde_json::{Value, json};
 
 const MAPPING: &str = r#"
@@ -121,22 +121,8 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
-    let (address_tx, address_rx) = std::sync::mpsc::sync_channel(1);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let emulator = Emulator::start(EmulatorConfig::default()).await.unwrap();
-            address_tx.send(emulator.base_url()).unwrap();
-            let stats = std::sync::Arc::new(emulator);
-            let _ = stop_rx.await;
-            stats.stats()
-        })
-    });
-    let base_url = address_rx.recv().unwrap();
+    let emulator = EmulatorThread::start(EmulatorConfig::default(), Vec::new()).unwrap();
+    let base_url = emulator.base_url().to_owned();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     std::fs::create_dir_all(root.join(".port/resources")).unwrap();
@@ -183,8 +169,7 @@ fn main() {
         )
         .unwrap();
     }
-    drop(stop_tx);
-    let stats = server.join().unwrap();
+    let stats = emulator.stop();
     let size = std::fs::metadata(root.join("state.redb"))
         .map(|m| m.len())
         .unwrap_or(0);

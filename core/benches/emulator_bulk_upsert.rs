@@ -11,7 +11,7 @@ use port_agent_core::Secret;
 use port_agent_core::port::{
     Entity, IntegrationIdentity, PortClient, PortClientConfig, UpsertOptions, UpsertOutcome,
 };
-use port_emulator::{Emulator, EmulatorConfig};
+use port_emulator::{EmulatorConfig, EmulatorThread};
 use serde_json::json;
 
 fn entity(i: usize) -> Entity {
@@ -47,29 +47,16 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
 
-    let (address_tx, address_rx) = std::sync::mpsc::sync_channel(1);
-    // Dropping the sender tells the server thread to stop and hand back its statistics.
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let emulator = Emulator::start(EmulatorConfig::default()).await.unwrap();
-            emulator
-                .put_blueprint(json!({"identifier": "service", "schema": {"properties": {
-                    "url": {"type": "string"}, "language": {"type": "string"}, "stars": {"type": "number"},
-                    "archived": {"type": "boolean"}, "created": {"type": "string", "format": "date-time"},
-                    "topics": {"type": "array"}
-                }}}))
-                .unwrap();
-            address_tx.send(emulator.base_url()).unwrap();
-            let _ = stop_rx.await;
-            emulator.stats()
-        })
-    });
-    let base_url = address_rx.recv().unwrap();
+    let emulator = EmulatorThread::start(
+        EmulatorConfig::default(),
+        vec![json!({"identifier": "service", "schema": {"properties": {
+            "url": {"type": "string"}, "language": {"type": "string"}, "stars": {"type": "number"},
+            "archived": {"type": "boolean"}, "created": {"type": "string", "format": "date-time"},
+            "topics": {"type": "array"}
+        }}})],
+    )
+    .unwrap();
+    let base_url = emulator.base_url().to_owned();
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -96,8 +83,7 @@ fn main() {
         .iter()
         .filter(|o| matches!(o, UpsertOutcome::Upserted { .. }))
         .count();
-    drop(stop_tx);
-    let stats = server.join().unwrap();
+    let stats = emulator.stop();
 
     assert_eq!(accepted, count, "every entity must be accepted");
     assert_eq!(stats["entities_total"], count as u64);

@@ -7,14 +7,12 @@
 //! no longer produces are recorded too, so the next complete resync deletes them, as Ocean would.
 //! Nothing is sent to Port.
 
-use std::collections::HashMap;
-
-use port_agent_state::{EntityKey, RunRecord, RunStatus, Written};
+use port_agent_state::{RunRecord, RunStatus, Written};
 use serde_json::Value;
 
 use crate::entity_hash::canonical_value;
 use crate::port::Entity;
-use crate::resync::{Resync, ResyncError};
+use crate::resync::{Resync, ResyncError, with_state};
 
 /// What a rebuild found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -89,25 +87,9 @@ pub fn port_holds(ours: &Entity, port: &Value) -> bool {
 impl Resync<'_> {
     /// Builds the (empty) state from Port's entities and the current data. Sends nothing.
     pub async fn rebuild_from_port(&self) -> Result<RebuildReport, ResyncError> {
-        let state = self
-            .state
-            .clone()
-            .ok_or_else(|| ResyncError::Blocking("rebuild needs a state file".to_owned()))?;
-        let owned = self.client.owned_entities(None).await?;
-        let mut in_port: HashMap<EntityKey, Value> = HashMap::with_capacity(owned.len());
-        for entity in owned {
-            if let (Some(bp), Some(id)) =
-                (entity["blueprint"].as_str(), entity["identifier"].as_str())
-            {
-                in_port.insert((bp.to_owned(), id.to_owned()), entity.clone());
-            }
-        }
-        let run = {
-            let state = state.clone();
-            tokio::task::spawn_blocking(move || state.start_run("rebuild-from-port"))
-                .await
-                .map_err(|e| ResyncError::Blocking(e.to_string()))??
-        };
+        let state = self.require_state("rebuild")?;
+        let mut in_port = self.owned_by_key().await?;
+        let run = with_state(&state, |s| s.start_run("rebuild-from-port")).await?;
         let mut report = RebuildReport {
             run_id: run.id,
             ..Default::default()
@@ -140,11 +122,8 @@ impl Resync<'_> {
                             None => report.missing += 1,
                         }
                     }
-                    let state = state.clone();
                     let run_id = run.id;
-                    tokio::task::spawn_blocking(move || state.record_written(run_id, &written))
-                        .await
-                        .map_err(|e| ResyncError::Blocking(e.to_string()))??;
+                    with_state(&state, move |s| s.record_written(run_id, &written)).await?;
                     Ok(())
                 })
                 .await?;
@@ -163,11 +142,8 @@ impl Resync<'_> {
                 })
                 .collect();
             report.orphaned = orphans.len() as u64;
-            let state = state.clone();
             let run_id = run.id;
-            tokio::task::spawn_blocking(move || state.record_written(run_id, &orphans))
-                .await
-                .map_err(|e| ResyncError::Blocking(e.to_string()))??;
+            with_state(&state, move |s| s.record_written(run_id, &orphans)).await?;
         }
         let finished = RunRecord {
             status: if report.failed.is_empty() {
@@ -178,9 +154,7 @@ impl Resync<'_> {
             notes: report.failed.clone(),
             ..run
         };
-        tokio::task::spawn_blocking(move || state.finish_run(&finished))
-            .await
-            .map_err(|e| ResyncError::Blocking(e.to_string()))??;
+        with_state(&state, move |s| s.finish_run(&finished)).await?;
         Ok(report)
     }
 }

@@ -118,7 +118,7 @@ fn iso_now() -> String {
 }
 
 /// Runs `work` on the state off the async runtime (redb blocks).
-async fn with_state<T: Send + 'static>(
+pub(crate) async fn with_state<T: Send + 'static>(
     state: &Arc<StateStore>,
     work: impl FnOnce(&StateStore) -> Result<T, StateError> + Send + 'static,
 ) -> Result<T, ResyncError> {
@@ -314,6 +314,27 @@ pub(crate) struct ResourceRun {
 }
 
 impl Resync<'_> {
+    /// The state, for the commands that cannot work without one.
+    pub(crate) fn require_state(&self, what: &str) -> Result<Arc<StateStore>, ResyncError> {
+        self.state
+            .clone()
+            .ok_or_else(|| ResyncError::Blocking(format!("{what} needs a state file")))
+    }
+
+    /// Every entity this integration owns in Port, by (blueprint, identifier).
+    pub(crate) async fn owned_by_key(&self) -> Result<HashMap<EntityKey, Value>, ResyncError> {
+        let owned = self.client.owned_entities(None).await?;
+        let mut by_key = HashMap::with_capacity(owned.len());
+        for entity in owned {
+            if let (Some(bp), Some(id)) =
+                (entity["blueprint"].as_str(), entity["identifier"].as_str())
+            {
+                by_key.insert((bp.to_owned(), id.to_owned()), entity.clone());
+            }
+        }
+        Ok(by_key)
+    }
+
     /// What makes resource `index`'s output for an item: its mapping text and this engine.
     /// `None` when it uses builtins that depend on more than the item.
     fn resource_fingerprint(&self, index: usize) -> Option<[u8; 32]> {

@@ -4,10 +4,9 @@
 use std::collections::HashMap;
 
 use port_agent_state::{EntityKey, Written};
-use serde_json::Value;
 
 use crate::rebuild::{ORPHAN_KIND, port_holds};
-use crate::resync::{Resync, ResyncError};
+use crate::resync::{Resync, ResyncError, with_state};
 
 /// One disagreement between the state and Port.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,24 +28,11 @@ pub struct VerifyReport {
 impl Resync<'_> {
     /// Compares the state with Port (and, for content, with the current data). Changes nothing.
     pub async fn verify(&self) -> Result<VerifyReport, ResyncError> {
-        let state = self
-            .state
-            .clone()
-            .ok_or_else(|| ResyncError::Blocking("verify needs a state file".to_owned()))?;
-        let owned = self.client.owned_entities(None).await?;
-        let mut in_port: HashMap<EntityKey, Value> = HashMap::with_capacity(owned.len());
-        for entity in owned {
-            if let (Some(bp), Some(id)) =
-                (entity["blueprint"].as_str(), entity["identifier"].as_str())
-            {
-                in_port.insert((bp.to_owned(), id.to_owned()), entity.clone());
-            }
-        }
+        let state = self.require_state("verify")?;
+        let in_port = self.owned_by_key().await?;
         let records: HashMap<EntityKey, [u8; 32]> = {
-            let state = state.clone();
-            tokio::task::spawn_blocking(move || state.entities(|_, _| true))
-                .await
-                .map_err(|e| ResyncError::Blocking(e.to_string()))??
+            with_state(&state, |s| s.entities(|_, _| true))
+                .await?
                 .into_iter()
                 .map(|(k, r)| (k, r.hash))
                 .collect()
@@ -108,10 +94,7 @@ impl Resync<'_> {
     /// not know are recorded as not produced (the next complete resync deletes them unless the
     /// data produces them).
     pub async fn forget_drift(&self, drift: &[Drift]) -> Result<(), ResyncError> {
-        let state = self
-            .state
-            .clone()
-            .ok_or_else(|| ResyncError::Blocking("repair needs a state file".to_owned()))?;
+        let state = self.require_state("repair")?;
         let forget: Vec<EntityKey> = drift
             .iter()
             .filter(|d| d.what != "unknown to the state")
@@ -127,13 +110,12 @@ impl Resync<'_> {
                 resource: u32::MAX,
             })
             .collect();
-        tokio::task::spawn_blocking(move || {
-            state.remove(&forget)?;
+        with_state(&state, move |s| {
+            s.remove(&forget)?;
             // Run 0: never "seen" by a real run, so a complete resync considers it for deletion.
-            state.record_written(0, &adopt)
+            s.record_written(0, &adopt)
         })
-        .await
-        .map_err(|e| ResyncError::Blocking(e.to_string()))??;
+        .await?;
         Ok(())
     }
 }

@@ -6,6 +6,9 @@ use port_agent_core::mapping::jq::Jq;
 use port_agent_core::mapping::value::{parse_raw, to_json};
 use serde::Deserialize;
 use serde_json::Value;
+use support::same;
+
+mod support;
 use serde_json::value::RawValue;
 
 #[derive(Deserialize)]
@@ -29,20 +32,6 @@ enum Expected {
         #[allow(dead_code)]
         error: bool,
     },
-}
-
-/// JSON equality where numbers compare by value (jq has one number type).
-fn same(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same(a, b))
-        }
-        (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
-        }
-        _ => a == b,
-    }
 }
 
 /// Outputs that differ from run to run, compared by type only.

@@ -9,25 +9,15 @@ use port_agent_core::mapping::jq::Jq;
 use port_agent_core::mapping::value::parse_raw;
 use port_agent_core::mapping::{CompiledMapping, PortAppConfig};
 use serde_json::Value;
+use support::same;
+
+mod support;
 
 #[derive(Debug, Default, PartialEq)]
 struct Outcome {
     entities: Vec<Value>,
     dropped: usize,
     selector_errors: usize,
-}
-
-fn same(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same(a, b))
-        }
-        (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
-        }
-        _ => a == b,
-    }
 }
 
 /// Empty `properties`/`relations` are not sent, whichever side wrote them.

@@ -200,3 +200,80 @@ impl Drop for Emulator {
         self.task.abort();
     }
 }
+
+/// An emulator on a thread and runtime of its own: for benchmarks that measure a client beside
+/// it, so the two do not share a scheduler. [`EmulatorThread::stop`] hands back the statistics.
+#[derive(Debug)]
+pub struct EmulatorThread {
+    base_url: String,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Value>>,
+}
+
+impl EmulatorThread {
+    /// Starts the emulator with `blueprints` already created.
+    pub fn start(config: EmulatorConfig, blueprints: Vec<Value>) -> std::io::Result<Self> {
+        let (address_tx, address_rx) = std::sync::mpsc::sync_channel::<std::io::Result<String>>(1);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("port-emulator".to_owned())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        let _ = address_tx.send(Err(e));
+                        return Value::Null;
+                    }
+                };
+                runtime.block_on(async move {
+                    let emulator = match Emulator::start(config).await {
+                        Ok(emulator) => emulator,
+                        Err(e) => {
+                            let _ = address_tx.send(Err(e));
+                            return Value::Null;
+                        }
+                    };
+                    for blueprint in blueprints {
+                        if let Err(message) = emulator.put_blueprint(blueprint) {
+                            let _ = address_tx.send(Err(std::io::Error::other(message)));
+                            return Value::Null;
+                        }
+                    }
+                    let _ = address_tx.send(Ok(emulator.base_url()));
+                    let _ = stopped.await;
+                    emulator.stats()
+                })
+            })?;
+        let base_url = address_rx.recv().map_err(std::io::Error::other)??;
+        Ok(Self {
+            base_url,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// Stops the emulator and returns `GET /_emulator/stats` as it was at the end.
+    pub fn stop(mut self) -> Value {
+        self.stop.take();
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or(Value::Null)
+    }
+}
+
+impl Drop for EmulatorThread {
+    fn drop(&mut self) {
+        self.stop.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
