@@ -397,11 +397,6 @@ impl StateStore {
         txn.commit().map_err(|e| self.storage(e))
     }
 
-    /// Entities no resource produced in `run`: the deletion candidates of a complete run.
-    pub fn unseen_in(&self, run: u64) -> Result<Vec<(EntityKey, EntityRecord)>, StateError> {
-        self.entities(|_, record| record.last_seen_run != run)
-    }
-
     /// How many records `in_scope` accepts, and those of them `run` did not see; reads the
     /// records once and keeps only the unseen ones.
     pub fn scoped_unseen(
@@ -523,13 +518,6 @@ impl StateStore {
         }
         txn.commit().map_err(|e| self.storage(e))?;
         Ok(pruned)
-    }
-
-    /// Forgets every raw-item fingerprint (after a reset of what Port holds, or a repair).
-    pub fn raw_forget(&self) -> Result<(), StateError> {
-        let txn = self.db.begin_write().map_err(|e| self.storage(e))?;
-        txn.delete_table(RAW_ITEMS).map_err(|e| self.storage(e))?;
-        txn.commit().map_err(|e| self.storage(e))
     }
 
     /// A per-kind checkpoint (free-form JSON text), e.g. how far the kind's last run got.
@@ -659,8 +647,9 @@ mod tests {
         assert_eq!(run.id, 2);
         store.mark_seen(run.id, &keys[..1]).unwrap();
         let unseen: Vec<String> = store
-            .unseen_in(run.id)
+            .scoped_unseen(run.id, |_| true)
             .unwrap()
+            .1
             .into_iter()
             .map(|(k, _)| k.1)
             .collect();

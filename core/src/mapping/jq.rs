@@ -7,6 +7,7 @@ use jaq_json::Val;
 
 use super::interpolation::route_through_text_format;
 use super::quotes::rewrite_single_quotes;
+use super::value::type_name;
 use super::{natives, regex};
 
 /// The data every filter runs with: plain values and the lookup table.
@@ -78,17 +79,6 @@ fn fast_path(code: &str) -> Option<Compiled> {
             .map(Compiled::Const);
     }
     None
-}
-
-fn type_name(value: &Val) -> &'static str {
-    match value {
-        Val::Null => "null",
-        Val::Bool(_) => "boolean",
-        Val::Num(_) => "number",
-        Val::TStr(_) | Val::BStr(_) => "string",
-        Val::Arr(_) => "array",
-        Val::Obj(_) => "object",
-    }
 }
 
 /// `.a.b` as jq evaluates it: null through null, an error on anything but objects.

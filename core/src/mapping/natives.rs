@@ -5,6 +5,8 @@ use jaq_core::native::{Fun, bome, run, v};
 use jaq_core::{Cv, Error, ValR};
 use jaq_json::{Num, Val};
 
+use super::value::type_name;
+
 use super::jq::Data;
 
 pub fn funs() -> impl Iterator<Item = Fun<Data>> {
@@ -193,17 +195,6 @@ fn decimal_text(literal: &str) -> String {
             adjusted.abs()
         ));
         text
-    }
-}
-
-fn type_name(value: &Val) -> &'static str {
-    match value {
-        Val::Null => "null",
-        Val::Bool(_) => "boolean",
-        Val::Num(_) => "number",
-        Val::TStr(_) | Val::BStr(_) => "string",
-        Val::Arr(_) => "array",
-        Val::Obj(_) => "object",
     }
 }
 

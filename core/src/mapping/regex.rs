@@ -13,6 +13,7 @@ use jaq_json::{Map, Val};
 use onig::{Regex, RegexOptions, Region, SearchOptions, Syntax};
 
 use super::jq::Data;
+use super::value::type_name;
 
 /// Compiled regexes are cached per thread: jq mappings call `gsub` with the same pattern on
 /// every item, and compiling dominates otherwise.
@@ -37,17 +38,6 @@ pub fn funs() -> impl Iterator<Item = Fun<Data>> {
         )),
     ]
     .into_iter()
-}
-
-fn type_name(v: &Val) -> &'static str {
-    match v {
-        Val::Null => "null",
-        Val::Bool(_) => "boolean",
-        Val::Num(_) => "number",
-        Val::TStr(_) | Val::BStr(_) => "string",
-        Val::Arr(_) => "array",
-        Val::Obj(_) => "object",
-    }
 }
 
 /// The text of a jq string value.

@@ -3,6 +3,18 @@
 use jaq_json::{Num, Val};
 use serde_json::{Map, Number, Value};
 
+/// jq's name for the type of `value`, as its error messages use it.
+pub(crate) fn type_name(value: &Val) -> &'static str {
+    match value {
+        Val::Null => "null",
+        Val::Bool(_) => "boolean",
+        Val::Num(_) => "number",
+        Val::TStr(_) | Val::BStr(_) => "string",
+        Val::Arr(_) => "array",
+        Val::Obj(_) => "object",
+    }
+}
+
 /// Parses raw JSON text straight into a jaq value, keeping number literals as written (so that
 /// `1.0 | tostring` is `"1.0"` and big integers survive, as in jq 1.7).
 pub fn parse_raw(text: &[u8]) -> Result<Val, String> {
