@@ -609,3 +609,97 @@ async fn items_whose_mapping_reads_the_environment_are_always_mapped_again() {
     // Same raw items, different environment: the raw-item cache must not vouch for them.
     assert_eq!(resync("go").await.unwrap()["totals"]["upserted"], 20);
 }
+
+/// Regression: an entity produced by two resources (or twice by one) had one hash in the state,
+/// so each contribution looked changed against the other's and every resync re-sent both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entity_made_by_two_resources_is_not_resent_when_unchanged() {
+    let project = Project::new(40).await;
+    std::fs::write(
+        project.root().join("port-app-config.yaml"),
+        r#"
+resources:
+  - kind: service
+    selector: {query: 'true'}
+    port:
+      entity:
+        mappings: {identifier: .name, blueprint: '"service"', properties: {language: .lang, stars: .stars}}
+  - kind: service
+    selector: {query: 'true'}
+    port:
+      entity:
+        mappings: {identifier: .name, blueprint: '"service"', properties: {tier: '.tier // "none"'}}
+"#,
+    )
+    .unwrap();
+    let mut services: Vec<Value> = (0..40).map(service).collect();
+    // The same entity twice in one file (one batch): Port keeps the later item's language.
+    services.push(json!({"name": "svc-0001", "lang": "zig", "stars": 1, "tier": "gold"}));
+    project.write_services(&services);
+
+    let (code, first, stderr) = project.resync(&["--kind", "service"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(first["totals"]["upserted"], 82);
+    let port_entity = |id: &str| {
+        project
+            .emulator
+            .entities()
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["identifier"] == id)
+            .cloned()
+            .unwrap()
+    };
+    let merged = port_entity("svc-0001");
+    assert_eq!(merged["properties"]["language"], "zig");
+    assert_eq!(merged["properties"]["tier"], "gold");
+    assert_eq!(port_entity("svc-0002")["properties"]["tier"], "none");
+    assert_eq!(port_entity("svc-0002")["properties"]["language"], "rust");
+
+    let writes = project.writes();
+    let (_, second, _) = project.resync(&["--kind", "service"]).await;
+    assert_eq!(second["totals"]["unchanged"], 82, "{second}");
+    assert_eq!(
+        project.writes(),
+        writes,
+        "an unchanged resync must send no write"
+    );
+    let (_, plan, _) = project.resync(&["--kind", "service", "--dry-run"]).await;
+    assert_eq!(plan["totals"]["unchanged"], 82, "{plan}");
+
+    // The first contribution changes: it is sent, and the second follows it so that Port merges
+    // them in the same order as a full send would.
+    services[3]["lang"] = json!("ocaml");
+    project.write_services(&services);
+    let (_, third, _) = project.resync(&["--kind", "service"]).await;
+    assert_eq!(third["totals"]["upserted"], 2, "{third}");
+    assert_eq!(project.stats()["upserts_per_entity"]["service/svc-0003"], 4);
+    assert_eq!(port_entity("svc-0003")["properties"]["language"], "ocaml");
+    let writes = project.writes();
+    let (_, fourth, _) = project.resync(&["--kind", "service"]).await;
+    assert_eq!(fourth["totals"]["upserted"], 0, "{fourth}");
+    assert_eq!(project.writes(), writes);
+
+    let inspect = project
+        .agent(&[
+            "state",
+            "inspect",
+            "--config",
+            "agent.yaml",
+            "--identifier",
+            "svc-0001",
+            "--json",
+        ])
+        .await;
+    let state: Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(
+        state["entities"][0]["later_hashes"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    assert_eq!(state["checkpoints"]["service"]["status"], "completed");
+    assert_eq!(state["checkpoints"]["service"]["counters"]["unchanged"], 82);
+}

@@ -104,7 +104,7 @@ impl Resync<'_> {
             }
             let kind = resource.kind.clone();
             let progress = self
-                .map_resource(index, &resource.kind, false, async |mapped, _counters| {
+                .map_resource(index, &resource.kind, None, async |mapped, _counters| {
                     let mut written = Vec::new();
                     for (entity, hash) in mapped.entities {
                         let key = (entity.blueprint.clone(), entity.identifier_label());

@@ -137,7 +137,41 @@ fn key_of(entity: &Entity) -> EntityKey {
 #[derive(Default)]
 struct Plan {
     changes: Vec<PlannedChange>,
-    produced: HashSet<EntityKey>,
+    /// How many contributions the data made to each entity so far (a dry run cannot count them
+    /// in the state).
+    produced: HashMap<EntityKey, u32>,
+    /// Entities with a contribution planned to be sent: their later contributions follow.
+    resent: HashSet<EntityKey>,
+}
+
+impl Plan {
+    fn count(&mut self, key: EntityKey) {
+        *self.produced.entry(key).or_default() += 1;
+    }
+
+    /// Whether the next contribution to `key`, with `hash`, is what Port holds (the dry-run
+    /// counterpart of [`EntityRecord::unchanged_in`]).
+    fn unchanged(&self, key: &EntityKey, record: &EntityRecord, hash: &[u8; 32]) -> bool {
+        let position = self.produced.get(key).copied().unwrap_or(0);
+        !(position > 0 && self.resent.contains(key)) && record.holds(position, hash)
+    }
+}
+
+/// Splits a batch so that an entity produced more than once comes once per round: each
+/// contribution is compared and sent after the one before it.
+fn occurrence_rounds(entities: Vec<(Entity, EntityHash)>) -> Vec<Vec<(Entity, EntityHash)>> {
+    let mut occurrences: HashMap<EntityKey, usize> = HashMap::with_capacity(entities.len());
+    let mut rounds: Vec<Vec<(Entity, EntityHash)>> = vec![Vec::with_capacity(entities.len())];
+    for entry in entities {
+        let seen = occurrences.entry(key_of(&entry.0)).or_default();
+        if *seen == rounds.len() {
+            rounds.push(Vec::new());
+        }
+        rounds[*seen].push(entry);
+        *seen += 1;
+    }
+    rounds.retain(|round| !round.is_empty());
+    rounds
 }
 
 /// For each submitted item, its fingerprint when it may be remembered.
@@ -191,6 +225,7 @@ fn item_fingerprint(resource: &[u8; 32], raw: &str) -> [u8; 32] {
 /// ones produced.
 async fn split_cached(
     state: &Arc<StateStore>,
+    run: u64,
     resource: &[u8; 32],
     batch: RawBatch,
 ) -> Result<(RawBatch, Fingerprints, Produced), ResyncError> {
@@ -208,10 +243,14 @@ async fn split_cached(
             .map(|(key, _)| key.clone())
             .collect();
         let records = s.get_many(&keys)?;
+        // Entities with several contributions are always mapped: their order matters.
         let recorded: HashMap<EntityKey, [u8; 32]> = keys
             .into_iter()
             .zip(records)
-            .filter_map(|(k, r)| Some((k, r?.hash)))
+            .filter_map(|(k, r)| {
+                let r = r?;
+                (r.later.is_empty() && r.position_in(run) == 0).then_some((k, r.hash))
+            })
             .collect();
         // A hit counts only if the state still holds each entity with the hash the item produced.
         Ok(hits
@@ -396,6 +435,15 @@ impl Resync<'_> {
         Ok(())
     }
 
+    /// Records how far `kind` got in this run, for `state inspect`.
+    async fn checkpoint(&self, kind: &str, value: Value) -> Result<(), ResyncError> {
+        if let Some(state) = &self.state {
+            let kind = kind.to_owned();
+            with_state(state, move |s| s.set_checkpoint(&kind, &value.to_string())).await?;
+        }
+        Ok(())
+    }
+
     async fn report_to_port(&self, status: ResyncStatus, started: &str) {
         let state = ResyncState {
             status,
@@ -458,6 +506,13 @@ impl Resync<'_> {
             if let Some(progress) = &self.progress {
                 *progress.kind.lock().unwrap_or_else(|e| e.into_inner()) = resource.kind.clone();
             }
+            let kind_started = iso_now();
+            if !dry {
+                let checkpoint = serde_json::json!({
+                    "run": run.id, "status": "running", "resource": index, "started_at": kind_started,
+                });
+                self.checkpoint(&resource.kind, checkpoint).await?;
+            }
             let outcome = match &self.mapping.resources[index] {
                 Err(errors) => ResourceRun {
                     failed: Some(format!(
@@ -481,8 +536,21 @@ impl Resync<'_> {
                 run.notes.push(reason.clone());
                 any_failed = true;
             }
-            *run.kinds.entry(resource.kind.clone()).or_default() += outcome.counters;
+            let kind_counters = run.kinds.entry(resource.kind.clone()).or_default();
+            *kind_counters += outcome.counters;
             run.totals += outcome.counters;
+            if !dry {
+                // How far this kind got: with several resources of one kind, the counters add up.
+                let checkpoint = serde_json::json!({
+                    "run": run.id,
+                    "status": if outcome.failed.is_some() { "failed" } else { "completed" },
+                    "resource": index,
+                    "started_at": kind_started,
+                    "finished_at": iso_now(),
+                    "counters": *kind_counters,
+                });
+                self.checkpoint(&resource.kind, checkpoint).await?;
+            }
         }
 
         if any_failed {
@@ -528,7 +596,9 @@ impl Resync<'_> {
         dry: bool,
         plan: &mut Plan,
     ) -> Result<ResourceRun, ResyncError> {
-        self.map_resource(index, kind, true, async |mapped, counters| {
+        // A dry run maps everything: its plan counts contributions the cache cannot vouch for.
+        let cache_run = (!dry).then_some(run_id);
+        self.map_resource(index, kind, cache_run, async |mapped, counters| {
             self.apply(index, kind, run_id, dry, mapped, counters, plan)
                 .await
         })
@@ -538,20 +608,17 @@ impl Resync<'_> {
     /// Fetches resource `index`'s kind and maps it on the pool, handing each mapped batch to
     /// `on_batch` in fetch order. Item errors and fetch errors mark the resource as failed.
     ///
-    /// With `use_cache`, raw items whose bytes and resource mapping are unchanged since their
-    /// entities were last recorded are not mapped again: they come back in [`Mapped::cached`].
+    /// With `cache_run` (the run in progress), raw items whose bytes and resource mapping are
+    /// unchanged since their entities were last recorded are not mapped again: they come back in
+    /// [`Mapped::cached`].
     pub(crate) async fn map_resource(
         &self,
         index: usize,
         kind: &str,
-        use_cache: bool,
+        cache_run: Option<u64>,
         mut on_batch: impl AsyncFnMut(Mapped, &mut RunCounters) -> Result<(), ResyncError>,
     ) -> Result<ResourceRun, ResyncError> {
-        let fingerprint = if use_cache {
-            self.resource_fingerprint(index)
-        } else {
-            None
-        };
+        let fingerprint = cache_run.and_then(|run| Some((run, self.resource_fingerprint(index)?)));
         let (sink, mut batches) = mpsc::channel::<RawBatch>(4);
         let fetch = self.integration.fetch(kind, sink);
         let consume = async {
@@ -574,8 +641,8 @@ impl Resync<'_> {
                         Progress::add(&live.fetched, batch.len() as u64);
                     }
                     let (batch, fingerprints, cached) = match (&fingerprint, &self.state) {
-                        (Some(resource), Some(state)) => {
-                            split_cached(state, resource, batch).await?
+                        (Some((run, resource)), Some(state)) => {
+                            split_cached(state, *run, resource, batch).await?
                         }
                         _ => {
                             let none = vec![None; batch.len()];
@@ -670,7 +737,7 @@ impl Resync<'_> {
             Progress::add(&live.unchanged, cached_keys.len() as u64);
         }
         if dry {
-            plan.produced.extend(cached_keys.iter().cloned());
+            cached_keys.into_iter().for_each(|key| plan.count(key));
         } else if let Some(state) = &self.state {
             with_state(state, move |s| s.mark_seen(run_id, &cached_keys)).await?;
         }
@@ -682,10 +749,39 @@ impl Resync<'_> {
             }
         }
         counters.mapped += entities.len() as u64;
-        let keys: Vec<EntityKey> = entities.iter().map(|(e, _)| key_of(e)).collect();
-        if dry {
-            plan.produced.extend(keys.iter().cloned());
+        let mut failed_keys: HashSet<EntityKey> = HashSet::new();
+        for round in occurrence_rounds(entities) {
+            let refused = self
+                .apply_round(index, kind, run_id, dry, round, counters, plan)
+                .await?;
+            failed_keys.extend(refused);
         }
+        if !dry && let Some(state) = &self.state {
+            let remember: Vec<([u8; 32], Produced)> = fingerprints
+                .into_iter()
+                .zip(produced)
+                .filter_map(|(f, p)| Some((f?, p)))
+                .filter(|(_, p)| p.iter().all(|(key, _)| !failed_keys.contains(key)))
+                .collect();
+            with_state(state, move |s| s.raw_remember(&remember)).await?;
+        }
+        Ok(())
+    }
+
+    /// Compares entities (each at most once) with the state and sends those that changed.
+    /// Returns the keys Port refused.
+    #[allow(clippy::too_many_arguments)]
+    async fn apply_round(
+        &self,
+        index: usize,
+        kind: &str,
+        run_id: u64,
+        dry: bool,
+        entities: Vec<(Entity, EntityHash)>,
+        counters: &mut RunCounters,
+        plan: &mut Plan,
+    ) -> Result<Vec<EntityKey>, ResyncError> {
+        let keys: Vec<EntityKey> = entities.iter().map(|(e, _)| key_of(e)).collect();
         let known: Vec<Option<EntityRecord>> = match &self.state {
             Some(state) => {
                 let keys = keys.clone();
@@ -695,17 +791,31 @@ impl Resync<'_> {
         };
         let mut unchanged = Vec::new();
         let mut changed: BTreeMap<String, Vec<Pending>> = BTreeMap::new();
-        for ((entity, hash), record) in entities.into_iter().zip(known) {
-            match &record {
-                Some(r) if r.hash == hash.0 => unchanged.push(key_of(&entity)),
-                _ => changed
+        for (((entity, hash), record), key) in entities.into_iter().zip(known).zip(keys) {
+            let same = record.as_ref().is_some_and(|r| {
+                if dry {
+                    plan.unchanged(&key, r, &hash.0)
+                } else {
+                    r.unchanged_in(run_id, &hash.0)
+                }
+            });
+            if dry {
+                if !same {
+                    plan.resent.insert(key.clone());
+                }
+                plan.count(key.clone());
+            }
+            if same {
+                unchanged.push(key);
+            } else {
+                changed
                     .entry(entity.blueprint.clone())
                     .or_default()
                     .push(Pending {
                         entity,
                         hash,
                         existed: record.is_some(),
-                    }),
+                    });
             }
         }
         counters.unchanged += unchanged.len() as u64;
@@ -724,7 +834,7 @@ impl Resync<'_> {
                     reason: if existed { "changed" } else { "new" },
                 });
             }
-            return Ok(());
+            return Ok(Vec::new());
         }
         // Unchanged entities are marked seen now; every bulk request's acknowledgements are
         // committed as soon as Port gives them, so a kill loses at most the requests in flight.
@@ -740,7 +850,7 @@ impl Resync<'_> {
             // Port refuses a relation to an entity that does not exist yet: targets go first.
             dependency_layers(pending)
         };
-        let mut failed_keys: HashSet<EntityKey> = HashSet::new();
+        let mut failed_keys = Vec::new();
         for layer in layers {
             let mut by_blueprint: BTreeMap<String, Vec<Pending>> = BTreeMap::new();
             for p in layer {
@@ -769,16 +879,7 @@ impl Resync<'_> {
                 counters.failed += failed;
             }
         }
-        if let Some(state) = &self.state {
-            let remember: Vec<([u8; 32], Produced)> = fingerprints
-                .into_iter()
-                .zip(produced)
-                .filter_map(|(f, p)| Some((f?, p)))
-                .filter(|(_, p)| p.iter().all(|(key, _)| !failed_keys.contains(key)))
-                .collect();
-            with_state(state, move |s| s.raw_remember(&remember)).await?;
-        }
-        Ok(())
+        Ok(failed_keys)
     }
 
     /// Upserts one bulk request's worth of entities and commits what Port acknowledged.
@@ -858,7 +959,7 @@ impl Resync<'_> {
         let vanished: Vec<(EntityKey, EntityRecord)> = if dry {
             vanished
                 .into_iter()
-                .filter(|(k, _)| !plan.produced.contains(k))
+                .filter(|(k, _)| !plan.produced.contains_key(k))
                 .collect()
         } else {
             vanished

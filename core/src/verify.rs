@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use port_agent_state::{EntityKey, Written};
+use port_agent_state::{EntityKey, EntityRecord, Written};
 
 use crate::rebuild::{ORPHAN_KIND, port_holds};
 use crate::resync::{Resync, ResyncError, with_state};
@@ -30,13 +30,11 @@ impl Resync<'_> {
     pub async fn verify(&self) -> Result<VerifyReport, ResyncError> {
         let state = self.require_state("verify")?;
         let in_port = self.owned_by_key().await?;
-        let records: HashMap<EntityKey, [u8; 32]> = {
+        let records: HashMap<EntityKey, EntityRecord> =
             with_state(&state, |s| s.entities(|_, _| true))
                 .await?
                 .into_iter()
-                .map(|(k, r)| (k, r.hash))
-                .collect()
-        };
+                .collect();
         let mut report = VerifyReport {
             checked: records.len() as u64,
             ..Default::default()
@@ -66,10 +64,12 @@ impl Resync<'_> {
                 continue;
             }
             let progress = self
-                .map_resource(index, &resource.kind, false, async |mapped, _counters| {
+                .map_resource(index, &resource.kind, None, async |mapped, _counters| {
                     for (entity, hash) in mapped.entities {
                         let key = (entity.blueprint.clone(), entity.identifier_label());
-                        if records.get(&key) == Some(&hash.0)
+                        if records
+                            .get(&key)
+                            .is_some_and(|r| r.hashes().any(|h| *h == hash.0))
                             && let Some(port) = in_port.get(&key)
                             && !port_holds(&entity, port)
                         {

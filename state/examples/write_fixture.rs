@@ -25,6 +25,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .collect();
     store.record_written(run.id, &written)?;
+    // A second contribution to svc-0 (another resource producing the same entity).
+    store.record_written(
+        run.id,
+        &[Written {
+            key: ("service".into(), "svc-0".into()),
+            hash: [9; 32],
+            kind: "service".into(),
+            resource: 1,
+        }],
+    )?;
     store.set_checkpoint("service", r#"{"done": true}"#)?;
     store.finish_run(&RunRecord {
         status: RunStatus::Completed,

@@ -1,7 +1,8 @@
 //! port-agent's state: what the agent believes is in Port, in one redb file.
 //!
 //! This crate is the only code that touches redb. Each mapped entity has a record keyed by
-//! (blueprint, identifier): the hash of what Port acknowledged, the kind and resource that made
+//! (blueprint, identifier): the hash of what Port acknowledged (one per contribution, when several
+//! resources produce the entity), the kind and resource that made
 //! it, the run that last saw it and the run that last wrote it. Runs, per-kind checkpoints and
 //! metadata (schema version, integration identity) live beside them.
 //!

@@ -9,13 +9,13 @@ use crate::error::StateError;
 use crate::record::{EntityKey, EntityRecord, Identity, RunRecord, RunStatus, Written};
 
 /// The layout this build writes. Opening a newer one is refused; older ones are migrated on open.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Page cache of the state file.
 const CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
-const ENTITIES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("entities");
+pub(crate) const ENTITIES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("entities");
 const RUNS: TableDefinition<u64, &str> = TableDefinition::new("runs");
 const CHECKPOINTS: TableDefinition<&str, &str> = TableDefinition::new("checkpoints");
 /// Raw-item fingerprint → the entities that item produced, so an unchanged item is not mapped
@@ -167,6 +167,11 @@ impl StateStore {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The schema version the file is at (after any migration on open).
+    pub fn schema_version(&self) -> Result<u32, StateError> {
+        Ok(self.read_identity()?.map_or(SCHEMA_VERSION, |(_, v)| v))
     }
 
     fn read_identity(&self) -> Result<Option<(Identity, u32)>, StateError> {
@@ -355,10 +360,8 @@ impl StateStore {
                     .get((bp.as_str(), id.as_str()))
                     .map_err(|e| self.storage(e))?
                     .and_then(|v| EntityRecord::decode(v.value()));
-                if let Some(mut record) = record
-                    && record.last_seen_run != run
-                {
-                    record.last_seen_run = run;
+                if let Some(mut record) = record {
+                    record.seen(run);
                     table
                         .insert((bp.as_str(), id.as_str()), record.encode().as_slice())
                         .map_err(|e| self.storage(e))?;
@@ -378,19 +381,29 @@ impl StateStore {
         {
             let mut table = txn.open_table(ENTITIES).map_err(|e| self.storage(e))?;
             for w in written {
-                let record = EntityRecord {
+                let key = (w.key.0.as_str(), w.key.1.as_str());
+                let known = table
+                    .get(key)
+                    .map_err(|e| self.storage(e))?
+                    .and_then(|v| EntityRecord::decode(v.value()));
+                let mut record = known.unwrap_or_else(|| EntityRecord {
                     hash: w.hash,
+                    later: Vec::new(),
                     kind: w.kind.clone(),
                     resource: w.resource,
-                    last_seen_run: run,
+                    last_seen_run: 0,
+                    seen_in_run: 0,
                     written_run: run,
                     written_at_ms: now,
-                };
+                });
+                if record.position_in(run) == 0 {
+                    // The first contribution names the entity's kind and resource.
+                    record.kind.clone_from(&w.kind);
+                    record.resource = w.resource;
+                }
+                record.written(run, w.hash, now);
                 table
-                    .insert(
-                        (w.key.0.as_str(), w.key.1.as_str()),
-                        record.encode().as_slice(),
-                    )
+                    .insert(key, record.encode().as_slice())
                     .map_err(|e| self.storage(e))?;
             }
         }
@@ -712,19 +725,14 @@ mod tests {
     }
 
     #[test]
-    fn an_older_schema_is_migrated_on_open_and_a_newer_one_refused() {
+    fn a_newer_schema_is_refused() {
+        // Older schemas are migrated: tests/fixtures.rs opens a file of each earlier version.
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.redb");
         {
             let store = StateStore::open(&path, &identity("svc")).unwrap();
             let run = store.start_run("test").unwrap();
             store.record_written(run.id, &[written("a", 1)]).unwrap();
-        }
-        set_schema_version(&path, "0");
-        {
-            let store = StateStore::open(&path, &identity("svc")).unwrap();
-            assert_eq!(store.read_identity().unwrap().unwrap().1, SCHEMA_VERSION);
-            assert_eq!(store.entity_count().unwrap(), 1);
         }
         set_schema_version(&path, "99");
         let error = StateStore::open(&path, &identity("svc")).unwrap_err();

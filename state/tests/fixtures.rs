@@ -12,24 +12,58 @@ fn fixture_copy(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     (dir, path)
 }
 
-#[test]
-fn a_schema_1_file_opens_with_every_record() {
-    let (_dir, path) = fixture_copy("v1.redb");
-    let identity = Identity {
+fn fixture_identity() -> Identity {
+    Identity {
         integration_type: "json".into(),
         integration_identifier: "fixture".into(),
         port_base_url: "http://127.0.0.1:5555".into(),
-    };
-    let store = StateStore::open(&path, &identity).unwrap();
+    }
+}
+
+#[test]
+fn a_schema_1_file_opens_with_every_record() {
+    let (_dir, path) = fixture_copy("v1.redb");
+    let store = StateStore::open(&path, &fixture_identity()).unwrap();
     let records = store.entities(|_, _| true).unwrap();
     assert_eq!(records.len(), 3);
     assert_eq!(records[1].0, ("service".to_owned(), "svc-1".to_owned()));
     assert_eq!(records[1].1.hash, [1; 32]);
     assert_eq!(records[1].1.kind, "service");
+    // Schema 2 split the hash per contribution: a v1 record is one contribution, seen once.
+    assert!(records[1].1.later.is_empty());
+    assert_eq!(
+        (records[1].1.last_seen_run, records[1].1.seen_in_run),
+        (1, 1)
+    );
+    assert!(records[1].1.unchanged_in(2, &[1; 32]));
     let runs = store.runs(10).unwrap();
     assert_eq!((runs.len(), runs[0].status), (1, RunStatus::Completed));
     assert_eq!(
         store.checkpoints().unwrap(),
         [("service".to_owned(), r#"{"done": true}"#.to_owned())]
+    );
+}
+
+#[test]
+fn a_schema_2_file_opens_with_every_contribution() {
+    let (_dir, path) = fixture_copy("v2.redb");
+    let store = StateStore::open(&path, &fixture_identity()).unwrap();
+    let records = store.entities(|_, _| true).unwrap();
+    assert_eq!(records.len(), 3);
+    let (key, first) = &records[0];
+    assert_eq!(key, &("service".to_owned(), "svc-0".to_owned()));
+    assert_eq!((first.hash, first.later.clone()), ([0; 32], vec![[9; 32]]));
+    assert_eq!(records[2].1.hash, [2; 32]);
+}
+
+#[test]
+fn a_migrated_file_is_marked_and_opens_again_without_migrating() {
+    let (_dir, path) = fixture_copy("v1.redb");
+    drop(StateStore::open(&path, &fixture_identity()).unwrap());
+    let store = StateStore::open(&path, &fixture_identity()).unwrap();
+    assert_eq!(store.entity_count().unwrap(), 3);
+    assert_eq!(
+        store.schema_version().unwrap(),
+        port_agent_state::SCHEMA_VERSION
     );
 }

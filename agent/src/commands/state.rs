@@ -32,7 +32,8 @@ fn iso(ms: i64) -> String {
 
 fn entity_json(key: &(String, String), r: &EntityRecord) -> Value {
     json!({
-        "blueprint": key.0, "identifier": key.1, "hash": hex(&r.hash), "kind": r.kind, "resource": r.resource,
+        "blueprint": key.0, "identifier": key.1, "hash": hex(&r.hash),
+        "later_hashes": r.later.iter().map(hex).collect::<Vec<_>>(), "kind": r.kind, "resource": r.resource,
         "last_seen_run": r.last_seen_run, "written_run": r.written_run, "written_at": iso(r.written_at_ms),
     })
 }
@@ -221,7 +222,10 @@ pub fn inspect(args: &InspectArgs) -> Result<(), Failure> {
                 "integration": {"type": identity.integration_type, "identifier": identity.integration_identifier, "port_base_url": identity.port_base_url},
                 "entities": entities.iter().map(|(k, r)| entity_json(k, r)).collect::<Vec<_>>(),
                 "runs": runs.iter().map(run_json).collect::<Vec<_>>(),
-                "checkpoints": checkpoints.into_iter().map(|(k, v)| (k, Value::from(v))).collect::<serde_json::Map<_, _>>(),
+                "checkpoints": checkpoints.into_iter().map(|(k, v)| {
+                    let value = serde_json::from_str(&v).unwrap_or(Value::String(v));
+                    (k, value)
+                }).collect::<serde_json::Map<_, _>>(),
             })
         )
     } else {
@@ -238,8 +242,12 @@ pub fn inspect(args: &InspectArgs) -> Result<(), Failure> {
             for ((bp, id), r) in &entities {
                 writeln!(
                     out,
-                    "  {bp}/{id}  hash {}  kind {} (resources[{}])  seen in run {}  written in run {} at {}",
+                    "  {bp}/{id}  hash {}{}  kind {} (resources[{}])  seen in run {}  written in run {} at {}",
                     &hex(&r.hash)[..16],
+                    match r.later.len() {
+                        0 => String::new(),
+                        n => format!(" (+{n} later contributions)"),
+                    },
                     r.kind,
                     r.resource,
                     r.last_seen_run,
