@@ -703,3 +703,31 @@ resources:
     assert_eq!(state["checkpoints"]["service"]["status"], "completed");
     assert_eq!(state["checkpoints"]["service"]["counters"]["unchanged"], 82);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mapping_can_come_from_the_integration_in_port() {
+    let project = Project::new(20).await;
+    let config_path = project.root().join("agent.yaml");
+    let local = std::fs::read_to_string(&config_path).unwrap();
+    let from_port = local.replace("mapping: ./port-app-config.yaml", "mapping: port");
+    assert_ne!(local, from_port);
+
+    // Before the integration exists Port has no mapping to give: a config error, nothing sent.
+    std::fs::write(&config_path, &from_port).unwrap();
+    let out = project.agent(&["resync", "--config", "agent.yaml"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("does not exist in Port"), "{stderr}");
+    assert_eq!(project.stats()["entities_total"], 0);
+
+    // The first start creates the integration with the local mapping; later starts read it back
+    // from Port and find nothing to send.
+    std::fs::write(&config_path, &local).unwrap();
+    assert_eq!(project.resync(&[]).await.1["totals"]["upserted"], 25);
+    std::fs::write(&config_path, &from_port).unwrap();
+    let writes = project.writes();
+    let (code, summary, stderr) = project.resync(&[]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(summary["totals"]["unchanged"], 25, "{summary}");
+    assert_eq!(project.writes(), writes);
+}

@@ -11,6 +11,10 @@ use crate::record::{EntityKey, EntityRecord, Identity, RunRecord, RunStatus, Wri
 /// The layout this build writes. Opening a newer one is refused; older ones are migrated on open.
 pub const SCHEMA_VERSION: u32 = 2;
 
+/// Runs kept in the history; older ones are dropped as new ones start (a scheduled agent starts
+/// thousands a year).
+pub const RUNS_KEPT: u64 = 1000;
+
 /// Page cache of the state file.
 const CACHE_BYTES: usize = 32 * 1024 * 1024;
 
@@ -251,16 +255,19 @@ impl StateStore {
         let run = {
             let mut runs = txn.open_table(RUNS).map_err(|e| self.storage(e))?;
             let mut interrupted = Vec::new();
-            for entry in runs.iter().map_err(|e| self.storage(e))? {
+            // Each start closes the runs before it, so only the newest ones can still be open.
+            for entry in runs.iter().map_err(|e| self.storage(e))?.rev() {
                 let (id, json) = entry.map_err(|e| self.storage(e))?;
-                if let Ok(mut run) = serde_json::from_str::<RunRecord>(json.value())
-                    && run.status == RunStatus::Running
-                {
-                    run.status = RunStatus::Aborted;
-                    run.notes
-                        .push("interrupted: the agent stopped before the run finished".to_owned());
-                    interrupted.push((id.value(), run));
+                let Ok(mut run) = serde_json::from_str::<RunRecord>(json.value()) else {
+                    continue;
+                };
+                if run.status != RunStatus::Running {
+                    break;
                 }
+                run.status = RunStatus::Aborted;
+                run.notes
+                    .push("interrupted: the agent stopped before the run finished".to_owned());
+                interrupted.push((id.value(), run));
             }
             for (id, run) in interrupted {
                 runs.insert(
@@ -293,6 +300,10 @@ impl StateStore {
                     .as_str(),
             )
             .map_err(|e| self.storage(e))?;
+            if id > RUNS_KEPT {
+                runs.retain_in(..=id - RUNS_KEPT, |_, _| false)
+                    .map_err(|e| self.storage(e))?;
+            }
             run
         };
         txn.commit().map_err(|e| self.storage(e))?;
@@ -698,6 +709,21 @@ mod tests {
         store.raw_remember(&many).unwrap();
         assert!(store.raw_prune().unwrap());
         assert_eq!(store.raw_lookup(&[[1; 32]]).unwrap(), vec![None]);
+    }
+
+    #[test]
+    fn only_the_newest_runs_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let store = StateStore::open(&path, &identity("svc")).unwrap();
+        let mut last = 0;
+        for _ in 0..RUNS_KEPT + 5 {
+            last = store.start_run("test").unwrap().id;
+        }
+        let runs = store.runs(usize::MAX).unwrap();
+        assert_eq!(runs.len() as u64, RUNS_KEPT);
+        assert_eq!(runs[0].id, last);
+        assert_eq!(runs.last().unwrap().id, last - RUNS_KEPT + 1);
     }
 
     #[test]
