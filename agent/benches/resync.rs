@@ -180,4 +180,22 @@ fn main() {
         size as f64 / 1048576.0
     )
     .unwrap();
+    // Where the state file's bytes go, as `state stats` tells a user.
+    let stats = Command::new(env!("CARGO_BIN_EXE_port-agent"))
+        .args(["state", "stats", "--state", "state.redb"])
+        .current_dir(root)
+        .output()
+        .unwrap();
+    for line in String::from_utf8_lossy(&stats.stdout)
+        .lines()
+        .filter(|l| l.contains("table "))
+    {
+        writeln!(out, "  {}", line.trim()).unwrap();
+    }
+    let compact = Command::new(env!("CARGO_BIN_EXE_port-agent"))
+        .args(["state", "compact", "--state", "state.redb"])
+        .current_dir(root)
+        .output()
+        .unwrap();
+    write!(out, "  {}", String::from_utf8_lossy(&compact.stdout)).unwrap();
 }

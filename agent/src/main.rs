@@ -111,6 +111,12 @@ enum StateCommand {
         #[arg(long)]
         repair: bool,
     },
+    /// Give the file's free pages back to the filesystem (the file keeps them for reuse
+    /// otherwise). Needs the file to itself: stop the agent first.
+    Compact {
+        #[command(flatten)]
+        target: StateTarget,
+    },
     /// Forget everything: the next resync sends every entity once. Asks first.
     Reset {
         #[command(flatten)]
@@ -249,6 +255,9 @@ fn main() -> ExitCode {
         }
         Command::State(StateCommand::Export { target, .. }) => {
             commands::state::export(&target.config, &target.state)
+        }
+        Command::State(StateCommand::Compact { target }) => {
+            commands::state::compact(&target.config, &target.state)
         }
         Command::State(StateCommand::Reset { target, yes }) => {
             commands::state::reset(&target.config, &target.state, yes)

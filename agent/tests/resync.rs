@@ -335,6 +335,14 @@ async fn state_stats_export_and_reset() {
     assert_eq!(stats["by_blueprint"]["service"], 30);
     assert_eq!(stats["by_kind"]["team"], 5);
     assert_eq!(stats["last_run"]["status"], "completed");
+    let entities_table = &stats["tables"]["entities"];
+    assert_eq!(entities_table["entries"], 35);
+    // Each record holds at least its 32-byte hash and its key.
+    assert!(
+        entities_table["stored_bytes"].as_u64().unwrap() > 35 * 40,
+        "{stats}"
+    );
+    assert_eq!(stats["tables"]["runs"]["entries"], 1);
 
     let export = project
         .agent(&["state", "export", "--config", "agent.yaml", "--jsonl"])
@@ -349,6 +357,14 @@ async fn state_stats_export_and_reset() {
             .iter()
             .all(|l| l["hash"].as_str().is_some_and(|h| h.len() == 64))
     );
+
+    // Compaction keeps every record: the next resync still has nothing to send.
+    let compacted = project
+        .agent(&["state", "compact", "--config", "agent.yaml"])
+        .await;
+    assert_eq!(compacted.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&compacted.stdout).starts_with("compacted "));
+    assert_eq!(project.resync(&[]).await.1["totals"]["unchanged"], 35);
 
     // Without a terminal and without --yes, reset refuses and changes nothing.
     let refused = project

@@ -19,4 +19,4 @@ mod store;
 
 pub use error::StateError;
 pub use record::{EntityKey, EntityRecord, Identity, RunCounters, RunRecord, RunStatus, Written};
-pub use store::{Produced, SCHEMA_VERSION, StateStore};
+pub use store::{Produced, RUNS_KEPT, SCHEMA_VERSION, StateStore, TableUsage};

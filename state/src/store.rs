@@ -67,6 +67,19 @@ fn decode_produced(mut bytes: &[u8]) -> Option<Produced> {
     Some(out)
 }
 
+/// How much of the file one table takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableUsage {
+    pub table: &'static str,
+    pub entries: u64,
+    /// Keys and values as inserted.
+    pub stored_bytes: u64,
+    /// Branch pages and other b-tree overhead.
+    pub metadata_bytes: u64,
+    /// Unused space inside the table's pages.
+    pub fragmented_bytes: u64,
+}
+
 /// The open state file. One per agent: redb locks the file against a second process.
 #[derive(Debug)]
 pub struct StateStore {
@@ -542,6 +555,53 @@ impl StateStore {
         }
         txn.commit().map_err(|e| self.storage(e))?;
         Ok(pruned)
+    }
+
+    /// Rewrites the file without its free pages (redb keeps freed pages for reuse and rarely
+    /// shrinks the file). Safe against a crash: redb compacts through ordinary commits.
+    /// Returns the file's size before and after.
+    pub fn compact(&mut self) -> Result<(u64, u64), StateError> {
+        let size = |path: &Path| std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        let before = size(&self.path);
+        self.db.compact().map_err(|e| self.storage(e))?;
+        Ok((before, size(&self.path)))
+    }
+
+    /// Where the file's bytes go, table by table (`state stats`).
+    pub fn usage(&self) -> Result<Vec<TableUsage>, StateError> {
+        fn usage_of(
+            table: &'static str,
+            opened: Result<impl ReadableTableMetadata, redb::TableError>,
+        ) -> Result<Option<TableUsage>, redb::Error> {
+            let opened = match opened {
+                Ok(opened) => opened,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            let stats = opened.stats()?;
+            Ok(Some(TableUsage {
+                table,
+                entries: opened.len()?,
+                stored_bytes: stats.stored_bytes(),
+                metadata_bytes: stats.metadata_bytes(),
+                fragmented_bytes: stats.fragmented_bytes(),
+            }))
+        }
+        let txn = self.db.begin_read().map_err(|e| self.storage(e))?;
+        let usage = [
+            usage_of("entities", txn.open_table(ENTITIES)),
+            usage_of("raw_items", txn.open_table(RAW_ITEMS)),
+            usage_of("runs", txn.open_table(RUNS)),
+            usage_of("checkpoints", txn.open_table(CHECKPOINTS)),
+            usage_of("meta", txn.open_table(META)),
+        ];
+        let mut out = Vec::new();
+        for table in usage {
+            if let Some(table) = table.map_err(|e| self.storage(e))? {
+                out.push(table);
+            }
+        }
+        Ok(out)
     }
 
     /// A per-kind checkpoint (free-form JSON text), e.g. how far the kind's last run got.

@@ -95,12 +95,20 @@ pub fn stats(
     let runs = store.runs(usize::MAX).map_err(|e| Failure::Run(e.into()))?;
     let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     let last = runs.first().map(run_json).unwrap_or(Value::Null);
+    let usage = store.usage().map_err(|e| Failure::Run(e.into()))?;
+    let tables: serde_json::Map<String, Value> = usage
+        .iter()
+        .map(|u| {
+            let value = json!({"entries": u.entries, "stored_bytes": u.stored_bytes, "metadata_bytes": u.metadata_bytes, "fragmented_bytes": u.fragmented_bytes});
+            (u.table.to_owned(), value)
+        })
+        .collect();
     let mut out = std::io::stdout().lock();
     finish_output(if as_json {
         writeln!(
             out,
             "{}",
-            json!({"state": path.display().to_string(), "bytes": bytes, "entities": entities, "by_blueprint": by_blueprint, "by_kind": by_kind, "runs": runs.len(), "last_run": last})
+            json!({"state": path.display().to_string(), "bytes": bytes, "entities": entities, "by_blueprint": by_blueprint, "by_kind": by_kind, "runs": runs.len(), "last_run": last, "tables": tables})
         )
     } else {
         (|| {
@@ -117,6 +125,18 @@ pub fn stats(
             for (kind, n) in &by_kind {
                 writeln!(out, "  kind {kind}: {n}")?;
             }
+            let mib = |bytes: u64| bytes as f64 / 1048576.0;
+            for u in &usage {
+                writeln!(
+                    out,
+                    "  table {}: {} entries, {:.1} MiB stored, {:.1} MiB b-tree, {:.1} MiB fragmented",
+                    u.table,
+                    u.entries,
+                    mib(u.stored_bytes),
+                    mib(u.metadata_bytes),
+                    mib(u.fragmented_bytes)
+                )?;
+            }
             if let Some(run) = runs.first() {
                 writeln!(
                     out,
@@ -129,6 +149,24 @@ pub fn stats(
             Ok(())
         })()
     })
+}
+
+/// `state compact`: the file without its free pages.
+pub fn compact(config_file: &Option<PathBuf>, state: &Option<PathBuf>) -> Result<(), Failure> {
+    let path = state_path(config_file, state)?;
+    let mut store = open(&path)?;
+    let started = std::time::Instant::now();
+    let (before, after) = store.compact().map_err(|e| Failure::Run(e.into()))?;
+    let mib = |bytes: u64| bytes as f64 / 1048576.0;
+    let mut out = std::io::stdout();
+    finish_output(writeln!(
+        out,
+        "compacted {}: {:.1} MiB -> {:.1} MiB in {:.2} s",
+        path.display(),
+        mib(before),
+        mib(after),
+        started.elapsed().as_secs_f64()
+    ))
 }
 
 /// `state export --jsonl`: one JSON line per entity record.
