@@ -226,3 +226,84 @@ async fn killed_at_random_points_the_agent_ends_where_an_uninterrupted_run_would
         "no kill landed after progress was made; the test proved nothing"
     );
 }
+
+/// SIGTERM (systemd stopping the service) mid-resync: the run ends as aborted once the Port
+/// requests in flight are answered and recorded, deletes nothing, and the next run sends only
+/// what the stopped one had not: every entity reaches Port exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_signal_ends_the_run_as_aborted_and_nothing_is_sent_twice() {
+    let emulator = Emulator::start(EmulatorConfig::default()).await.unwrap();
+    emulator
+        .set_faults(FaultSpec {
+            latency_ms: Some(25),
+            ..Default::default()
+        })
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path(), &emulator.base_url());
+
+    let child = Command::new(env!("CARGO_BIN_EXE_port-agent"))
+        .args(["resync", "--config", "agent.yaml", "--json"])
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Stop it once it is well into the run.
+    while emulator.stats()["entities_upserted"].as_u64().unwrap() < 400 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["status"], "aborted", "{summary}");
+    assert!(
+        summary["notes"].to_string().contains("asked to stop"),
+        "{summary}"
+    );
+    let sent = summary["totals"]["upserted"].as_u64().unwrap();
+    assert!(sent >= 400 && sent < ITEMS as u64, "{summary}");
+
+    // Every write Port answered is recorded: the state holds exactly what Port holds.
+    let stats = emulator.stats();
+    assert_eq!(stats["entities_total"], sent);
+    assert_eq!(stats["entities_deleted"], 0);
+    let recorded = state_never_claims_more_than_port_has(dir.path(), &emulator);
+    assert_eq!(recorded as u64, sent);
+
+    emulator.set_faults(FaultSpec::default()).unwrap();
+    let out = tokio::task::spawn_blocking({
+        let dir = dir.path().to_owned();
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_port-agent"))
+                .args(["resync", "--config", "agent.yaml", "--json"])
+                .current_dir(dir)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        summary["totals"]["upserted"].as_u64(),
+        Some(ITEMS as u64 - sent)
+    );
+    let stats = emulator.stats();
+    assert_eq!(stats["entities_total"], ITEMS as u64);
+    let per_entity = stats["upserts_per_entity"].as_object().unwrap();
+    assert_eq!(per_entity.len(), ITEMS);
+    assert!(
+        per_entity.values().all(|n| n == 1),
+        "an entity Port had acknowledged was sent again"
+    );
+}

@@ -15,6 +15,7 @@ use port_agent_state::{
 };
 use serde_json::Value;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::entity_hash::EntityHash;
 use crate::integration::{Integration, RawBatch};
@@ -101,6 +102,10 @@ pub struct Resync<'a> {
     pub setup: &'a IntegrationSetup,
     /// Updated as the run goes, for whoever shows progress.
     pub progress: Option<Arc<Progress>>,
+    /// Cancelled when the agent is asked to stop: the run takes no new batch, lets the Port
+    /// requests in flight finish (so what Port acknowledged is recorded), deletes nothing and
+    /// ends as aborted.
+    pub stop: CancellationToken,
 }
 
 impl std::fmt::Debug for Resync<'_> {
@@ -503,6 +508,9 @@ impl Resync<'_> {
             if !in_scope(&resource.kind) {
                 continue;
             }
+            if self.stop.is_cancelled() {
+                break;
+            }
             if let Some(progress) = &self.progress {
                 *progress.kind.lock().unwrap_or_else(|e| e.into_inner()) = resource.kind.clone();
             }
@@ -553,7 +561,13 @@ impl Resync<'_> {
             }
         }
 
-        if any_failed {
+        let stopped = self.stop.is_cancelled();
+        if stopped {
+            run.notes.push(
+                "aborted: the agent was asked to stop; what Port acknowledged is recorded, deletions skipped"
+                    .to_owned(),
+            );
+        } else if any_failed {
             run.notes
                 .push("deletions skipped: a resource failed in this run".to_owned());
         } else if let Some(state) = &self.state {
@@ -564,7 +578,9 @@ impl Resync<'_> {
             with_state(state, |s| s.raw_prune().map(drop)).await?;
         }
         let deletion_failed = run.notes.iter().any(|n| n.starts_with("deletion failed"));
-        run.status = if any_failed || deletion_failed {
+        run.status = if stopped {
+            RunStatus::Aborted
+        } else if any_failed || deletion_failed {
             RunStatus::Failed
         } else {
             RunStatus::Completed
@@ -574,10 +590,10 @@ impl Resync<'_> {
                 let record = run.clone();
                 with_state(state, move |s| s.finish_run(&record)).await?;
             }
-            let port_status = if run.status == RunStatus::Completed {
-                ResyncStatus::Completed
-            } else {
-                ResyncStatus::Failed
+            let port_status = match run.status {
+                RunStatus::Completed => ResyncStatus::Completed,
+                RunStatus::Aborted => ResyncStatus::Aborted,
+                _ => ResyncStatus::Failed,
             };
             self.report_to_port(port_status, &started_iso).await;
         }
@@ -629,8 +645,17 @@ impl Resync<'_> {
             let mut in_flight: VecDeque<(PendingBatch, Fingerprints, Produced)> = VecDeque::new();
             let depth = self.pool.threads() + 1;
             loop {
+                // Asked to stop: no new batch; the fetch sees the closed channel and ends.
+                if self.stop.is_cancelled() {
+                    batches.close();
+                    break;
+                }
                 let next = if in_flight.len() < depth {
-                    batches.recv().await
+                    tokio::select! {
+                        biased;
+                        () = self.stop.cancelled() => continue,
+                        batch = batches.recv() => batch,
+                    }
                 } else {
                     None
                 };
@@ -703,7 +728,11 @@ impl Resync<'_> {
         };
         let (fetched, consumed) = tokio::join!(fetch, consume);
         let mut progress = consumed?;
-        if let Err(e) = fetched {
+        if self.stop.is_cancelled() {
+            progress.failed = Some(format!(
+                "resources[{index}] (kind {kind}): stopped before the end (the agent was asked to stop)"
+            ));
+        } else if let Err(e) = fetched {
             progress
                 .failed
                 .get_or_insert(format!("resources[{index}]: {e}"));

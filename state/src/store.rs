@@ -106,6 +106,9 @@ impl StateStore {
     /// Opens (or creates) the state file of `identity`. Refuses a file of another integration,
     /// of a newer schema, a locked one or a corrupt one; never replaces a file it cannot read.
     pub fn open(path: &Path, identity: &Identity) -> Result<Self, StateError> {
+        if !path.exists() {
+            Self::create(path, identity)?;
+        }
         let db = open_database(path)?;
         let mut store = Self {
             db,
@@ -136,6 +139,44 @@ impl StateStore {
             None => store.initialize()?,
         }
         Ok(store)
+    }
+
+    /// Creates the file whole or not at all: it is written and initialized under a temporary
+    /// name, then linked into place. A kill while redb lays out a new file would otherwise leave
+    /// a half-written file at `path` that every later start refuses as corrupt.
+    fn create(path: &Path, identity: &Identity) -> Result<(), StateError> {
+        let io_error = |e: std::io::Error| StateError::Storage {
+            path: path.to_owned(),
+            source: redb::Error::Io(e),
+        };
+        let name = path
+            .file_name()
+            .map_or_else(|| "state".into(), |n| n.to_string_lossy().into_owned());
+        let creating = path.with_file_name(format!(".{name}.creating-{}", std::process::id()));
+        let _ = std::fs::remove_file(&creating);
+        let store = Self {
+            db: open_database(&creating)?,
+            path: creating.clone(),
+            identity: identity.clone(),
+        };
+        store.initialize()?;
+        drop(store);
+        // A link, unlike a rename, never replaces a file another agent created meanwhile.
+        match std::fs::hard_link(&creating, path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                let _ = std::fs::remove_file(&creating);
+                return Err(io_error(e));
+            }
+        }
+        std::fs::remove_file(&creating).map_err(io_error)?;
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::File::open(parent)
+                .and_then(|dir| dir.sync_all())
+                .map_err(io_error)?;
+        }
+        Ok(())
     }
 
     /// Opens an existing state file whatever integration it belongs to (for `state inspect`).

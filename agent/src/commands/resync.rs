@@ -12,6 +12,7 @@ use port_agent_core::resync::{IntegrationSetup, Progress, Resync, ResyncOptions,
 use port_agent_integrations::json::JsonIntegration;
 use port_agent_state::{Identity, RunCounters, RunStatus, StateStore};
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 
 use crate::Failure;
 use crate::config::{self, Loaded};
@@ -166,6 +167,7 @@ impl Prepared {
         &self,
         state: Option<Arc<StateStore>>,
         progress: Option<Arc<Progress>>,
+        stop: CancellationToken,
     ) -> Resync<'_> {
         Resync {
             client: &self.client,
@@ -176,6 +178,7 @@ impl Prepared {
             integration: self.integration.as_ref(),
             setup: &self.setup,
             progress,
+            stop,
         }
     }
 }
@@ -198,7 +201,7 @@ pub async fn rebuild(config_path: &Path, yes: bool) -> Result<(), Failure> {
     }
     let state = open_state(path, &prepared.identity).await?;
     let report = prepared
-        .resync(Some(state), None)
+        .resync(Some(state), None, CancellationToken::new())
         .rebuild_from_port()
         .await
         .map_err(run_error)?;
@@ -235,7 +238,7 @@ pub async fn verify(config_path: &Path, repair: bool) -> Result<(), Failure> {
         )));
     }
     let state = open_state(&prepared.state_path, &prepared.identity).await?;
-    let resync = prepared.resync(Some(state), None);
+    let resync = prepared.resync(Some(state), None, CancellationToken::new());
     let report = resync.verify().await.map_err(run_error)?;
     let mut out = std::io::stdout();
     writeln!(
@@ -299,7 +302,9 @@ pub async fn run(args: &ResyncArgs) -> Result<(), Failure> {
     // A live line on stderr, only for a person watching (never with --json, never in a pipe).
     let progress =
         (!args.json && std::io::stderr().is_terminal()).then(|| Arc::new(Progress::default()));
-    let resync = prepared.resync(state, progress.clone());
+    let stop = CancellationToken::new();
+    let signals = tokio::spawn(stop_on_signal(stop.clone()));
+    let resync = prepared.resync(state, progress.clone(), stop);
     let options = ResyncOptions {
         kinds: (!args.kind.is_empty()).then(|| args.kind.clone()),
         dry_run: args.dry_run,
@@ -307,6 +312,7 @@ pub async fn run(args: &ResyncArgs) -> Result<(), Failure> {
     };
     let ticker = progress.map(|live| tokio::spawn(show_progress(live)));
     let outcome = resync.run(&options).await;
+    signals.abort();
     if let Some(ticker) = ticker {
         ticker.abort();
         let mut err = std::io::stderr();
@@ -346,6 +352,32 @@ pub async fn run(args: &ResyncArgs) -> Result<(), Failure> {
             report.run.notes.join("; ")
         ))),
     }
+}
+
+/// SIGTERM (systemd, docker stop) or SIGINT (Ctrl-C) cancels `stop`: the run ends cleanly as
+/// aborted. A second signal ends the process at once; the next run resumes either way.
+async fn stop_on_signal(stop: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut terminate), Ok(mut interrupt)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!("cannot listen for stop signals; a signal ends the process at once");
+        return;
+    };
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    tracing::warn!(
+        "asked to stop: finishing the Port requests in flight, then ending the run as aborted (signal again to stop at once)"
+    );
+    stop.cancel();
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    std::process::exit(130);
 }
 
 /// Redraws one status line until aborted.
