@@ -46,6 +46,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run as a service: resync at start, when a resync is requested in Port (POLLING, every
+    /// event_listener.interval seconds) and every scheduled_resync_interval minutes. With
+    /// event_listener ONCE: one resync, then exit. SIGTERM stops it cleanly (exit 0).
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// What the agent believes is in Port.
     #[command(subcommand)]
     State(StateCommand),
@@ -256,6 +263,7 @@ fn main() -> ExitCode {
         Command::State(StateCommand::Export { target, .. }) => {
             commands::state::export(&target.config, &target.state)
         }
+        Command::Run { config } => runtime.block_on(commands::service::serve(&config.config)),
         Command::State(StateCommand::Compact { target }) => {
             commands::state::compact(&target.config, &target.state)
         }

@@ -3,4 +3,5 @@
 pub mod mapping;
 pub mod port_check;
 pub mod resync;
+pub mod service;
 pub mod state;

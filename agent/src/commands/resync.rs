@@ -92,19 +92,23 @@ async fn mapping(
 }
 
 /// Everything a resync or a rebuild works with, set up from the config.
-struct Prepared {
+pub(crate) struct Prepared {
     verify_every: Option<u64>,
-    client: PortClient,
+    /// What starts runs when the agent serves (`port-agent run`).
+    pub(crate) listener: config::EventListenerSettings,
+    /// Minutes between scheduled resyncs when serving.
+    pub(crate) scheduled_resync_interval: Option<u64>,
+    pub(crate) client: PortClient,
     port_app_config: PortAppConfig,
     compiled: CompiledMapping,
     integration: Box<dyn Integration>,
     pool: MappingPool,
-    setup: IntegrationSetup,
-    identity: Identity,
-    state_path: PathBuf,
+    pub(crate) setup: IntegrationSetup,
+    pub(crate) identity: Identity,
+    pub(crate) state_path: PathBuf,
 }
 
-async fn prepare(config_path: &Path, kinds: &[String]) -> Result<Prepared, Failure> {
+pub(crate) async fn prepare(config_path: &Path, kinds: &[String]) -> Result<Prepared, Failure> {
     let loaded = config::load(config_path)?;
     let config = &loaded.config;
     let client = PortClient::new(config.port_client_config()).map_err(config_error)?;
@@ -143,6 +147,8 @@ async fn prepare(config_path: &Path, kinds: &[String]) -> Result<Prepared, Failu
     };
     Ok(Prepared {
         verify_every: config.state.verify_every,
+        listener: config.event_listener.clone(),
+        scheduled_resync_interval: config.scheduled_resync_interval,
         client,
         port_app_config,
         compiled,
@@ -154,7 +160,10 @@ async fn prepare(config_path: &Path, kinds: &[String]) -> Result<Prepared, Failu
     })
 }
 
-async fn open_state(path: &Path, identity: &Identity) -> Result<Arc<StateStore>, Failure> {
+pub(crate) async fn open_state(
+    path: &Path,
+    identity: &Identity,
+) -> Result<Arc<StateStore>, Failure> {
     let (path, identity) = (path.to_owned(), identity.clone());
     let opened = tokio::task::spawn_blocking(move || StateStore::open(&path, &identity))
         .await
@@ -163,6 +172,39 @@ async fn open_state(path: &Path, identity: &Identity) -> Result<Arc<StateStore>,
 }
 
 impl Prepared {
+    /// One resync, then, every `state.verify_every` completed runs, a comparison with Port.
+    pub(crate) async fn resync_and_verify(
+        &self,
+        state: Option<Arc<StateStore>>,
+        progress: Option<Arc<Progress>>,
+        stop: CancellationToken,
+        options: &ResyncOptions,
+    ) -> Result<ResyncReport, Failure> {
+        let resync = self.resync(state, progress, stop);
+        let mut report = resync.run(options).await.map_err(run_error)?;
+        if let Some(every) = self.verify_every
+            && !options.dry_run
+            && report.run.status == RunStatus::Completed
+            && report.run.id.is_multiple_of(every)
+        {
+            let verified = resync.verify().await.map_err(run_error)?;
+            for d in &verified.drift {
+                tracing::warn!(blueprint = %d.blueprint, identifier = %d.identifier, drift = d.what, "state and Port disagree; `port-agent state verify --repair` fixes it");
+            }
+            report.run.notes.push(format!(
+                "verified against Port: {} of {} entities drifted{}",
+                verified.drift.len(),
+                verified.checked,
+                if verified.drift.is_empty() {
+                    ""
+                } else {
+                    " (run `port-agent state verify --repair`)"
+                }
+            ));
+        }
+        Ok(report)
+    }
+
     fn resync(
         &self,
         state: Option<Arc<StateStore>>,
@@ -304,43 +346,25 @@ pub async fn run(args: &ResyncArgs) -> Result<(), Failure> {
         (!args.json && std::io::stderr().is_terminal()).then(|| Arc::new(Progress::default()));
     let stop = CancellationToken::new();
     let signals = tokio::spawn(stop_on_signal(stop.clone()));
-    let resync = prepared.resync(state, progress.clone(), stop);
     let options = ResyncOptions {
         kinds: (!args.kind.is_empty()).then(|| args.kind.clone()),
         dry_run: args.dry_run,
         trigger: "cli".to_owned(),
     };
-    let ticker = progress.map(|live| tokio::spawn(show_progress(live)));
-    let outcome = resync.run(&options).await;
+    let ticker = progress
+        .clone()
+        .map(|live| tokio::spawn(show_progress(live)));
+    let outcome = prepared
+        .resync_and_verify(state, progress, stop, &options)
+        .await;
     signals.abort();
     if let Some(ticker) = ticker {
         ticker.abort();
         let mut err = std::io::stderr();
         let _ = write!(err, "\r\x1b[2K");
     }
-    let mut report = outcome.map_err(run_error)?;
-    // `state.verify_every`: a scheduled comparison with Port, after every N-th completed run.
-    if let Some(every) = prepared.verify_every
-        && !args.dry_run
-        && report.run.status == RunStatus::Completed
-        && report.run.id.is_multiple_of(every)
-    {
-        let verified = resync.verify().await.map_err(run_error)?;
-        for d in &verified.drift {
-            tracing::warn!(blueprint = %d.blueprint, identifier = %d.identifier, drift = d.what, "state and Port disagree; `port-agent state verify --repair` fixes it");
-        }
-        report.run.notes.push(format!(
-            "verified against Port: {} of {} entities drifted{}",
-            verified.drift.len(),
-            verified.checked,
-            if verified.drift.is_empty() {
-                ""
-            } else {
-                " (run `port-agent state verify --repair`)"
-            }
-        ));
-    }
-    print(&report, args, &state_path).map_err(run_error)?;
+    let report = outcome?;
+    print(&report, args.json, args.dry_run, &state_path).map_err(run_error)?;
     match report.run.status {
         RunStatus::Completed => Ok(()),
         status => Err(Failure::Run(anyhow!(
@@ -356,7 +380,7 @@ pub async fn run(args: &ResyncArgs) -> Result<(), Failure> {
 
 /// SIGTERM (systemd, docker stop) or SIGINT (Ctrl-C) cancels `stop`: the run ends cleanly as
 /// aborted. A second signal ends the process at once; the next run resumes either way.
-async fn stop_on_signal(stop: CancellationToken) {
+pub(crate) async fn stop_on_signal(stop: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut terminate), Ok(mut interrupt)) = (
         signal(SignalKind::terminate()),
@@ -403,10 +427,16 @@ fn counters_json(c: &RunCounters) -> Value {
     json!({"fetched": c.fetched, "mapped": c.mapped, "unchanged": c.unchanged, "upserted": c.upserted, "failed": c.failed, "deleted": c.deleted})
 }
 
-fn print(report: &ResyncReport, args: &ResyncArgs, state_path: &Path) -> std::io::Result<()> {
+/// The run's summary on stdout: one JSON object, or lines for a person.
+pub(crate) fn print(
+    report: &ResyncReport,
+    as_json: bool,
+    dry_run: bool,
+    state_path: &Path,
+) -> std::io::Result<()> {
     let run = &report.run;
     let mut out = std::io::stdout();
-    if args.json {
+    if as_json {
         let kinds: serde_json::Map<String, Value> = run
             .kinds
             .iter()
@@ -419,9 +449,9 @@ fn print(report: &ResyncReport, args: &ResyncArgs, state_path: &Path) -> std::io
             "totals": counters_json(&run.totals),
             "duration_ms": report.duration.as_millis() as u64,
             "notes": run.notes,
-            "dry_run": args.dry_run,
+            "dry_run": dry_run,
         });
-        if args.dry_run {
+        if dry_run {
             summary["plan"] = report
                 .plan
                 .iter()
@@ -430,7 +460,7 @@ fn print(report: &ResyncReport, args: &ResyncArgs, state_path: &Path) -> std::io
         }
         return writeln!(out, "{summary}");
     }
-    if args.dry_run {
+    if dry_run {
         writeln!(
             out,
             "dry run: nothing was written to Port or to {}",
@@ -449,7 +479,7 @@ fn print(report: &ResyncReport, args: &ResyncArgs, state_path: &Path) -> std::io
             )?;
         }
     }
-    if args.dry_run {
+    if dry_run {
         writeln!(
             out,
             "dry run in {} ms (state {})",

@@ -108,9 +108,14 @@ async fn revoke_tokens(State(state): State<AppState>) -> Response {
 
 /// Records a resync request for integration `id`, as pressing "Resync" in Port's UI does.
 async fn request_resync(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    let request = record_resync_request(&state, id);
+    axum::Json(json!({"ok": true, "request": request})).into_response()
+}
+
+pub(crate) fn record_resync_request(state: &AppState, id: String) -> Value {
     let request = json!({"id": format!("{:016x}", fastrand::u64(..)), "updatedAt": iso(jiff::Timestamp::now())});
     lock(&state.store)
         .resync_requests
         .insert(id, request.clone());
-    axum::Json(json!({"ok": true, "request": request})).into_response()
+    request
 }

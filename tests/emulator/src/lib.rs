@@ -186,6 +186,11 @@ impl Emulator {
             .map_err(|r| r.message)
     }
 
+    /// As `POST /_emulator/integrations/{id}/resync-request`: someone pressed "Resync" in Port.
+    pub fn request_resync(&self, integration: &str) -> Value {
+        control::record_resync_request(&self.state, integration.to_owned())
+    }
+
     /// As `POST /_emulator/reset`.
     pub fn reset(&self) {
         control::reset(&self.state);

@@ -1,0 +1,141 @@
+//! A project folder for agent tests: agent config, mapping, blueprints and raw items, with an
+//! in-process Port emulator.
+
+// Each test file uses its own part of this module.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use port_emulator::{Emulator, EmulatorConfig};
+use serde_json::{Value, json};
+
+pub const BLUEPRINTS: &str = r#"[
+  {"identifier": "team", "title": "Team", "schema": {"properties": {"size": {"type": "number"}}}},
+  {"identifier": "service", "title": "Service", "schema": {"properties": {
+     "language": {"type": "string"}, "stars": {"type": "number"}, "tier": {"type": "string"}}},
+   "relations": {"team": {"target": "team", "required": false, "many": false}}}
+]"#;
+
+pub fn mapping(tier_cut: u32) -> String {
+    format!(
+        r#"
+resources:
+  - kind: service
+    selector: {{query: 'true'}}
+    port:
+      entity:
+        mappings:
+          identifier: .name
+          title: .name
+          blueprint: '"service"'
+          properties:
+            language: .lang // 'unknown'
+            stars: .stars
+            tier: 'if .stars > {tier_cut} then "high" else "low" end'
+          relations:
+            team: .team
+  - kind: team
+    selector: {{query: 'true'}}
+    port:
+      entity:
+        mappings: {{identifier: .id, title: .id, blueprint: '"team"', properties: {{size: .size}}}}
+"#
+    )
+}
+
+pub fn service(i: usize) -> Value {
+    json!({"name": format!("svc-{i:04}"), "lang": (["rust", "go"][i % 2]), "stars": (i * 37) % 400, "team": format!("team-{}", i % 5)})
+}
+
+/// A folder with an agent config pointing at an in-process emulator.
+pub struct Project {
+    pub dir: tempfile::TempDir,
+    pub emulator: Emulator,
+}
+
+impl Project {
+    pub async fn new(services: usize) -> Self {
+        let emulator = Emulator::start(EmulatorConfig::default()).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join(".port/resources")).unwrap();
+        std::fs::write(root.join(".port/resources/blueprints.json"), BLUEPRINTS).unwrap();
+        std::fs::write(root.join("port-app-config.yaml"), mapping(100)).unwrap();
+        std::fs::write(
+            root.join("agent.yaml"),
+            format!(
+                "port: {{base_url: '{}', client_id: emulator-client, client_secret: emulator-secret}}\n\
+                 integration: {{identifier: my-services, type: json, config: {{kinds: {{service: ./services.jsonl, team: ./teams.jsonl}}}}}}\n\
+                 mapping: ./port-app-config.yaml\nresources_path: ./.port/resources\nstate: {{path: ./state/agent.redb}}\n\
+                 event_listener: {{type: ONCE}}\n",
+                emulator.base_url()
+            ),
+        )
+        .unwrap();
+        let project = Self { dir, emulator };
+        project.write_services(&(0..services).map(service).collect::<Vec<_>>());
+        project.write_lines(
+            "teams.jsonl",
+            &(0..5)
+                .map(|t| json!({"id": format!("team-{t}"), "size": t}))
+                .collect::<Vec<_>>(),
+        );
+        project
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn state_path(&self) -> PathBuf {
+        self.root().join("state/agent.redb")
+    }
+
+    pub fn write_lines(&self, file: &str, items: &[Value]) {
+        let text: String = items.iter().map(|v| format!("{v}\n")).collect();
+        std::fs::write(self.root().join(file), text).unwrap();
+    }
+
+    pub fn write_services(&self, items: &[Value]) {
+        self.write_lines("services.jsonl", items);
+    }
+
+    pub async fn agent(&self, args: &[&str]) -> Output {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_port-agent"));
+        command
+            .args(args)
+            .current_dir(self.root())
+            .env_remove("PORT_AGENT_CONFIG");
+        tokio::task::spawn_blocking(move || command.output().unwrap())
+            .await
+            .unwrap()
+    }
+
+    /// `resync --json`: exit code and the summary.
+    pub async fn resync(&self, extra: &[&str]) -> (i32, Value, String) {
+        let mut args = vec!["resync", "--config", "agent.yaml", "--json"];
+        args.extend_from_slice(extra);
+        let out = self.agent(&args).await;
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let summary = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {} / {stderr}", String::from_utf8_lossy(&out.stdout)));
+        (out.status.code().unwrap_or(-1), summary, stderr)
+    }
+
+    pub fn stats(&self) -> Value {
+        self.emulator.stats()
+    }
+
+    pub fn writes(&self) -> u64 {
+        let requests = &self.stats()["requests"];
+        [
+            "POST /v1/blueprints/{bp}/entities/bulk",
+            "POST /v1/blueprints/{bp}/entities",
+            "POST /v1/blueprints/{bp}/bulk/entities/delete",
+        ]
+        .iter()
+        .map(|r| requests[r].as_u64().unwrap_or(0))
+        .sum()
+    }
+}
