@@ -589,6 +589,23 @@ resources:
     );
     assert_eq!(state["checkpoints"]["service"]["status"], "completed");
     assert_eq!(state["checkpoints"]["service"]["counters"]["unchanged"], 82);
+    let text = project
+        .agent(&[
+            "state",
+            "inspect",
+            "--config",
+            "agent.yaml",
+            "--identifier",
+            "svc-0001",
+        ])
+        .await;
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("(+3 later contributions)"), "{text}");
+    assert!(
+        text.contains("checkpoint service: run 4 completed at "),
+        "{text}"
+    );
+    assert!(text.contains("unchanged 82 upserted 0"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

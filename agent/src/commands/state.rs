@@ -47,6 +47,39 @@ fn run_json(run: &RunRecord) -> Value {
     value
 }
 
+/// A resync's checkpoint as a line for a person; anything else as stored.
+fn describe_checkpoint(text: &str) -> String {
+    let Ok(value) = serde_json::from_str::<Value>(text) else {
+        return text.to_owned();
+    };
+    let (Some(run), Some(status)) = (value["run"].as_u64(), value["status"].as_str()) else {
+        return text.to_owned();
+    };
+    let mut line = format!("run {run} {status}");
+    if let Some(at) = value["finished_at"]
+        .as_str()
+        .or(value["started_at"].as_str())
+    {
+        line.push_str(&format!(" at {at}"));
+    }
+    if let Some(counters) = value["counters"].as_object() {
+        for name in [
+            "fetched",
+            "mapped",
+            "unchanged",
+            "upserted",
+            "failed",
+            "deleted",
+        ] {
+            line.push_str(&format!(
+                " {name} {}",
+                counters.get(name).unwrap_or(&Value::Null)
+            ));
+        }
+    }
+    line
+}
+
 /// The state file named by `--state`, or by the config's `state.path`.
 pub fn state_path(
     config_file: &Option<PathBuf>,
@@ -315,7 +348,11 @@ pub fn inspect(args: &InspectArgs) -> Result<(), Failure> {
                 }
             }
             for (kind, checkpoint) in &checkpoints {
-                writeln!(out, "checkpoint {kind}: {checkpoint}")?;
+                writeln!(
+                    out,
+                    "checkpoint {kind}: {}",
+                    describe_checkpoint(checkpoint)
+                )?;
             }
             Ok(())
         })()
