@@ -3,6 +3,7 @@
 
 pub mod commands;
 pub mod config;
+pub mod http;
 
 /// How a command failed, which decides the exit code.
 #[derive(Debug)]

@@ -8,12 +8,42 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use support::{Project, service};
 
-fn listen_with(project: &Project, listener: &str) {
+/// Sets the event listener and has the HTTP server listen on a free loopback port; returns it.
+fn listen_with(project: &Project, listener: &str) -> String {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = free.local_addr().unwrap().to_string();
+    drop(free);
     let path = project.root().join("agent.yaml");
     let config = std::fs::read_to_string(&path).unwrap();
-    let changed = config.replace("event_listener: {type: ONCE}", listener);
+    let changed = config.replace(
+        "event_listener: {type: ONCE}",
+        &format!("{listener}\nhttp: {{listen: '{address}'}}"),
+    );
     assert_ne!(config, changed);
     std::fs::write(path, changed).unwrap();
+    address
+}
+
+/// One plain HTTP/1.1 request: the status and the body.
+async fn http(address: &str, method: &str, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.ok()?;
+    let status = answer.split(' ').nth(1)?.parse().ok()?;
+    let body = answer.split_once("\r\n\r\n")?.1.to_owned();
+    Some((status, body))
+}
+
+/// The value of one series in `/metrics`.
+async fn metric(address: &str, series: &str) -> Option<f64> {
+    let (_, text) = http(address, "GET", "/metrics").await?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// Waits (up to 30 s) until `done` holds.
@@ -34,7 +64,7 @@ fn upserts_of(project: &Project, key: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_service_resyncs_at_start_and_on_a_port_request_then_stops_cleanly() {
     let project = Project::new(50).await;
-    listen_with(&project, "event_listener: {type: POLLING, interval: 1}");
+    let address = listen_with(&project, "event_listener: {type: POLLING, interval: 1}");
     let child = Command::new(env!("CARGO_BIN_EXE_port-agent"))
         .args(["run", "--config", "agent.yaml"])
         .current_dir(project.root())
@@ -59,6 +89,23 @@ async fn the_service_resyncs_at_start_and_on_a_port_request_then_stops_cleanly()
     .await;
     // A poll that finds the same request does not start another run.
     tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        http(&address, "GET", "/health/ready").await,
+        Some((200, "ready".to_owned()))
+    );
+    assert_eq!(
+        metric(&address, "port_agent_runs_total{status=\"completed\"}").await,
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(&address, "port_agent_state_entities").await,
+        Some(55.0)
+    );
+    // POLLING has no webhook trigger.
+    assert_eq!(
+        http(&address, "POST", "/resync").await.map(|r| r.0),
+        Some(404)
+    );
 
     let stopped = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -124,4 +171,73 @@ async fn a_listener_not_built_yet_is_refused_before_anything_is_sent() {
         "{stderr}"
     );
     assert_eq!(project.stats()["entities_total"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_webhook_a_post_to_resync_starts_a_run() {
+    let project = Project::new(20).await;
+    let address = listen_with(&project, "event_listener: {type: WEBHOOK}");
+    let child = Command::new(env!("CARGO_BIN_EXE_port-agent"))
+        .args(["run", "--config", "agent.yaml"])
+        .current_dir(project.root())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some((status, _)) = http(&address, "GET", "/health/live").await {
+            assert_eq!(status, 200);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the HTTP server never came up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut ready = None;
+    while ready != Some(200) {
+        assert!(Instant::now() < deadline, "never ready");
+        ready = http(&address, "GET", "/health/ready").await.map(|r| r.0);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(project.stats()["entities_total"], 25);
+
+    let mut services: Vec<Value> = (0..20).map(service).collect();
+    services[3]["stars"] = json!(9999);
+    project.write_services(&services);
+    assert_eq!(
+        http(&address, "POST", "/resync").await.map(|r| r.0),
+        Some(202)
+    );
+    wait_until("the webhook's resync sent the change", || {
+        upserts_of(&project, "service/svc-0003") == 2
+    })
+    .await;
+    let mut completed = None;
+    while completed != Some(2.0) {
+        assert!(Instant::now() < deadline, "the second run never ended");
+        completed = metric(&address, "port_agent_runs_total{status=\"completed\"}").await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        metric(&address, "port_agent_entities_total{outcome=\"upserted\"}").await,
+        Some(26.0)
+    );
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        http(&address, "GET", "/health/live").await.is_none(),
+        "still serving after stop"
+    );
 }

@@ -98,6 +98,8 @@ pub(crate) struct Prepared {
     pub(crate) listener: config::EventListenerSettings,
     /// Minutes between scheduled resyncs when serving.
     pub(crate) scheduled_resync_interval: Option<u64>,
+    /// Where the service's HTTP server listens.
+    pub(crate) http_listen: String,
     pub(crate) client: PortClient,
     port_app_config: PortAppConfig,
     compiled: CompiledMapping,
@@ -149,6 +151,7 @@ pub(crate) async fn prepare(config_path: &Path, kinds: &[String]) -> Result<Prep
         verify_every: config.state.verify_every,
         listener: config.event_listener.clone(),
         scheduled_resync_interval: config.scheduled_resync_interval,
+        http_listen: config.http.listen.clone(),
         client,
         port_app_config,
         compiled,

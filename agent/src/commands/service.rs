@@ -1,7 +1,8 @@
 //! `port-agent run`: the agent as a service. Resyncs when started, when someone asks for one in
-//! Port (POLLING, as Ocean polls the integration's resync request) and every
-//! `scheduled_resync_interval` minutes; one run at a time; SIGTERM ends the run in progress
+//! Port (POLLING: Ocean's poll of the integration's resync request; WEBHOOK: `POST /resync`) and
+//! every `scheduled_resync_interval` minutes; one run at a time; SIGTERM ends the run in progress
 //! cleanly (as aborted, with what Port acknowledged recorded) and the service with exit 0.
+//! Health and metrics are served over HTTP (`http.listen`).
 //!
 //! The config and mapping are read again for each run, so an edit applies to the next run without
 //! a restart; the state file stays open (and locked) for the service's whole life.
@@ -13,12 +14,14 @@ use std::time::Duration;
 use anyhow::anyhow;
 use port_agent_core::resync::ResyncOptions;
 use port_agent_state::{RunStatus, StateStore};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::Failure;
 use crate::commands::resync::{Prepared, open_state, prepare, print, stop_on_signal};
 use crate::config::ListenerType;
+use crate::http::{self, Metrics};
 
 /// Ocean's default POLLING interval.
 const DEFAULT_POLL_SECONDS: u64 = 60;
@@ -28,6 +31,7 @@ const DEFAULT_POLL_SECONDS: u64 = 60;
 enum Trigger {
     Start,
     PortRequest,
+    Webhook,
     Schedule,
 }
 
@@ -36,85 +40,170 @@ impl Trigger {
         match self {
             Trigger::Start => "start",
             Trigger::PortRequest => "port-request",
+            Trigger::Webhook => "webhook",
             Trigger::Schedule => "schedule",
         }
     }
 }
 
+/// What the service shares between its loop, its runs and its HTTP server.
+struct Service<'a> {
+    config_path: &'a Path,
+    state: Arc<StateStore>,
+    stop: CancellationToken,
+    metrics: Arc<Metrics>,
+}
+
 pub async fn serve(config_path: &Path) -> Result<(), Failure> {
     let first = prepare(config_path, &[]).await?;
     let listener = first.listener.listener;
-    if !matches!(listener, ListenerType::Polling | ListenerType::Once) {
+    if !matches!(
+        listener,
+        ListenerType::Polling | ListenerType::Webhook | ListenerType::Once
+    ) {
         return Err(Failure::Config(anyhow!(
-            "{}: event_listener.type {listener:?} is not supported yet; use POLLING or ONCE",
+            "{}: event_listener.type {listener:?} is not supported yet; use POLLING, WEBHOOK or ONCE",
             config_path.display()
         )));
     }
     let state = open_state(&first.state_path, &first.identity).await?;
-    let stop = CancellationToken::new();
-    let signals = tokio::spawn(stop_on_signal(stop.clone()));
+    let service = Service {
+        config_path,
+        state,
+        stop: CancellationToken::new(),
+        metrics: Arc::new(Metrics::default()),
+    };
+    let signals = tokio::spawn(stop_on_signal(service.stop.clone()));
     let outcome = if listener == ListenerType::Once {
-        match run_once(config_path, &state, Trigger::Start, &stop).await {
+        match service.run_once(Trigger::Start).await {
             Some(RunStatus::Completed) => Ok(()),
             _ => Err(Failure::Run(anyhow!("the resync did not complete"))),
         }
     } else {
-        poll(config_path, first, &state, &stop).await;
+        let webhook = (listener == ListenerType::Webhook).then(|| Arc::new(Notify::new()));
+        let address = first.http_listen.clone();
+        let bound = tokio::net::TcpListener::bind(&address).await.map_err(|e| {
+            Failure::Run(anyhow!("cannot serve HTTP on {address} (http.listen): {e}"))
+        })?;
+        tracing::info!(address = %address, "serving /health/live, /health/ready, /metrics");
+        let server = tokio::spawn(http::serve(
+            bound,
+            http::router(service.metrics.clone(), webhook.clone()),
+            service.stop.clone(),
+        ));
+        service.serve(first, webhook).await;
+        let _ = server.await;
         Ok(())
     };
     signals.abort();
     outcome
 }
 
-/// Resyncs at start, then whenever Port's resync request changes or the schedule is due, until
-/// asked to stop.
-async fn poll(
-    config_path: &Path,
-    first: Prepared,
-    state: &Arc<StateStore>,
-    stop: &CancellationToken,
-) {
-    let identifier = first.setup.identifier.clone();
-    let poll_every = Duration::from_secs(
-        first
-            .listener
-            .interval
-            .unwrap_or(DEFAULT_POLL_SECONDS)
-            .max(1),
-    );
-    let schedule = first
-        .scheduled_resync_interval
-        .map(|minutes| Duration::from_secs(minutes * 60));
-    // The request standing at start is served by the start run.
-    let mut handled = latest_request(&first, &identifier).await;
-    let mut pending = Some(Trigger::Start);
-    let mut next_scheduled = schedule.map(|every| Instant::now() + every);
-    let mut next_poll = Instant::now() + poll_every;
-    loop {
-        if let Some(trigger) = pending.take() {
-            run_once(config_path, state, trigger, stop).await;
-            next_scheduled = schedule.map(|every| Instant::now() + every);
-        }
-        if stop.is_cancelled() {
-            return;
-        }
-        let scheduled = async {
-            match next_scheduled {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
+impl Service<'_> {
+    /// Resyncs at start, then whenever a resync is requested (in Port, or on `/resync`) or the
+    /// schedule is due, until asked to stop.
+    async fn serve(&self, first: Prepared, webhook: Option<Arc<Notify>>) {
+        let identifier = first.setup.identifier.clone();
+        let polling = first.listener.listener == ListenerType::Polling;
+        let poll_every = Duration::from_secs(
+            first
+                .listener
+                .interval
+                .unwrap_or(DEFAULT_POLL_SECONDS)
+                .max(1),
+        );
+        let schedule = first
+            .scheduled_resync_interval
+            .map(|minutes| Duration::from_secs(minutes * 60));
+        // The request standing at start is served by the start run.
+        let mut handled = if polling {
+            latest_request(&first, &identifier).await
+        } else {
+            None
         };
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = scheduled => pending = Some(Trigger::Schedule),
-            () = tokio::time::sleep_until(next_poll) => {
-                next_poll = Instant::now() + poll_every;
-                let latest = latest_request(&first, &identifier).await;
-                if latest.is_some() && latest != handled {
-                    tracing::info!(request = ?latest, "a resync was requested in Port");
-                    handled = latest;
-                    pending = Some(Trigger::PortRequest);
+        let mut pending = Some(Trigger::Start);
+        let mut next_scheduled = schedule.map(|every| Instant::now() + every);
+        let mut next_poll = Instant::now() + poll_every;
+        loop {
+            if let Some(trigger) = pending.take() {
+                self.run_once(trigger).await;
+                next_scheduled = schedule.map(|every| Instant::now() + every);
+            }
+            if self.stop.is_cancelled() {
+                return;
+            }
+            let scheduled = async {
+                match next_scheduled {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
                 }
+            };
+            let requested = async {
+                match &webhook {
+                    Some(notify) => notify.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let polled = async {
+                if polling {
+                    tokio::time::sleep_until(next_poll).await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                () = self.stop.cancelled() => return,
+                () = scheduled => pending = Some(Trigger::Schedule),
+                () = requested => pending = Some(Trigger::Webhook),
+                () = polled => {
+                    next_poll = Instant::now() + poll_every;
+                    let latest = latest_request(&first, &identifier).await;
+                    if latest.is_some() && latest != handled {
+                        tracing::info!(request = ?latest, "a resync was requested in Port");
+                        handled = latest;
+                        pending = Some(Trigger::PortRequest);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One run with the config as it is now. Failures are logged, never fatal to the service.
+    async fn run_once(&self, trigger: Trigger) -> Option<RunStatus> {
+        self.metrics.run_started();
+        let outcome = async {
+            let prepared = prepare(self.config_path, &[]).await?;
+            let options = ResyncOptions {
+                kinds: None,
+                dry_run: false,
+                trigger: trigger.name().to_owned(),
+            };
+            let report = prepared
+                .resync_and_verify(Some(self.state.clone()), None, self.stop.clone(), &options)
+                .await?;
+            print(&report, false, false, &prepared.state_path)
+                .map_err(|e| Failure::Run(e.into()))?;
+            Ok::<_, Failure>(report)
+        }
+        .await;
+        let state = self.state.clone();
+        let entities = tokio::task::spawn_blocking(move || state.entity_count())
+            .await
+            .ok()
+            .and_then(Result::ok);
+        match outcome {
+            Ok(report) => {
+                self.metrics.run_ended(Some(&report), entities);
+                Some(report.run.status)
+            }
+            Err(failure) => {
+                self.metrics.run_ended(None, entities);
+                tracing::error!(
+                    trigger = trigger.name(),
+                    "the resync could not run: {:#}",
+                    failure.error()
+                );
+                None
             }
         }
     }
@@ -127,40 +216,6 @@ async fn latest_request(prepared: &Prepared, identifier: &str) -> Option<String>
         Ok(request) => request.map(|r| r.updated_at),
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the resync request from Port; polling again later");
-            None
-        }
-    }
-}
-
-/// One run with the config as it is now. Failures are logged, never fatal to the service.
-async fn run_once(
-    config_path: &Path,
-    state: &Arc<StateStore>,
-    trigger: Trigger,
-    stop: &CancellationToken,
-) -> Option<RunStatus> {
-    let outcome = async {
-        let prepared = prepare(config_path, &[]).await?;
-        let options = ResyncOptions {
-            kinds: None,
-            dry_run: false,
-            trigger: trigger.name().to_owned(),
-        };
-        let report = prepared
-            .resync_and_verify(Some(state.clone()), None, stop.clone(), &options)
-            .await?;
-        print(&report, false, false, &prepared.state_path).map_err(|e| Failure::Run(e.into()))?;
-        Ok::<_, Failure>(report.run.status)
-    }
-    .await;
-    match outcome {
-        Ok(status) => Some(status),
-        Err(failure) => {
-            tracing::error!(
-                trigger = trigger.name(),
-                "the resync could not run: {:#}",
-                failure.error()
-            );
             None
         }
     }

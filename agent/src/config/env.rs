@@ -21,6 +21,7 @@ pub const KNOWN_SECTIONS: &[&str] = &[
     "scheduled_resync_interval",
     "initialize_port_resources",
     "allow_environment_variables_jq_access",
+    "http",
 ];
 
 /// One variable that set a config key, kept to name it in error messages.

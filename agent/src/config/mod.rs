@@ -39,6 +39,28 @@ pub struct AgentConfig {
     /// Minutes between scheduled resyncs.
     #[serde(default)]
     pub scheduled_resync_interval: Option<u64>,
+    /// The HTTP server of `port-agent run` (health, metrics, the WEBHOOK listener's `/resync`).
+    #[serde(default)]
+    pub http: HttpSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct HttpSettings {
+    /// Address and port to serve on (Ocean serves on port 8000).
+    #[serde(default = "default_listen", deserialize_with = "string_like")]
+    pub listen: String,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "0.0.0.0:8000".to_owned()
 }
 
 fn default_resources_path() -> PathBuf {
@@ -299,6 +321,12 @@ fn validate(config: &AgentConfig) -> Vec<String> {
     if config.scheduled_resync_interval == Some(0) {
         problems.push("scheduled_resync_interval: must be at least 1 minute".to_owned());
     }
+    if config.http.listen.parse::<std::net::SocketAddr>().is_err() {
+        problems.push(format!(
+            "http.listen: {:?} is not an address and port such as 0.0.0.0:8000 (OCEAN__HTTP__LISTEN)",
+            config.http.listen
+        ));
+    }
     problems
 }
 
@@ -462,6 +490,19 @@ scheduled_resync_interval: 60
             message.contains(&file.path().display().to_string()),
             "{message}"
         );
+    }
+
+    #[test]
+    fn the_http_address_is_checked_and_settable_from_the_environment() {
+        let file = write(&format!("{MINIMAL}http: {{listen: 'localhost'}}\n"));
+        let message = load_with(file.path(), Vec::new()).unwrap_err().to_string();
+        assert!(message.contains("http.listen"), "{message}");
+        let loaded = load_with(
+            file.path(),
+            vec![("OCEAN__HTTP__LISTEN".into(), "127.0.0.1:9000".into())],
+        )
+        .unwrap();
+        assert_eq!(loaded.config.http.listen, "127.0.0.1:9000");
     }
 
     #[test]
