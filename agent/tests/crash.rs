@@ -5,6 +5,8 @@
 // The seed and the progress per kill are printed so that a failure can be understood and replayed.
 #![allow(clippy::print_stderr)]
 
+mod support;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -169,18 +171,7 @@ async fn killed_at_random_points_the_agent_ends_where_an_uninterrupted_run_would
 
     // Now let it finish.
     emulator.set_faults(FaultSpec::default()).unwrap();
-    let out = tokio::task::spawn_blocking({
-        let dir = dir.path().to_owned();
-        move || {
-            Command::new(env!("CARGO_BIN_EXE_port-agent"))
-                .args(["resync", "--config", "agent.yaml", "--json"])
-                .current_dir(dir)
-                .output()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
+    let out = support::agent_in(dir.path(), &["resync", "--config", "agent.yaml", "--json"]).await;
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -242,25 +233,13 @@ async fn a_stop_signal_ends_the_run_as_aborted_and_nothing_is_sent_twice() {
     let dir = tempfile::tempdir().unwrap();
     setup(dir.path(), &emulator.base_url());
 
-    let child = Command::new(env!("CARGO_BIN_EXE_port-agent"))
-        .args(["resync", "--config", "agent.yaml", "--json"])
-        .current_dir(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child =
+        support::start_agent_in(dir.path(), &["resync", "--config", "agent.yaml", "--json"]);
     // Stop it once it is well into the run.
     while emulator.stats()["entities_upserted"].as_u64().unwrap() < 400 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-        .await
-        .unwrap();
+    let out = support::terminate(child).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -280,18 +259,7 @@ async fn a_stop_signal_ends_the_run_as_aborted_and_nothing_is_sent_twice() {
     assert_eq!(recorded as u64, sent);
 
     emulator.set_faults(FaultSpec::default()).unwrap();
-    let out = tokio::task::spawn_blocking({
-        let dir = dir.path().to_owned();
-        move || {
-            Command::new(env!("CARGO_BIN_EXE_port-agent"))
-                .args(["resync", "--config", "agent.yaml", "--json"])
-                .current_dir(dir)
-                .output()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
+    let out = support::agent_in(dir.path(), &["resync", "--config", "agent.yaml", "--json"]).await;
     assert_eq!(out.status.code(), Some(0));
     let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(

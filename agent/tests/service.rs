@@ -2,11 +2,10 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{Project, service};
+use support::{Project, service, start_agent_in, terminate};
 
 /// Sets the event listener and has the HTTP server listen on a free loopback port; returns it.
 fn listen_with(project: &Project, listener: &str) -> String {
@@ -65,13 +64,7 @@ fn upserts_of(project: &Project, key: &str) -> u64 {
 async fn the_service_resyncs_at_start_and_on_a_port_request_then_stops_cleanly() {
     let project = Project::new(50).await;
     let address = listen_with(&project, "event_listener: {type: POLLING, interval: 1}");
-    let child = Command::new(env!("CARGO_BIN_EXE_port-agent"))
-        .args(["run", "--config", "agent.yaml"])
-        .current_dir(project.root())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = start_agent_in(project.root(), &["run", "--config", "agent.yaml"]);
 
     wait_until("the start resync sent everything", || {
         project.stats()["entities_total"] == 55
@@ -107,14 +100,7 @@ async fn the_service_resyncs_at_start_and_on_a_port_request_then_stops_cleanly()
         Some(404)
     );
 
-    let stopped = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(stopped.success());
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-        .await
-        .unwrap();
+    let out = terminate(child).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert_eq!(project.stats()["entities_upserted"], 56, "{stderr}");
@@ -177,13 +163,7 @@ async fn a_listener_not_built_yet_is_refused_before_anything_is_sent() {
 async fn with_webhook_a_post_to_resync_starts_a_run() {
     let project = Project::new(20).await;
     let address = listen_with(&project, "event_listener: {type: WEBHOOK}");
-    let child = Command::new(env!("CARGO_BIN_EXE_port-agent"))
-        .args(["run", "--config", "agent.yaml"])
-        .current_dir(project.root())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = start_agent_in(project.root(), &["run", "--config", "agent.yaml"]);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Some((status, _)) = http(&address, "GET", "/health/live").await {
@@ -223,13 +203,7 @@ async fn with_webhook_a_post_to_resync_starts_a_run() {
         Some(26.0)
     );
 
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-        .await
-        .unwrap();
+    let out = terminate(child).await;
     assert_eq!(
         out.status.code(),
         Some(0),

@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 
 use port_emulator::{Emulator, EmulatorConfig};
 use serde_json::{Value, json};
@@ -102,14 +102,7 @@ impl Project {
     }
 
     pub async fn agent(&self, args: &[&str]) -> Output {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_port-agent"));
-        command
-            .args(args)
-            .current_dir(self.root())
-            .env_remove("PORT_AGENT_CONFIG");
-        tokio::task::spawn_blocking(move || command.output().unwrap())
-            .await
-            .unwrap()
+        agent_in(self.root(), args).await
     }
 
     /// `resync --json`: exit code and the summary.
@@ -138,4 +131,42 @@ impl Project {
         .map(|r| requests[r].as_u64().unwrap_or(0))
         .sum()
     }
+}
+
+fn agent_command(dir: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_port-agent"));
+    command
+        .args(args)
+        .current_dir(dir)
+        .env_remove("PORT_AGENT_CONFIG");
+    command
+}
+
+/// `port-agent ARGS` in `dir`, to the end.
+pub async fn agent_in(dir: &Path, args: &[&str]) -> Output {
+    let mut command = agent_command(dir, args);
+    tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap()
+}
+
+/// Starts `port-agent ARGS` in `dir` with its output piped, without waiting.
+pub fn start_agent_in(dir: &Path, args: &[&str]) -> Child {
+    agent_command(dir, args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Sends SIGTERM, as systemd or `docker stop` does, and waits for the exit.
+pub async fn terminate(child: Child) -> Output {
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -TERM failed");
+    tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap()
 }
