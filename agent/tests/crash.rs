@@ -75,6 +75,21 @@ fn setup(dir: &Path, base_url: &str) {
     .unwrap();
 }
 
+/// An emulator slowed down so that a resync takes about a second (kills and signals land inside
+/// it), and a project folder pointing at it.
+async fn slow_port_and_project() -> (Emulator, tempfile::TempDir) {
+    let emulator = Emulator::start(EmulatorConfig::default()).await.unwrap();
+    emulator
+        .set_faults(FaultSpec {
+            latency_ms: Some(25),
+            ..Default::default()
+        })
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path(), &emulator.base_url());
+    (emulator, dir)
+}
+
 /// Every entity the state says Port has must be in Port, with the content the state hashed.
 fn state_never_claims_more_than_port_has(dir: &Path, emulator: &Emulator) -> usize {
     let store = StateStore::open(&dir.join("state.redb"), &identity(&emulator.base_url()))
@@ -105,16 +120,7 @@ async fn killed_at_random_points_the_agent_ends_where_an_uninterrupted_run_would
         .as_nanos() as u64;
     eprintln!("crash loop seed {seed}");
     let mut rng = Lcg(seed);
-    let emulator = Emulator::start(EmulatorConfig::default()).await.unwrap();
-    // Slow Port down so that a resync takes about a second and kills land inside it.
-    emulator
-        .set_faults(FaultSpec {
-            latency_ms: Some(25),
-            ..Default::default()
-        })
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    setup(dir.path(), &emulator.base_url());
+    let (emulator, dir) = slow_port_and_project().await;
 
     let mut recorded_after_kills = Vec::new();
     for _ in 0..KILLS {
@@ -223,15 +229,7 @@ async fn killed_at_random_points_the_agent_ends_where_an_uninterrupted_run_would
 /// what the stopped one had not: every entity reaches Port exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_signal_ends_the_run_as_aborted_and_nothing_is_sent_twice() {
-    let emulator = Emulator::start(EmulatorConfig::default()).await.unwrap();
-    emulator
-        .set_faults(FaultSpec {
-            latency_ms: Some(25),
-            ..Default::default()
-        })
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    setup(dir.path(), &emulator.base_url());
+    let (emulator, dir) = slow_port_and_project().await;
 
     let child =
         support::start_agent_in(dir.path(), &["resync", "--config", "agent.yaml", "--json"]);
