@@ -67,7 +67,7 @@ fn setup(dir: &Path, base_url: &str) {
     std::fs::write(
         dir.join("agent.yaml"),
         format!(
-            "port: {{base_url: '{base_url}', client_id: emulator-client, client_secret: emulator-secret, max_concurrency: {CONCURRENCY}}}\n\
+            "port: {{base_url: '{base_url}', client_id: emulator-client, client_secret: emulator-secret, max_concurrency: {CONCURRENCY}, max_retries: 2}}\n\
              integration: {{identifier: crashy, type: json, config: {{kinds: {{service: ./services.jsonl}}}}}}\n\
              mapping: ./port-app-config.yaml\nstate: {{path: ./state.redb}}\n"
         ),
@@ -271,5 +271,66 @@ async fn a_stop_signal_ends_the_run_as_aborted_and_nothing_is_sent_twice() {
     assert!(
         per_entity.values().all(|n| n == 1),
         "an entity Port had acknowledged was sent again"
+    );
+}
+
+/// Port fails for good in the middle of a resync: the run ends as failed (recorded, not left
+/// "running"), deletes nothing, and once Port is back the next run sends only what Port had not
+/// acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_failing_mid_run_ends_the_run_as_failed_and_the_next_sends_the_rest() {
+    let (emulator, dir) = slow_port_and_project().await;
+    let child =
+        support::start_agent_in(dir.path(), &["resync", "--config", "agent.yaml", "--json"]);
+    while emulator.stats()["entities_upserted"].as_u64().unwrap() < 400 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    emulator
+        .set_faults(FaultSpec {
+            status: Some(503),
+            ..Default::default()
+        })
+        .unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["status"], "failed", "{summary}");
+    assert!(summary["notes"].to_string().contains("503"), "{summary}");
+    let sent = summary["totals"]["upserted"].as_u64().unwrap();
+    assert!(sent >= 400 && sent < ITEMS as u64, "{summary}");
+    assert_eq!(emulator.stats()["entities_total"], sent);
+    assert_eq!(
+        state_never_claims_more_than_port_has(dir.path(), &emulator) as u64,
+        sent
+    );
+    let store = StateStore::open(
+        &dir.path().join("state.redb"),
+        &identity(&emulator.base_url()),
+    )
+    .unwrap();
+    assert_eq!(
+        store.runs(1).unwrap()[0].status,
+        port_agent_state::RunStatus::Failed
+    );
+    drop(store);
+
+    emulator.set_faults(FaultSpec::default()).unwrap();
+    let out = support::agent_in(dir.path(), &["resync", "--config", "agent.yaml", "--json"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        summary["totals"]["upserted"].as_u64(),
+        Some(ITEMS as u64 - sent)
+    );
+    let stats = emulator.stats();
+    assert_eq!(stats["entities_deleted"], 0);
+    let per_entity = stats["upserts_per_entity"].as_object().unwrap();
+    assert_eq!(per_entity.len(), ITEMS);
+    assert!(
+        per_entity.values().all(|n| n == 1),
+        "an acknowledged entity was sent again"
     );
 }

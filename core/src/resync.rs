@@ -355,6 +355,8 @@ fn dependency_layers(pending: Vec<Pending>) -> Vec<Vec<Pending>> {
 pub(crate) struct ResourceRun {
     pub(crate) counters: RunCounters,
     pub(crate) failed: Option<String>,
+    /// Port kept failing (after the client's retries): the run stops here.
+    pub(crate) port_failed: bool,
 }
 
 impl Resync<'_> {
@@ -547,6 +549,7 @@ impl Resync<'_> {
             let kind_counters = run.kinds.entry(resource.kind.clone()).or_default();
             *kind_counters += outcome.counters;
             run.totals += outcome.counters;
+            let port_failed = outcome.port_failed;
             if !dry {
                 // How far this kind got: with several resources of one kind, the counters add up.
                 let checkpoint = serde_json::json!({
@@ -558,6 +561,13 @@ impl Resync<'_> {
                     "counters": *kind_counters,
                 });
                 self.checkpoint(&resource.kind, checkpoint).await?;
+            }
+            if port_failed {
+                run.notes.push(
+                    "the run stopped: Port kept failing; the next run sends what this one could not"
+                        .to_owned(),
+                );
+                break;
             }
         }
 
@@ -722,13 +732,27 @@ impl Resync<'_> {
                     fingerprints,
                     cached,
                 };
-                on_batch(batch, &mut progress.counters).await?;
+                match on_batch(batch, &mut progress.counters).await {
+                    Ok(()) => {}
+                    // What Port acknowledged before is recorded; the rest waits for the next run.
+                    Err(ResyncError::Port(e)) => {
+                        progress.failed = Some(format!(
+                            "resources[{index}] (kind {kind}): Port failed: {e}"
+                        ));
+                        progress.port_failed = true;
+                        batches.close();
+                        break;
+                    }
+                    Err(other) => return Err(other),
+                }
             }
             Ok::<_, ResyncError>(progress)
         };
         let (fetched, consumed) = tokio::join!(fetch, consume);
         let mut progress = consumed?;
-        if self.stop.is_cancelled() {
+        if progress.port_failed {
+            // The fetch ended because the channel closed; Port's failure is the news.
+        } else if self.stop.is_cancelled() {
             progress.failed = Some(format!(
                 "resources[{index}] (kind {kind}): stopped before the end (the agent was asked to stop)"
             ));
@@ -1033,10 +1057,20 @@ impl Resync<'_> {
         for (blueprint, entries) in by_blueprint {
             let ids: Vec<String> = entries.iter().map(|(id, _)| id.clone()).collect();
             let kinds: BTreeMap<String, String> = entries.into_iter().collect();
-            let report = self
+            let report = match self
                 .client
                 .delete_entities(&blueprint, &ids, self.mapping.delete_dependent_entities)
-                .await?;
+                .await
+            {
+                Ok(report) => report,
+                Err(e) => {
+                    run.notes.push(format!(
+                        "deletion failed for {} entities of {blueprint}: {e}; retried next resync",
+                        ids.len()
+                    ));
+                    break;
+                }
+            };
             // Gone either way: deleted now, or Port no longer had it.
             let gone: Vec<EntityKey> = report
                 .deleted

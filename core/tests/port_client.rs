@@ -628,3 +628,48 @@ async fn without_a_client_limit_port_quota_is_absorbed_by_retries() {
     assert!(stats.retries >= 1, "{stats:?}");
     assert!(stats.retry_wait >= Duration::from_secs(1), "{stats:?}");
 }
+
+#[tokio::test]
+async fn a_refused_batch_fails_its_entities_but_an_unavailable_port_fails_the_call() {
+    let emulator = start().await;
+    let mut settings = config(&emulator);
+    settings.max_concurrency = 1;
+    let client = PortClient::new(settings).unwrap();
+    client.get_organization().await.unwrap();
+    let entities: Vec<Entity> = (0..45).map(|i| service(&format!("s{i}"))).collect();
+
+    // Port refuses one request (400): its 20 entities fail, the other batches go through.
+    emulator
+        .set_faults(FaultSpec {
+            status: Some(400),
+            count: Some(1),
+            ..Default::default()
+        })
+        .unwrap();
+    let outcomes = client
+        .upsert_entities("service", &entities, UpsertOptions::default())
+        .await
+        .unwrap();
+    let failed = outcomes.iter().filter(|o| !o.is_upserted()).count();
+    assert_eq!((failed, outcomes.len() - failed), (20, 25));
+
+    // Port stays unavailable past every retry: the call fails at once instead of spending the
+    // retry budget again on each remaining batch.
+    emulator
+        .set_faults(FaultSpec {
+            status: Some(503),
+            ..Default::default()
+        })
+        .unwrap();
+    let before = requests(&emulator, "POST /v1/blueprints/{bp}/entities/bulk");
+    let error = client
+        .upsert_entities("service", &entities, UpsertOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(error.status(), Some(503), "{error}");
+    // One batch's attempts (4), not three batches' (12).
+    assert_eq!(
+        requests(&emulator, "POST /v1/blueprints/{bp}/entities/bulk") - before,
+        4
+    );
+}

@@ -80,6 +80,10 @@ pub struct PortSettings {
     /// Client-side quota in requests per second (default: none).
     #[serde(default)]
     pub requests_per_second: Option<f64>,
+    /// Retries of a failed call (429, 408, 5xx but 501, dropped connections) before the run
+    /// gives up on Port (default 10, as Ocean).
+    #[serde(default)]
+    pub max_retries: Option<u32>,
 }
 
 fn default_base_url() -> String {
@@ -410,6 +414,9 @@ impl AgentConfig {
             config.max_concurrency = n;
         }
         config.requests_per_second = self.port.requests_per_second;
+        if let Some(retries) = self.port.max_retries {
+            config.retry.max_attempts = retries.saturating_add(1);
+        }
         config
     }
 }

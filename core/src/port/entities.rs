@@ -2,7 +2,7 @@
 //! listing and search.
 
 use futures_util::{StreamExt, stream};
-use reqwest::Method;
+use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -11,6 +11,7 @@ use super::error::PortError;
 use super::model::{
     DeleteReport, Entity, EntityError, OwnedEntitiesPage, UpsertOptions, UpsertOutcome,
 };
+use super::retry::{Idempotency, is_retryable_status};
 
 /// A batch ready to send: the entities' positions in the caller's slice and their JSON.
 #[derive(Debug)]
@@ -141,11 +142,18 @@ fn request_failure(error: &PortError) -> EntityError {
 }
 
 /// Errors that no other request can escape either: stop the whole call.
+/// Failures no other request of the call can escape: bad credentials or settings, and Port
+/// unavailable (no answer, or 429/408/5xx still after every retry). The caller stops rather
+/// than spend the whole retry budget again on each remaining batch.
 fn is_fatal(error: &PortError) -> bool {
-    matches!(
-        error,
-        PortError::Credentials { .. } | PortError::Config { .. }
-    )
+    match error {
+        PortError::Credentials { .. } | PortError::Config { .. } | PortError::Network { .. } => {
+            true
+        }
+        PortError::Api { status, .. } => StatusCode::from_u16(*status)
+            .is_ok_and(|s| is_retryable_status(s, Idempotency::Idempotent)),
+        PortError::Decode { .. } => false,
+    }
 }
 
 impl PortClient {
@@ -153,8 +161,9 @@ impl PortClient {
     /// in input order. Partial success is normal: one bad entity fails alone.
     ///
     /// A batch that Port refuses as too large (413) is sent again entity by entity. Other
-    /// batch-level failures, after retries, fail that batch's entities; only failures that no
-    /// request can escape (credentials, configuration) fail the whole call.
+    /// batch-level refusals (400, 404, ...) fail that batch's entities; failures that no request
+    /// can escape (credentials, configuration, Port unavailable after retries) fail the whole
+    /// call.
     pub async fn upsert_entities(
         &self,
         blueprint: &str,
