@@ -135,6 +135,9 @@ async fn the_service_resyncs_at_start_and_on_a_port_request_then_stops_cleanly()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_once_the_service_runs_one_resync_and_exits() {
     let project = Project::new(10).await;
+    let path = project.root().join("agent.yaml");
+    let config = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("{config}scheduled_resync_interval: 90\n")).unwrap();
     let out = project.agent(&["run", "--config", "agent.yaml"]).await;
     assert_eq!(
         out.status.code(),
@@ -143,6 +146,19 @@ async fn with_once_the_service_runs_one_resync_and_exits() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(project.stats()["entities_total"], 15);
+
+    // Port's resync state tells when the next scheduled run is due, as Ocean reports it.
+    let integration = project.emulator.integration("my-services").unwrap();
+    let resync = &integration["resyncState"];
+    assert_eq!(resync["status"], "completed");
+    assert_eq!(resync["intervalInMinuets"], 90);
+    let time =
+        |field: &str| -> jiff::Timestamp { resync[field].as_str().unwrap().parse().unwrap() };
+    let ahead = time("nextResync").duration_since(time("lastResyncEnd"));
+    assert!(
+        (ahead.as_secs() - 90 * 60).abs() <= 1,
+        "next resync {ahead:?} after the last one"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

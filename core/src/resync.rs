@@ -452,11 +452,23 @@ impl Resync<'_> {
     }
 
     async fn report_to_port(&self, status: ResyncStatus, started: &str) {
+        let ended = status != ResyncStatus::Running;
+        // With a schedule, the next run is due one interval after this one ends.
+        let next_resync = self
+            .setup
+            .interval_minutes
+            .filter(|_| ended)
+            .and_then(|minutes| {
+                let due = jiff::Timestamp::now()
+                    .checked_add(jiff::SignedDuration::from_secs(minutes as i64 * 60))
+                    .ok()?;
+                Some(due.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+            });
         let state = ResyncState {
             status,
             last_resync_start: Some(started.to_owned()),
-            last_resync_end: (status != ResyncStatus::Running).then(iso_now),
-            next_resync: None,
+            last_resync_end: ended.then(iso_now),
+            next_resync,
             interval_in_minutes: self.setup.interval_minutes,
         };
         // The resync state is informational: failing to report it must not fail the run.

@@ -186,6 +186,14 @@ impl Emulator {
             .map_err(|r| r.message)
     }
 
+    /// The integration as `GET /v1/integration/{id}` holds it (config, resyncState, ...).
+    pub fn integration(&self, identifier: &str) -> Option<Value> {
+        lock(&self.state.store)
+            .integrations
+            .get(identifier)
+            .cloned()
+    }
+
     /// As `POST /_emulator/integrations/{id}/resync-request`: someone pressed "Resync" in Port.
     pub fn request_resync(&self, integration: &str) -> Value {
         control::record_resync_request(&self.state, integration.to_owned())
