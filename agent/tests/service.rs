@@ -231,3 +231,50 @@ async fn with_webhook_a_post_to_resync_starts_a_run() {
         "still serving after stop"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_runs_start_by_themselves_and_pick_up_changes() {
+    let project = Project::new(10).await;
+    // 0.02 minutes = 1.2 s; Port's resync request is polled too rarely to matter here.
+    let address = listen_with(
+        &project,
+        "event_listener: {type: POLLING, interval: 600}\nscheduled_resync_interval: 0.02",
+    );
+    let child = start_agent_in(project.root(), &["run", "--config", "agent.yaml"]);
+    let completed = "port_agent_runs_total{status=\"completed\"}";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&address, completed).await.unwrap_or(0.0) < 2.0 {
+        assert!(Instant::now() < deadline, "no scheduled run came");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut services: Vec<Value> = (0..10).map(service).collect();
+    services[4]["lang"] = json!("zig");
+    project.write_services(&services);
+    wait_until("a scheduled run sent the change", || {
+        upserts_of(&project, "service/svc-0004") == 2
+    })
+    .await;
+    let out = terminate(child).await;
+    assert_eq!(out.status.code(), Some(0));
+    // Only the changed entity was sent again, however many runs came.
+    assert_eq!(project.stats()["entities_upserted"], 16);
+
+    let inspect = project
+        .agent(&["state", "inspect", "--config", "agent.yaml", "--json"])
+        .await;
+    let state: Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    let triggers: Vec<&str> = state["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["trigger"].as_str().unwrap())
+        .collect();
+    assert!(triggers.len() >= 3, "{triggers:?}");
+    assert_eq!(triggers.last(), Some(&"start"));
+    assert!(
+        triggers[..triggers.len() - 1]
+            .iter()
+            .all(|t| *t == "schedule"),
+        "{triggers:?}"
+    );
+}

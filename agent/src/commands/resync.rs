@@ -97,7 +97,7 @@ pub(crate) struct Prepared {
     /// What starts runs when the agent serves (`port-agent run`).
     pub(crate) listener: config::EventListenerSettings,
     /// Minutes between scheduled resyncs when serving.
-    pub(crate) scheduled_resync_interval: Option<u64>,
+    pub(crate) scheduled_resync_interval: Option<f64>,
     /// Where the service's HTTP server listens.
     pub(crate) http_listen: String,
     pub(crate) client: PortClient,
@@ -145,7 +145,10 @@ pub(crate) async fn prepare(config_path: &Path, kinds: &[String]) -> Result<Prep
         version: config.integration.version.clone(),
         blueprints: blueprints(&resources)?,
         mapping: stored_mapping,
-        interval_minutes: config.scheduled_resync_interval,
+        // Port takes whole minutes.
+        interval_minutes: config
+            .scheduled_resync_interval
+            .map(|minutes| minutes.ceil() as u64),
     };
     Ok(Prepared {
         verify_every: config.state.verify_every,

@@ -114,7 +114,7 @@ impl Service<'_> {
         );
         let schedule = first
             .scheduled_resync_interval
-            .map(|minutes| Duration::from_secs(minutes * 60));
+            .map(|minutes| Duration::from_secs_f64(minutes * 60.0));
         // The request standing at start is served by the start run.
         let mut handled = if polling {
             latest_request(&first, &identifier).await

@@ -36,9 +36,9 @@ pub struct AgentConfig {
     pub state: StateSettings,
     #[serde(default)]
     pub event_listener: EventListenerSettings,
-    /// Minutes between scheduled resyncs.
+    /// Minutes between scheduled resyncs (fractions allowed).
     #[serde(default)]
-    pub scheduled_resync_interval: Option<u64>,
+    pub scheduled_resync_interval: Option<f64>,
     /// The HTTP server of `port-agent run` (health, metrics, the WEBHOOK listener's `/resync`).
     #[serde(default)]
     pub http: HttpSettings,
@@ -322,8 +322,11 @@ fn validate(config: &AgentConfig) -> Vec<String> {
     if config.state.verify_every == Some(0) {
         problems.push("state.verify_every: must be at least 1 (or left out)".to_owned());
     }
-    if config.scheduled_resync_interval == Some(0) {
-        problems.push("scheduled_resync_interval: must be at least 1 minute".to_owned());
+    if config
+        .scheduled_resync_interval
+        .is_some_and(|minutes| !(minutes > 0.0 && minutes.is_finite()))
+    {
+        problems.push("scheduled_resync_interval: must be a positive number of minutes".to_owned());
     }
     if config.http.listen.parse::<std::net::SocketAddr>().is_err() {
         problems.push(format!(
@@ -458,7 +461,7 @@ scheduled_resync_interval: 60
         );
         assert_eq!(c.event_listener.listener, ListenerType::Once);
         assert_eq!(c.state.path.as_deref(), Some(Path::new("./state.redb")));
-        assert_eq!(c.scheduled_resync_interval, Some(60));
+        assert_eq!(c.scheduled_resync_interval, Some(60.0));
         assert!(loaded.ignored_keys.is_empty());
     }
 
