@@ -59,6 +59,20 @@ enum Command {
     /// Try a mapping (port-app-config) on raw items, without Port.
     #[command(subcommand)]
     Mapping(MappingCommand),
+    /// Check the agent config.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Everything a run would trip over, reported at once: the config, every mapping expression,
+    /// the blueprints file, the integration's settings and files, and mapping kinds the
+    /// integration cannot fetch. Exit 0 when all is well, 2 otherwise. Does not contact Port.
+    Validate {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -262,6 +276,9 @@ fn main() -> ExitCode {
         }
         Command::State(StateCommand::Export { target, .. }) => {
             commands::state::export(&target.config, &target.state)
+        }
+        Command::Config(ConfigCommand::Validate { config }) => {
+            commands::config_check::validate(&config.config)
         }
         Command::Run { config } => runtime.block_on(commands::service::serve(&config.config)),
         Command::State(StateCommand::Compact { target }) => {

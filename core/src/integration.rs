@@ -25,6 +25,12 @@ pub trait Integration: Send + Sync {
     /// The kinds it can fetch.
     fn kinds(&self) -> Vec<String>;
 
+    /// Problems visible before any fetch (a missing file, an unusable setting), each naming
+    /// its setting, for `port-agent config validate`.
+    fn check(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Sends every raw item of `kind` into `sink`, in batches, then returns. The sink is
     /// bounded: a slow resync slows the fetch instead of filling memory.
     fn fetch<'a>(&'a self, kind: &'a str, sink: mpsc::Sender<RawBatch>) -> FetchFuture<'a>;

@@ -113,6 +113,20 @@ impl Integration for JsonIntegration {
         self.files.keys().cloned().collect()
     }
 
+    fn check(&self) -> Vec<String> {
+        self.files
+            .iter()
+            .filter_map(|(kind, path)| {
+                std::fs::File::open(path).err().map(|e| {
+                    format!(
+                        "integration.config.kinds.{kind}: cannot read {}: {e}",
+                        path.display()
+                    )
+                })
+            })
+            .collect()
+    }
+
     fn fetch<'a>(&'a self, kind: &'a str, sink: mpsc::Sender<RawBatch>) -> FetchFuture<'a> {
         Box::pin(async move {
             let path = self
@@ -189,5 +203,9 @@ mod tests {
         let error = fetch_all(&integration, "gone").await.unwrap_err();
         assert!(error.message.contains("missing.jsonl"), "{error}");
         assert!(JsonIntegration::from_config(&Map::new(), dir.path()).is_err());
+        // Checked before any fetch: the missing file, not the one that is there.
+        let problems = integration.check();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].starts_with("integration.config.kinds.gone: cannot read "));
     }
 }

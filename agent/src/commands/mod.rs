@@ -1,5 +1,6 @@
 //! One module a command.
 
+pub mod config_check;
 pub mod mapping;
 pub mod port_check;
 pub mod resync;

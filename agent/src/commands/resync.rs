@@ -34,7 +34,7 @@ fn run_error(e: impl Into<anyhow::Error>) -> Failure {
 }
 
 /// The integration named by `integration.type`.
-fn integration(loaded: &Loaded) -> Result<Box<dyn Integration>, Failure> {
+pub(crate) fn integration(loaded: &Loaded) -> Result<Box<dyn Integration>, Failure> {
     let settings = &loaded.config.integration;
     match settings.integration_type.as_str() {
         "json" => JsonIntegration::from_config(&settings.config, &loaded.base_dir())
@@ -48,7 +48,7 @@ fn integration(loaded: &Loaded) -> Result<Box<dyn Integration>, Failure> {
 }
 
 /// `resources_path/blueprints.json`, when there is one.
-fn blueprints(resources: &Path) -> Result<Vec<Value>, Failure> {
+pub(crate) fn blueprints(resources: &Path) -> Result<Vec<Value>, Failure> {
     let path = resources.join("blueprints.json");
     if !path.exists() {
         return Ok(Vec::new());
