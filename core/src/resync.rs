@@ -350,6 +350,15 @@ fn dependency_layers(pending: Vec<Pending>) -> Vec<Vec<Pending>> {
     layers
 }
 
+/// Which resource a batch belongs to, in which run.
+#[derive(Clone, Copy)]
+struct BatchScope<'k> {
+    index: usize,
+    kind: &'k str,
+    run_id: u64,
+    dry: bool,
+}
+
 /// Per-resource progress while batches flow.
 #[derive(Default)]
 pub(crate) struct ResourceRun {
@@ -636,9 +645,14 @@ impl Resync<'_> {
     ) -> Result<ResourceRun, ResyncError> {
         // A dry run maps everything: its plan counts contributions the cache cannot vouch for.
         let cache_run = (!dry).then_some(run_id);
+        let scope = BatchScope {
+            index,
+            kind,
+            run_id,
+            dry,
+        };
         self.map_resource(index, kind, cache_run, async |mapped, counters| {
-            self.apply(index, kind, run_id, dry, mapped, counters, plan)
-                .await
+            self.apply(scope, mapped, counters, plan).await
         })
         .await
     }
@@ -777,17 +791,14 @@ impl Resync<'_> {
     }
 
     /// Diff one batch of mapped entities against the state and send what changed.
-    #[allow(clippy::too_many_arguments)]
     async fn apply(
         &self,
-        index: usize,
-        kind: &str,
-        run_id: u64,
-        dry: bool,
+        scope: BatchScope<'_>,
         mapped: Mapped,
         counters: &mut RunCounters,
         plan: &mut Plan,
     ) -> Result<(), ResyncError> {
+        let BatchScope { run_id, dry, .. } = scope;
         let Mapped {
             entities,
             entity_items,
@@ -816,9 +827,7 @@ impl Resync<'_> {
         counters.mapped += entities.len() as u64;
         let mut failed_keys: HashSet<EntityKey> = HashSet::new();
         for round in occurrence_rounds(entities) {
-            let refused = self
-                .apply_round(index, kind, run_id, dry, round, counters, plan)
-                .await?;
+            let refused = self.apply_round(scope, round, counters, plan).await?;
             failed_keys.extend(refused);
         }
         if !dry && let Some(state) = &self.state {
@@ -835,17 +844,16 @@ impl Resync<'_> {
 
     /// Compares entities (each at most once) with the state and sends those that changed.
     /// Returns the keys Port refused.
-    #[allow(clippy::too_many_arguments)]
     async fn apply_round(
         &self,
-        index: usize,
-        kind: &str,
-        run_id: u64,
-        dry: bool,
+        scope: BatchScope<'_>,
         entities: Vec<(Entity, EntityHash)>,
         counters: &mut RunCounters,
         plan: &mut Plan,
     ) -> Result<Vec<EntityKey>, ResyncError> {
+        let BatchScope {
+            kind, run_id, dry, ..
+        } = scope;
         let keys: Vec<EntityKey> = entities.iter().map(|(e, _)| key_of(e)).collect();
         let known: Vec<Option<EntityRecord>> = match &self.state {
             Some(state) => {
@@ -932,7 +940,7 @@ impl Resync<'_> {
                 }
             }
             let mut sent = futures_util::stream::iter(chunks)
-                .map(|(blueprint, chunk)| self.send_chunk(index, kind, run_id, blueprint, chunk))
+                .map(|(blueprint, chunk)| self.send_chunk(scope, blueprint, chunk))
                 .buffer_unordered(concurrency);
             while let Some(result) = sent.next().await {
                 let (upserted, failed, refused) = result?;
@@ -951,12 +959,16 @@ impl Resync<'_> {
     /// Returns (upserted, failed).
     async fn send_chunk(
         &self,
-        index: usize,
-        kind: &str,
-        run_id: u64,
+        scope: BatchScope<'_>,
         blueprint: String,
         chunk: Vec<Pending>,
     ) -> Result<(u64, u64, Vec<EntityKey>), ResyncError> {
+        let BatchScope {
+            index,
+            kind,
+            run_id,
+            ..
+        } = scope;
         let to_send: Vec<Entity> = chunk.iter().map(|p| p.entity.clone()).collect();
         let outcomes = self
             .client
