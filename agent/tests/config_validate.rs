@@ -11,12 +11,7 @@ async fn a_sound_project_validates() {
         .agent(&["config", "validate", "--config", "agent.yaml"])
         .await;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::assert_success(&out);
     assert!(
         stdout.contains("2 resources, 2 kinds, 2 blueprints"),
         "{stdout}"

@@ -8,7 +8,7 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use port_agent_state::{Identity, StateStore};
@@ -178,12 +178,7 @@ async fn killed_at_random_points_the_agent_ends_where_an_uninterrupted_run_would
     // Now let it finish.
     emulator.set_faults(FaultSpec::default()).unwrap();
     let out = support::agent_in(dir.path(), &["resync", "--config", "agent.yaml", "--json"]).await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::assert_success(&out);
     let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
 
     // Port holds exactly what an uninterrupted run would have put there.
@@ -224,40 +219,45 @@ async fn killed_at_random_points_the_agent_ends_where_an_uninterrupted_run_would
     );
 }
 
-/// SIGTERM (systemd stopping the service) mid-resync: the run ends as aborted once the Port
-/// requests in flight are answered and recorded, deletes nothing, and the next run sends only
-/// what the stopped one had not: every entity reaches Port exactly once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stop_signal_ends_the_run_as_aborted_and_nothing_is_sent_twice() {
-    let (emulator, dir) = slow_port_and_project().await;
-
-    let child =
-        support::start_agent_in(dir.path(), &["resync", "--config", "agent.yaml", "--json"]);
-    // Stop it once it is well into the run.
-    while emulator.stats()["entities_upserted"].as_u64().unwrap() < 400 {
+/// Waits until Port has taken `n` entities: the run is well under way.
+async fn wait_for_upserts(emulator: &Emulator, n: u64) {
+    while emulator.stats()["entities_upserted"].as_u64().unwrap() < n {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let out = support::terminate(child).await;
+}
+
+/// An interrupted run's summary: exit 1, `status`, a note containing `note`, and how many
+/// entities it sent, which Port and the state must both hold exactly, with nothing deleted.
+fn interrupted_run(out: &Output, dir: &Path, emulator: &Emulator, status: &str, note: &str) -> u64 {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(summary["status"], "aborted", "{summary}");
-    assert!(
-        summary["notes"].to_string().contains("asked to stop"),
-        "{summary}"
-    );
+    assert_eq!(summary["status"], status, "{summary}");
+    assert!(summary["notes"].to_string().contains(note), "{summary}");
     let sent = summary["totals"]["upserted"].as_u64().unwrap();
     assert!(sent >= 400 && sent < ITEMS as u64, "{summary}");
-
-    // Every write Port answered is recorded: the state holds exactly what Port holds.
     let stats = emulator.stats();
     assert_eq!(stats["entities_total"], sent);
     assert_eq!(stats["entities_deleted"], 0);
-    let recorded = state_never_claims_more_than_port_has(dir.path(), &emulator);
-    assert_eq!(recorded as u64, sent);
+    let store = StateStore::open(&dir.join("state.redb"), &identity(&emulator.base_url())).unwrap();
+    assert_eq!(
+        serde_json::to_value(store.runs(1).unwrap()[0].status).unwrap(),
+        status,
+        "the run is recorded as it ended"
+    );
+    drop(store);
+    assert_eq!(
+        state_never_claims_more_than_port_has(dir, emulator) as u64,
+        sent
+    );
+    sent
+}
 
+/// With Port healthy again, the next run sends exactly what the interrupted one had not: every
+/// entity reaches Port once.
+async fn the_next_run_sends_the_rest(dir: &Path, emulator: &Emulator, sent: u64) {
     emulator.set_faults(FaultSpec::default()).unwrap();
-    let out = support::agent_in(dir.path(), &["resync", "--config", "agent.yaml", "--json"]).await;
+    let out = support::agent_in(dir, &["resync", "--config", "agent.yaml", "--json"]).await;
     assert_eq!(out.status.code(), Some(0));
     let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
@@ -266,12 +266,27 @@ async fn a_stop_signal_ends_the_run_as_aborted_and_nothing_is_sent_twice() {
     );
     let stats = emulator.stats();
     assert_eq!(stats["entities_total"], ITEMS as u64);
+    assert_eq!(stats["entities_deleted"], 0);
     let per_entity = stats["upserts_per_entity"].as_object().unwrap();
     assert_eq!(per_entity.len(), ITEMS);
     assert!(
         per_entity.values().all(|n| n == 1),
         "an entity Port had acknowledged was sent again"
     );
+}
+
+/// SIGTERM (systemd stopping the service) mid-resync: the run ends as aborted once the Port
+/// requests in flight are answered and recorded, deletes nothing, and the next run sends only
+/// what the stopped one had not: every entity reaches Port exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_signal_ends_the_run_as_aborted_and_nothing_is_sent_twice() {
+    let (emulator, dir) = slow_port_and_project().await;
+    let child =
+        support::start_agent_in(dir.path(), &["resync", "--config", "agent.yaml", "--json"]);
+    wait_for_upserts(&emulator, 400).await;
+    let out = support::terminate(child).await;
+    let sent = interrupted_run(&out, dir.path(), &emulator, "aborted", "asked to stop");
+    the_next_run_sends_the_rest(dir.path(), &emulator, sent).await;
 }
 
 /// Port fails for good in the middle of a resync: the run ends as failed (recorded, not left
@@ -282,9 +297,7 @@ async fn port_failing_mid_run_ends_the_run_as_failed_and_the_next_sends_the_rest
     let (emulator, dir) = slow_port_and_project().await;
     let child =
         support::start_agent_in(dir.path(), &["resync", "--config", "agent.yaml", "--json"]);
-    while emulator.stats()["entities_upserted"].as_u64().unwrap() < 400 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_upserts(&emulator, 400).await;
     emulator
         .set_faults(FaultSpec {
             status: Some(503),
@@ -294,43 +307,6 @@ async fn port_failing_mid_run_ends_the_run_as_failed_and_the_next_sends_the_rest
     let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
         .await
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(summary["status"], "failed", "{summary}");
-    assert!(summary["notes"].to_string().contains("503"), "{summary}");
-    let sent = summary["totals"]["upserted"].as_u64().unwrap();
-    assert!(sent >= 400 && sent < ITEMS as u64, "{summary}");
-    assert_eq!(emulator.stats()["entities_total"], sent);
-    assert_eq!(
-        state_never_claims_more_than_port_has(dir.path(), &emulator) as u64,
-        sent
-    );
-    let store = StateStore::open(
-        &dir.path().join("state.redb"),
-        &identity(&emulator.base_url()),
-    )
-    .unwrap();
-    assert_eq!(
-        store.runs(1).unwrap()[0].status,
-        port_agent_state::RunStatus::Failed
-    );
-    drop(store);
-
-    emulator.set_faults(FaultSpec::default()).unwrap();
-    let out = support::agent_in(dir.path(), &["resync", "--config", "agent.yaml", "--json"]).await;
-    assert_eq!(out.status.code(), Some(0));
-    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(
-        summary["totals"]["upserted"].as_u64(),
-        Some(ITEMS as u64 - sent)
-    );
-    let stats = emulator.stats();
-    assert_eq!(stats["entities_deleted"], 0);
-    let per_entity = stats["upserts_per_entity"].as_object().unwrap();
-    assert_eq!(per_entity.len(), ITEMS);
-    assert!(
-        per_entity.values().all(|n| n == 1),
-        "an acknowledged entity was sent again"
-    );
+    let sent = interrupted_run(&out, dir.path(), &emulator, "failed", "503");
+    the_next_run_sends_the_rest(dir.path(), &emulator, sent).await;
 }

@@ -247,12 +247,7 @@ async fn state_stats_export_and_reset() {
     let reset = project
         .agent(&["state", "reset", "--config", "agent.yaml", "--yes"])
         .await;
-    assert_eq!(
-        reset.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&reset.stderr)
-    );
+    support::assert_success(&reset);
     assert!(!project.state_path().exists());
     let (_, summary, _) = project.resync(&[]).await;
     assert_eq!(

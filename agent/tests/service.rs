@@ -139,12 +139,7 @@ async fn with_once_the_service_runs_one_resync_and_exits() {
     let config = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, format!("{config}scheduled_resync_interval: 90\n")).unwrap();
     let out = project.agent(&["run", "--config", "agent.yaml"]).await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::assert_success(&out);
     assert_eq!(project.stats()["entities_total"], 15);
 
     // Port's resync state tells when the next scheduled run is due, as Ocean reports it.
@@ -220,12 +215,7 @@ async fn with_webhook_a_post_to_resync_starts_a_run() {
     );
 
     let out = terminate(child).await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::assert_success(&out);
     assert!(
         http(&address, "GET", "/health/live").await.is_none(),
         "still serving after stop"

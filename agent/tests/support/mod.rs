@@ -170,3 +170,14 @@ pub async fn terminate(child: Child) -> Output {
         .await
         .unwrap()
 }
+
+/// The command exited 0; otherwise the failure shows its stderr.
+#[track_caller]
+pub fn assert_success(out: &Output) {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
