@@ -81,16 +81,22 @@ struct Measured {
     wall: Duration,
     cpu: f64,
     rss_mib: f64,
-    summary: Value,
+    stdout: Vec<u8>,
 }
 
-fn resync(dir: &Path) -> Measured {
+/// Runs `port-agent ARGS` in `dir`, sampling its peak RSS; with `keep_stdout` false its output
+/// goes to /dev/null.
+fn measure(dir: &Path, args: &[&str], keep_stdout: bool) -> Measured {
     let cpu_before = children_cpu();
     let started = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_port-agent"))
-        .args(["resync", "--config", "agent.yaml", "--json"])
+        .args(args)
         .current_dir(dir)
-        .stdout(Stdio::piped())
+        .stdout(if keep_stdout {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
@@ -104,12 +110,12 @@ fn resync(dir: &Path) -> Measured {
         std::thread::sleep(Duration::from_millis(20));
     }
     let output = child.wait_with_output().unwrap();
-    assert!(output.status.success(), "the resync failed");
+    assert!(output.status.success(), "port-agent {args:?} failed");
     Measured {
         wall: started.elapsed(),
         cpu: children_cpu() - cpu_before,
         rss_mib: rss,
-        summary: serde_json::from_slice(&output.stdout).unwrap(),
+        stdout: output.stdout,
     }
 }
 
@@ -156,8 +162,9 @@ fn main() {
         ("1% changed", Some(100)),
     ] {
         write_items(root, count, changed_every);
-        let m = resync(root);
-        let totals = &m.summary["totals"];
+        let m = measure(root, &["resync", "--config", "agent.yaml", "--json"], true);
+        let summary: Value = serde_json::from_slice(&m.stdout).unwrap();
+        let totals = &summary["totals"];
         writeln!(
             out,
             "  {label:<11} wall {:>6.2} s  agent CPU {:>6.2} s  peak RSS {:>5.0} MiB  upserted {:>7}  unchanged {:>7}",
@@ -192,6 +199,18 @@ fn main() {
     {
         writeln!(out, "  {}", line.trim()).unwrap();
     }
+    let export = measure(
+        root,
+        &["state", "export", "--state", "state.redb", "--jsonl"],
+        false,
+    );
+    writeln!(
+        out,
+        "  state export --jsonl of {count} records: wall {:.2} s, peak RSS {:.0} MiB",
+        export.wall.as_secs_f64(),
+        export.rss_mib
+    )
+    .unwrap();
     let compact = Command::new(env!("CARGO_BIN_EXE_port-agent"))
         .args(["state", "compact", "--state", "state.redb"])
         .current_dir(root)

@@ -496,9 +496,26 @@ impl StateStore {
         &self,
         mut keep: impl FnMut(&EntityKey, &EntityRecord) -> bool,
     ) -> Result<Vec<(EntityKey, EntityRecord)>, StateError> {
+        let mut out = Vec::new();
+        self.each_entity(|key, record| {
+            if keep(&key, &record) {
+                out.push((key, record));
+            }
+            Ok::<(), std::convert::Infallible>(())
+        })?
+        .unwrap_or_else(|never| match never {});
+        Ok(out)
+    }
+
+    /// Hands each record to `visit` in key order without holding them all (a million records
+    /// would take hundreds of MB); the first error `visit` returns stops the walk and is given
+    /// back inside the `Ok`.
+    pub fn each_entity<E>(
+        &self,
+        mut visit: impl FnMut(EntityKey, EntityRecord) -> Result<(), E>,
+    ) -> Result<Result<(), E>, StateError> {
         let txn = self.db.begin_read().map_err(|e| self.storage(e))?;
         let table = txn.open_table(ENTITIES).map_err(|e| self.storage(e))?;
-        let mut out = Vec::new();
         for entry in table.iter().map_err(|e| self.storage(e))? {
             let (key, value) = entry.map_err(|e| self.storage(e))?;
             let (bp, id) = key.value();
@@ -508,12 +525,11 @@ impl StateStore {
                     detail: format!("unreadable record for {bp}/{id}"),
                 });
             };
-            let key = (bp.to_owned(), id.to_owned());
-            if keep(&key, &record) {
-                out.push((key, record));
+            if let Err(stop) = visit((bp.to_owned(), id.to_owned()), record) {
+                return Ok(Err(stop));
             }
         }
-        Ok(out)
+        Ok(Ok(()))
     }
 
     pub fn entity_count(&self) -> Result<u64, StateError> {

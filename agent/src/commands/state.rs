@@ -206,16 +206,11 @@ pub fn compact(config_file: &Option<PathBuf>, state: &Option<PathBuf>) -> Result
 pub fn export(config_file: &Option<PathBuf>, state: &Option<PathBuf>) -> Result<(), Failure> {
     let path = state_path(config_file, state)?;
     let store = open(&path)?;
-    let entities = store
-        .entities(|_, _| true)
-        .map_err(|e| Failure::Run(e.into()))?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    finish_output((|| {
-        for (key, record) in &entities {
-            writeln!(out, "{}", entity_json(key, record))?;
-        }
-        out.flush()
-    })())
+    let written = store
+        .each_entity(|key, record| writeln!(out, "{}", entity_json(&key, &record)))
+        .map_err(|e| Failure::Run(e.into()))?;
+    finish_output(written.and_then(|()| out.flush()))
 }
 
 /// `state reset`: forgets everything, so the next resync sends every entity once. Asks first,
