@@ -630,3 +630,64 @@ async fn the_mapping_can_come_from_the_integration_in_port() {
     assert_eq!(summary["totals"]["unchanged"], 25, "{summary}");
     assert_eq!(project.writes(), writes);
 }
+
+/// Regression: contributions were compared by position, so a `--kind` run (which produces only
+/// some of an entity's contributions) found them out of place and re-sent them, and the next
+/// full run re-sent the rest: alternating runs never settled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kind_scoped_runs_do_not_resend_an_entity_two_kinds_make() {
+    let project = Project::new(5).await;
+    std::fs::write(
+        project.root().join("port-app-config.yaml"),
+        r#"
+resources:
+  - kind: service
+    selector: {query: 'true'}
+    port:
+      entity:
+        mappings: {identifier: .name, blueprint: '"service"', properties: {language: .lang}}
+  - kind: team
+    selector: {query: 'true'}
+    port:
+      entity:
+        mappings: {identifier: '"svc-000" + (.size | tostring)', blueprint: '"service"', properties: {stars: .size}}
+"#,
+    )
+    .unwrap();
+    let (code, first, stderr) = project.resync(&[]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(first["totals"]["upserted"], 10);
+    let writes = project.writes();
+    for scope in [
+        &["--kind", "team"][..],
+        &[],
+        &["--kind", "service"],
+        &[],
+        &["--kind", "team"],
+    ] {
+        let (code, summary, stderr) = project.resync(scope).await;
+        assert_eq!(code, 0, "{stderr}");
+        assert_eq!(summary["totals"]["upserted"], 0, "{scope:?}: {summary}");
+        let (_, plan, _) = project.resync(&[scope, &["--dry-run"][..]].concat()).await;
+        assert_eq!(plan["plan"], serde_json::json!([]), "{scope:?}: {plan}");
+    }
+    assert_eq!(
+        project.writes(),
+        writes,
+        "alternating runs must send nothing"
+    );
+    let merged = project.emulator.entities();
+    let svc3 = merged
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["identifier"] == "svc-0003")
+        .unwrap();
+    assert_eq!(
+        (
+            &svc3["properties"]["language"],
+            &svc3["properties"]["stars"]
+        ),
+        (&serde_json::json!("go"), &serde_json::json!(3))
+    );
+}

@@ -142,23 +142,32 @@ fn key_of(entity: &Entity) -> EntityKey {
 #[derive(Default)]
 struct Plan {
     changes: Vec<PlannedChange>,
-    /// How many contributions the data made to each entity so far (a dry run cannot count them
-    /// in the state).
+    /// How far the data has got through each entity's contributions (a dry run cannot note it
+    /// in the state): see [`EntityRecord::position_in`].
     produced: HashMap<EntityKey, u32>,
     /// Entities with a contribution planned to be sent: their later contributions follow.
     resent: HashSet<EntityKey>,
 }
 
 impl Plan {
-    fn count(&mut self, key: EntityKey) {
-        *self.produced.entry(key).or_default() += 1;
-    }
-
-    /// Whether the next contribution to `key`, with `hash`, is what Port holds (the dry-run
-    /// counterpart of [`EntityRecord::unchanged_in`]).
-    fn unchanged(&self, key: &EntityKey, record: &EntityRecord, hash: &[u8; 32]) -> bool {
+    /// The dry-run counterpart of [`EntityRecord::unchanged_in`] followed by recording the
+    /// contribution: whether the next contribution to `key`, with `hash`, is what Port holds.
+    fn unchanged(
+        &mut self,
+        key: &EntityKey,
+        record: Option<&EntityRecord>,
+        hash: &[u8; 32],
+    ) -> bool {
         let position = self.produced.get(key).copied().unwrap_or(0);
-        !(position > 0 && self.resent.contains(key)) && record.holds(position, hash)
+        let found = record
+            .filter(|_| !(position > 0 && self.resent.contains(key)))
+            .and_then(|r| r.find(position, hash));
+        self.produced
+            .insert(key.clone(), found.unwrap_or(position) + 1);
+        if found.is_none() {
+            self.resent.insert(key.clone());
+        }
+        found.is_some()
     }
 }
 
@@ -806,16 +815,14 @@ impl Resync<'_> {
             cached,
         } = mapped;
         // Items the cache vouches for: their entities are unchanged without being mapped.
-        let cached_keys: Vec<EntityKey> = cached.into_iter().map(|(key, _)| key).collect();
-        counters.mapped += cached_keys.len() as u64;
-        counters.unchanged += cached_keys.len() as u64;
+        // (A dry run maps everything, so it has none.)
+        counters.mapped += cached.len() as u64;
+        counters.unchanged += cached.len() as u64;
         if let Some(live) = &self.progress {
-            Progress::add(&live.unchanged, cached_keys.len() as u64);
+            Progress::add(&live.unchanged, cached.len() as u64);
         }
-        if dry {
-            cached_keys.into_iter().for_each(|key| plan.count(key));
-        } else if let Some(state) = &self.state {
-            with_state(state, move |s| s.mark_seen(run_id, &cached_keys)).await?;
+        if !dry && let Some(state) = &self.state {
+            with_state(state, move |s| s.mark_seen(run_id, &cached)).await?;
         }
         // What each mapped item produced, for the cache once it is all recorded.
         let mut produced: Vec<Produced> = vec![Vec::new(); fingerprints.len()];
@@ -865,21 +872,15 @@ impl Resync<'_> {
         let mut unchanged = Vec::new();
         let mut changed: BTreeMap<String, Vec<Pending>> = BTreeMap::new();
         for (((entity, hash), record), key) in entities.into_iter().zip(known).zip(keys) {
-            let same = record.as_ref().is_some_and(|r| {
-                if dry {
-                    plan.unchanged(&key, r, &hash.0)
-                } else {
-                    r.unchanged_in(run_id, &hash.0)
-                }
-            });
-            if dry {
-                if !same {
-                    plan.resent.insert(key.clone());
-                }
-                plan.count(key.clone());
-            }
+            let same = if dry {
+                plan.unchanged(&key, record.as_ref(), &hash.0)
+            } else {
+                record
+                    .as_ref()
+                    .is_some_and(|r| r.unchanged_in(run_id, &hash.0))
+            };
             if same {
-                unchanged.push(key);
+                unchanged.push((key, hash.0));
             } else {
                 changed
                     .entry(entity.blueprint.clone())
@@ -1000,7 +1001,7 @@ impl Resync<'_> {
                     tracing::warn!(blueprint = %entity.blueprint, identifier = %entity.identifier_label(), error = %error.error, message = %error.message, "Port refused an entity; it is retried next resync");
                     // Still produced by the data: never a deletion candidate because Port refused an update.
                     if existed {
-                        keep.push(key_of(&entity));
+                        keep.push((key_of(&entity), hash.0));
                     }
                 }
             }

@@ -38,7 +38,8 @@ pub struct EntityRecord {
 const FIXED: usize = 32 + 8 + 8 + 8 + 4 + 4 + 2;
 
 impl EntityRecord {
-    /// Which contribution `run` produces next (0: the first).
+    /// How far `run` has got through this entity's contributions (0: none yet). Each one the
+    /// run produces is looked for from here on.
     pub fn position_in(&self, run: u64) -> u32 {
         if self.last_seen_run == run {
             self.seen_in_run
@@ -52,13 +53,14 @@ impl EntityRecord {
         std::iter::once(&self.hash).chain(&self.later)
     }
 
-    /// Whether Port holds contribution `position` as `hash`.
-    pub fn holds(&self, position: u32, hash: &[u8; 32]) -> bool {
-        let known = match position {
-            0 => Some(&self.hash),
-            n => self.later.get(n as usize - 1),
-        };
-        known == Some(hash)
+    /// Where Port holds `hash` among the contributions from `position` on. Skipping ahead lets
+    /// a run that produces only some of them (`--kind`, or a resource that stopped producing
+    /// the entity) find the others unchanged.
+    pub fn find(&self, position: u32, hash: &[u8; 32]) -> Option<u32> {
+        self.hashes()
+            .zip(0..)
+            .skip(position as usize)
+            .find_map(|(held, at)| (held == hash).then_some(at))
     }
 
     /// Whether the next contribution `run` produces, with `hash`, is what Port already holds.
@@ -66,18 +68,20 @@ impl EntityRecord {
     /// merges them in the same order as before.
     pub fn unchanged_in(&self, run: u64, hash: &[u8; 32]) -> bool {
         let position = self.position_in(run);
-        !(position > 0 && self.written_run == run) && self.holds(position, hash)
+        !(position > 0 && self.written_run == run) && self.find(position, hash).is_some()
     }
 
-    /// Notes that `run` produced one more contribution, unchanged.
-    pub(crate) fn seen(&mut self, run: u64) {
-        self.seen_in_run = self.position_in(run) + 1;
+    /// Notes that `run` produced one more contribution, `hash`, unchanged (or refused by Port).
+    pub(crate) fn seen(&mut self, run: u64, hash: &[u8; 32]) {
+        let position = self.position_in(run);
+        self.seen_in_run = self.find(position, hash).unwrap_or(position) + 1;
         self.last_seen_run = run;
     }
 
-    /// Records contribution `position_in(run)` as written with `hash`.
+    /// Records the next contribution of `run` as written with `hash`.
     pub(crate) fn written(&mut self, run: u64, hash: [u8; 32], at_ms: i64) {
-        match self.position_in(run) {
+        let position = self.position_in(run);
+        match position {
             0 => {
                 self.hash = hash;
                 // Port's entity may now differ from what the later contributions left: they are
@@ -89,7 +93,8 @@ impl EntityRecord {
                 self.later.push(hash);
             }
         }
-        self.seen(run);
+        self.seen_in_run = position + 1;
+        self.last_seen_run = run;
         self.written_run = run;
         self.written_at_ms = at_ms;
     }
@@ -244,11 +249,31 @@ mod tests {
         assert_eq!((record.hash, record.later.clone()), (a, vec![b]));
         // Run 2 produces the same two contributions: neither is sent.
         assert!(record.unchanged_in(2, &a));
-        record.seen(2);
+        record.seen(2, &a);
         assert!(record.unchanged_in(2, &b));
-        assert!(!record.unchanged_in(2, &a), "position 1 holds b, not a");
-        record.seen(2);
+        assert!(
+            !record.unchanged_in(2, &a),
+            "a was the first; only b is left"
+        );
+        record.seen(2, &b);
         assert_eq!(record.seen_in_run, 2);
+    }
+
+    #[test]
+    fn a_run_that_produces_only_some_contributions_finds_them_unchanged() {
+        let (a, b) = ([1; 32], [2; 32]);
+        let mut record = fresh(1, a);
+        record.written(1, b, 2);
+        // `--kind` of b's resource alone: b is found past a; nothing to send.
+        assert!(record.unchanged_in(2, &b));
+        record.seen(2, &b);
+        // The full run after it finds both in place.
+        assert!(record.unchanged_in(3, &a));
+        record.seen(3, &a);
+        assert!(record.unchanged_in(3, &b));
+        // Order still matters: after b, a is not found again.
+        record.seen(3, &b);
+        assert!(!record.unchanged_in(3, &a));
     }
 
     #[test]

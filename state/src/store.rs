@@ -410,9 +410,10 @@ impl StateStore {
             .collect()
     }
 
-    /// Marks unchanged entities as produced by `run`. Not fsynced: see the crate docs.
-    pub fn mark_seen(&self, run: u64, keys: &[EntityKey]) -> Result<(), StateError> {
-        if keys.is_empty() {
+    /// Marks unchanged entities (with the hash each contribution had) as produced by `run`.
+    /// Not fsynced: see the crate docs.
+    pub fn mark_seen(&self, run: u64, seen: &[(EntityKey, [u8; 32])]) -> Result<(), StateError> {
+        if seen.is_empty() {
             return Ok(());
         }
         let mut txn = self.db.begin_write().map_err(|e| self.storage(e))?;
@@ -420,13 +421,13 @@ impl StateStore {
             .map_err(|e| self.storage(e))?;
         {
             let mut table = txn.open_table(ENTITIES).map_err(|e| self.storage(e))?;
-            for (bp, id) in keys {
+            for ((bp, id), hash) in seen {
                 let record = table
                     .get((bp.as_str(), id.as_str()))
                     .map_err(|e| self.storage(e))?
                     .and_then(|v| EntityRecord::decode(v.value()));
                 if let Some(mut record) = record {
-                    record.seen(run);
+                    record.seen(run, hash);
                     table
                         .insert((bp.as_str(), id.as_str()), record.encode().as_slice())
                         .map_err(|e| self.storage(e))?;
@@ -786,7 +787,9 @@ mod tests {
         assert!(got[1].is_none());
         let run = store.start_run("test").unwrap();
         assert_eq!(run.id, 2);
-        store.mark_seen(run.id, &keys[..1]).unwrap();
+        store
+            .mark_seen(run.id, &[(keys[0].clone(), [1; 32])])
+            .unwrap();
         let unseen: Vec<String> = store
             .scoped_unseen(run.id, |_| true)
             .unwrap()
