@@ -422,14 +422,10 @@ async fn verify_finds_hand_made_drift_and_repair_fixes_it() {
         "{}",
         String::from_utf8_lossy(&after.stdout)
     );
-    let entities = project.emulator.entities();
-    let svc6 = entities
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["identifier"] == "svc-0006")
-        .unwrap();
-    assert_eq!(svc6["properties"]["language"], "rust");
+    assert_eq!(
+        project.port_entity("svc-0006")["properties"]["language"],
+        "rust"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -522,22 +518,17 @@ resources:
     let (code, first, stderr) = project.resync(&["--kind", "service"]).await;
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(first["totals"]["upserted"], 82);
-    let port_entity = |id: &str| {
-        project
-            .emulator
-            .entities()
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["identifier"] == id)
-            .cloned()
-            .unwrap()
-    };
-    let merged = port_entity("svc-0001");
+    let merged = project.port_entity("svc-0001");
     assert_eq!(merged["properties"]["language"], "zig");
     assert_eq!(merged["properties"]["tier"], "gold");
-    assert_eq!(port_entity("svc-0002")["properties"]["tier"], "none");
-    assert_eq!(port_entity("svc-0002")["properties"]["language"], "rust");
+    assert_eq!(
+        project.port_entity("svc-0002")["properties"]["tier"],
+        "none"
+    );
+    assert_eq!(
+        project.port_entity("svc-0002")["properties"]["language"],
+        "rust"
+    );
 
     let writes = project.writes();
     let (_, second, _) = project.resync(&["--kind", "service"]).await;
@@ -557,7 +548,10 @@ resources:
     let (_, third, _) = project.resync(&["--kind", "service"]).await;
     assert_eq!(third["totals"]["upserted"], 2, "{third}");
     assert_eq!(project.stats()["upserts_per_entity"]["service/svc-0003"], 4);
-    assert_eq!(port_entity("svc-0003")["properties"]["language"], "ocaml");
+    assert_eq!(
+        project.port_entity("svc-0003")["properties"]["language"],
+        "ocaml"
+    );
     let writes = project.writes();
     let (_, fourth, _) = project.resync(&["--kind", "service"]).await;
     assert_eq!(fourth["totals"]["upserted"], 0, "{fourth}");
@@ -676,13 +670,7 @@ resources:
         writes,
         "alternating runs must send nothing"
     );
-    let merged = project.emulator.entities();
-    let svc3 = merged
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["identifier"] == "svc-0003")
-        .unwrap();
+    let svc3 = project.port_entity("svc-0003");
     assert_eq!(
         (
             &svc3["properties"]["language"],

@@ -116,6 +116,18 @@ impl Project {
         (out.status.code().unwrap_or(-1), summary, stderr)
     }
 
+    /// The entity Port holds as `identifier` (any blueprint); panics when there is none.
+    pub fn port_entity(&self, identifier: &str) -> Value {
+        self.emulator
+            .entities()
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["identifier"] == identifier)
+            .cloned()
+            .unwrap_or_else(|| panic!("Port holds no entity {identifier}"))
+    }
+
     pub fn stats(&self) -> Value {
         self.emulator.stats()
     }
