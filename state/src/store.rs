@@ -163,14 +163,17 @@ impl StateStore {
         drop(store);
         // A link, unlike a rename, never replaces a file another agent created meanwhile.
         match std::fs::hard_link(&creating, path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Ok(()) => std::fs::remove_file(&creating).map_err(io_error)?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                std::fs::remove_file(&creating).map_err(io_error)?
+            }
+            // A filesystem without hard links (some network mounts): a rename is still whole.
+            Err(_) if !path.exists() => std::fs::rename(&creating, path).map_err(io_error)?,
             Err(e) => {
                 let _ = std::fs::remove_file(&creating);
                 return Err(io_error(e));
             }
         }
-        std::fs::remove_file(&creating).map_err(io_error)?;
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::File::open(parent)
                 .and_then(|dir| dir.sync_all())
