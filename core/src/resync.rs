@@ -142,32 +142,37 @@ fn key_of(entity: &Entity) -> EntityKey {
 #[derive(Default)]
 struct Plan {
     changes: Vec<PlannedChange>,
-    /// How far the data has got through each entity's contributions (a dry run cannot note it
-    /// in the state): see [`EntityRecord::position_in`].
-    produced: HashMap<EntityKey, u32>,
-    /// Entities with a contribution planned to be sent: their later contributions follow.
-    resent: HashSet<EntityKey>,
+    /// Every entity the data produced, with the record the state would hold after this run (a
+    /// dry run cannot write the state, so it keeps copies).
+    produced: HashMap<EntityKey, EntityRecord>,
 }
 
+/// The run id a dry run keeps its copies under: never a real run's.
+const DRY_RUN: u64 = u64::MAX;
+
 impl Plan {
-    /// The dry-run counterpart of [`EntityRecord::unchanged_in`] followed by recording the
-    /// contribution: whether the next contribution to `key`, with `hash`, is what Port holds.
+    /// Whether the next contribution to `key`, with `hash`, is what Port holds, judged as
+    /// [`EntityRecord::advance`] judges it in a real run.
     fn unchanged(
         &mut self,
         key: &EntityKey,
         record: Option<&EntityRecord>,
         hash: &[u8; 32],
     ) -> bool {
-        let position = self.produced.get(key).copied().unwrap_or(0);
-        let found = record
-            .filter(|_| !(position > 0 && self.resent.contains(key)))
-            .and_then(|r| r.find(position, hash));
-        self.produced
-            .insert(key.clone(), found.unwrap_or(position) + 1);
-        if found.is_none() {
-            self.resent.insert(key.clone());
+        match (self.produced.get_mut(key), record) {
+            (Some(simulated), _) => simulated.advance(DRY_RUN, *hash),
+            (None, Some(record)) => {
+                let mut simulated = record.clone();
+                let unchanged = simulated.advance(DRY_RUN, *hash);
+                self.produced.insert(key.clone(), simulated);
+                unchanged
+            }
+            (None, None) => {
+                let created = EntityRecord::first_written(DRY_RUN, *hash, "", 0, 0);
+                self.produced.insert(key.clone(), created);
+                false
+            }
         }
-        found.is_some()
     }
 }
 

@@ -71,6 +71,33 @@ impl EntityRecord {
         !(position > 0 && self.written_run == run) && self.find(position, hash).is_some()
     }
 
+    /// A record of an entity whose first contribution `run` just wrote.
+    pub fn first_written(run: u64, hash: [u8; 32], kind: &str, resource: u32, at_ms: i64) -> Self {
+        Self {
+            hash,
+            later: Vec::new(),
+            kind: kind.to_owned(),
+            resource,
+            last_seen_run: run,
+            seen_in_run: 1,
+            written_run: run,
+            written_at_ms: at_ms,
+        }
+    }
+
+    /// Compares the next contribution of `run` with what Port holds and notes it as the state
+    /// would once it is settled: seen when unchanged, written when not. Returns whether it was
+    /// unchanged. A dry run plays the state's bookkeeping on copies this way.
+    pub fn advance(&mut self, run: u64, hash: [u8; 32]) -> bool {
+        let unchanged = self.unchanged_in(run, &hash);
+        if unchanged {
+            self.seen(run, &hash);
+        } else {
+            self.written(run, hash, self.written_at_ms);
+        }
+        unchanged
+    }
+
     /// Notes that `run` produced one more contribution, `hash`, unchanged (or refused by Port).
     pub(crate) fn seen(&mut self, run: u64, hash: &[u8; 32]) {
         let position = self.position_in(run);
@@ -223,18 +250,7 @@ mod tests {
     }
 
     fn fresh(run: u64, hash: [u8; 32]) -> EntityRecord {
-        let mut record = EntityRecord {
-            hash: [0; 32],
-            later: Vec::new(),
-            kind: "service".into(),
-            resource: 0,
-            last_seen_run: 0,
-            seen_in_run: 0,
-            written_run: 0,
-            written_at_ms: 0,
-        };
-        record.written(run, hash, 1);
-        record
+        EntityRecord::first_written(run, hash, "service", 0, 1)
     }
 
     #[test]

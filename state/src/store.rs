@@ -455,22 +455,18 @@ impl StateStore {
                     .get(key)
                     .map_err(|e| self.storage(e))?
                     .and_then(|v| EntityRecord::decode(v.value()));
-                let mut record = known.unwrap_or_else(|| EntityRecord {
-                    hash: w.hash,
-                    later: Vec::new(),
-                    kind: w.kind.clone(),
-                    resource: w.resource,
-                    last_seen_run: 0,
-                    seen_in_run: 0,
-                    written_run: run,
-                    written_at_ms: now,
-                });
-                if record.position_in(run) == 0 {
-                    // The first contribution names the entity's kind and resource.
-                    record.kind.clone_from(&w.kind);
-                    record.resource = w.resource;
-                }
-                record.written(run, w.hash, now);
+                let record = match known {
+                    Some(mut record) => {
+                        if record.position_in(run) == 0 {
+                            // The first contribution names the entity's kind and resource.
+                            record.kind.clone_from(&w.kind);
+                            record.resource = w.resource;
+                        }
+                        record.written(run, w.hash, now);
+                        record
+                    }
+                    None => EntityRecord::first_written(run, w.hash, &w.kind, w.resource, now),
+                };
                 table
                     .insert(key, record.encode().as_slice())
                     .map_err(|e| self.storage(e))?;
