@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::anyhow;
+use port_agent_core::port::PortClient;
 use port_agent_core::resync::ResyncOptions;
 use port_agent_state::{RunStatus, StateStore};
 use tokio::sync::Notify;
@@ -19,7 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::Failure;
-use crate::commands::resync::{Prepared, open_state, prepare, print, stop_on_signal};
+use crate::commands::resync::{open_state, prepare, print, stop_on_signal};
 use crate::config::ListenerType;
 use crate::http::{self, Metrics};
 
@@ -91,7 +92,25 @@ pub async fn serve(config_path: &Path) -> Result<(), Failure> {
             http::router(service.metrics.clone(), webhook.clone()),
             service.stop.clone(),
         ));
-        service.serve(first, webhook).await;
+        // What the loop needs from the config it started with; the rest (its mapping pool
+        // among it) goes now: each run prepares its own.
+        let polling = Polling {
+            client: first.client.clone(),
+            identifier: first.setup.identifier.clone(),
+            enabled: listener == ListenerType::Polling,
+            every: Duration::from_secs(
+                first
+                    .listener
+                    .interval
+                    .unwrap_or(DEFAULT_POLL_SECONDS)
+                    .max(1),
+            ),
+        };
+        let schedule = first
+            .scheduled_resync_interval
+            .map(|minutes| Duration::from_secs_f64(minutes * 60.0));
+        drop(first);
+        service.serve(&polling, schedule, webhook).await;
         let _ = server.await;
         Ok(())
     };
@@ -102,22 +121,16 @@ pub async fn serve(config_path: &Path) -> Result<(), Failure> {
 impl Service<'_> {
     /// Resyncs at start, then whenever a resync is requested (in Port, or on `/resync`) or the
     /// schedule is due, until asked to stop.
-    async fn serve(&self, first: Prepared, webhook: Option<Arc<Notify>>) {
-        let identifier = first.setup.identifier.clone();
-        let polling = first.listener.listener == ListenerType::Polling;
-        let poll_every = Duration::from_secs(
-            first
-                .listener
-                .interval
-                .unwrap_or(DEFAULT_POLL_SECONDS)
-                .max(1),
-        );
-        let schedule = first
-            .scheduled_resync_interval
-            .map(|minutes| Duration::from_secs_f64(minutes * 60.0));
+    async fn serve(
+        &self,
+        polling: &Polling,
+        schedule: Option<Duration>,
+        webhook: Option<Arc<Notify>>,
+    ) {
+        let poll_every = polling.every;
         // The request standing at start is served by the start run.
-        let mut handled = if polling {
-            latest_request(&first, &identifier).await
+        let mut handled = if polling.enabled {
+            polling.latest_request().await
         } else {
             None
         };
@@ -145,7 +158,7 @@ impl Service<'_> {
                 }
             };
             let polled = async {
-                if polling {
+                if polling.enabled {
                     tokio::time::sleep_until(next_poll).await;
                 } else {
                     std::future::pending::<()>().await;
@@ -157,7 +170,7 @@ impl Service<'_> {
                 () = requested => pending = Some(Trigger::Webhook),
                 () = polled => {
                     next_poll = Instant::now() + poll_every;
-                    let latest = latest_request(&first, &identifier).await;
+                    let latest = polling.latest_request().await;
                     if latest.is_some() && latest != handled {
                         tracing::info!(request = ?latest, "a resync was requested in Port");
                         handled = latest;
@@ -209,14 +222,24 @@ impl Service<'_> {
     }
 }
 
-/// `updatedAt` of the integration's latest resync request in Port. A failed poll is logged and
-/// counts as no news: the next poll tries again.
-async fn latest_request(prepared: &Prepared, identifier: &str) -> Option<String> {
-    match prepared.client.get_resync_request(identifier).await {
-        Ok(request) => request.map(|r| r.updated_at),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read the resync request from Port; polling again later");
-            None
+/// Ocean's POLLING listener: Port's resync request for this integration.
+struct Polling {
+    client: PortClient,
+    identifier: String,
+    enabled: bool,
+    every: Duration,
+}
+
+impl Polling {
+    /// `updatedAt` of the integration's latest resync request in Port. A failed poll is logged
+    /// and counts as no news: the next poll tries again.
+    async fn latest_request(&self) -> Option<String> {
+        match self.client.get_resync_request(&self.identifier).await {
+            Ok(request) => request.map(|r| r.updated_at),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the resync request from Port; polling again later");
+                None
+            }
         }
     }
 }
