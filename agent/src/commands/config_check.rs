@@ -19,35 +19,26 @@ pub fn validate(config_path: &Path) -> Result<(), Failure> {
     let mut problems: Vec<String> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
 
-    let mapping = match settings.mapping.as_deref() {
-        Some("port") => {
+    let mapping = match loaded.mapping_path() {
+        None => {
             notes.push("mapping: port: read from the integration in Port at each run; not checked here (`port check` tests the connection)".to_owned());
             None
         }
-        source => {
-            let path = match source {
-                Some(path) => loaded.resolve(Path::new(path)),
-                None => loaded
-                    .resolve(&settings.resources_path)
-                    .join("port-app-config.yml"),
-            };
-            match PortAppConfig::from_file(&path) {
-                Ok(mapping) => {
-                    let compiled =
-                        CompiledMapping::compile(&mapping, settings.jq_env_access().value());
-                    problems.extend(
-                        compiled
-                            .errors()
-                            .map(|e| format!("{}: {e}", path.display())),
-                    );
-                    Some(mapping)
-                }
-                Err(e) => {
-                    problems.push(e.to_string());
-                    None
-                }
+        Some(path) => match PortAppConfig::from_file(&path) {
+            Ok(mapping) => {
+                let compiled = CompiledMapping::compile(&mapping, settings.jq_env_access().value());
+                problems.extend(
+                    compiled
+                        .errors()
+                        .map(|e| format!("{}: {e}", path.display())),
+                );
+                Some(mapping)
             }
-        }
+            Err(e) => {
+                problems.push(e.to_string());
+                None
+            }
+        },
     };
 
     let resources = loaded.resolve(&settings.resources_path);

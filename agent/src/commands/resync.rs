@@ -62,13 +62,8 @@ pub(crate) fn blueprints(resources: &Path) -> Result<Vec<Value>, Failure> {
 }
 
 /// The mapping: a local file, or (`mapping: port`) the one stored on the integration in Port.
-async fn mapping(
-    loaded: &Loaded,
-    client: &PortClient,
-    resources: &Path,
-) -> Result<(PortAppConfig, Value), Failure> {
-    let source = loaded.config.mapping.clone();
-    if source.as_deref() == Some("port") {
+async fn mapping(loaded: &Loaded, client: &PortClient) -> Result<(PortAppConfig, Value), Failure> {
+    let Some(path) = loaded.mapping_path() else {
         let identifier = &loaded.config.integration.identifier;
         let integration = client.get_integration(identifier).await.map_err(run_error)?.ok_or_else(|| {
             config_error(anyhow!("mapping: port, but integration '{identifier}' does not exist in Port yet; give a local mapping file for the first start"))
@@ -80,10 +75,6 @@ async fn mapping(
             ))
         })?;
         return Ok((config, stored));
-    }
-    let path = match source {
-        Some(path) => loaded.resolve(Path::new(&path)),
-        None => resources.join("port-app-config.yml"),
     };
     let config = PortAppConfig::from_file(&path).map_err(config_error)?;
     let text = std::fs::read_to_string(&path).map_err(config_error)?;
@@ -115,7 +106,7 @@ pub(crate) async fn prepare(config_path: &Path, kinds: &[String]) -> Result<Prep
     let config = &loaded.config;
     let client = PortClient::new(config.port_client_config()).map_err(config_error)?;
     let resources = loaded.resolve(&config.resources_path);
-    let (port_app_config, stored_mapping) = mapping(&loaded, &client, &resources).await?;
+    let (port_app_config, stored_mapping) = mapping(&loaded, &client).await?;
     let compiled = CompiledMapping::compile(&port_app_config, config.jq_env_access().value());
     for error in compiled.errors() {
         tracing::error!("{error}");

@@ -371,6 +371,19 @@ impl Loaded {
         }
     }
 
+    /// The local mapping file: `mapping`, else `resources_path/port-app-config.yml` (Ocean's
+    /// default). `None` with `mapping: port`: the mapping is read from the integration in Port.
+    pub fn mapping_path(&self) -> Option<PathBuf> {
+        match self.config.mapping.as_deref() {
+            Some("port") => None,
+            Some(path) => Some(self.resolve(Path::new(path))),
+            None => Some(
+                self.resolve(&self.config.resources_path)
+                    .join("port-app-config.yml"),
+            ),
+        }
+    }
+
     /// The state file: `state.path`, else systemd's `$STATE_DIRECTORY`, else the XDG state
     /// directory, one file per integration.
     pub fn state_path(&self) -> PathBuf {
