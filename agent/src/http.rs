@@ -35,15 +35,6 @@ struct Recorded {
     state_entities: u64,
 }
 
-fn status_name(status: RunStatus) -> &'static str {
-    match status {
-        RunStatus::Running => "running",
-        RunStatus::Completed => "completed",
-        RunStatus::Failed => "failed",
-        RunStatus::Aborted => "aborted",
-    }
-}
-
 impl Metrics {
     fn recorded(&self) -> std::sync::MutexGuard<'_, Recorded> {
         self.recorded.lock().unwrap_or_else(|e| e.into_inner())
@@ -61,7 +52,7 @@ impl Metrics {
                 Some(report) => {
                     *recorded
                         .runs
-                        .entry(status_name(report.run.status))
+                        .entry(RunStatus::as_str(report.run.status))
                         .or_default() += 1;
                     recorded.totals += report.run.totals;
                     recorded.last_duration_seconds = report.duration.as_secs_f64();

@@ -11,5 +11,6 @@ pub mod rebuild;
 pub mod resync;
 pub mod secret;
 pub mod verify;
+pub mod write;
 
 pub use secret::Secret;

@@ -6,9 +6,10 @@
 //! it, the run that last saw it and the run that last wrote it. Runs, per-kind checkpoints and
 //! metadata (schema version, integration identity) live beside them.
 //!
-//! Durability: a record of a write is committed durably, and only after Port acknowledged the
-//! write, so a crash never makes the agent forget what Port has. "Seen in this run" marks are
-//! committed without fsync: losing them in a crash costs a re-comparison, never a resend.
+//! Durability: before a write leaves for Port, the entity is marked *in doubt*, durably; Port's
+//! answer then settles it (acknowledged: the new hash; refused: as before). Answers and "seen in
+//! this run" marks are committed without fsync: a crash that loses them leaves the entities in
+//! doubt (sent again) or unseen (compared again), never claiming what Port may not hold.
 //!
 //! redb calls block; async callers run them on a blocking thread.
 
@@ -18,5 +19,7 @@ mod record;
 mod store;
 
 pub use error::StateError;
-pub use record::{EntityKey, EntityRecord, Identity, RunCounters, RunRecord, RunStatus, Written};
-pub use store::{Produced, RUNS_KEPT, SCHEMA_VERSION, StateStore, TableUsage};
+pub use record::{
+    Doubt, EntityKey, EntityRecord, Identity, Intent, RunCounters, RunRecord, RunStatus, Written,
+};
+pub use store::{Produced, RUNS_KEPT, Refused, SCHEMA_VERSION, Sending, StateStore, TableUsage};

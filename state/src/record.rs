@@ -29,13 +29,64 @@ pub struct EntityRecord {
     pub last_seen_run: u64,
     /// How many contributions `last_seen_run` has produced so far.
     pub seen_in_run: u32,
-    /// The run that last wrote it to Port, and when (milliseconds since the epoch).
+    /// The run that last wrote it to Port, and when (milliseconds since the epoch). 0 for an
+    /// entity Port has never acknowledged (its first upsert is in doubt).
     pub written_run: u64,
     pub written_at_ms: i64,
+    /// A write was sent and its answer is not recorded: Port may hold the old value, the new
+    /// one or, for a deletion, nothing. Such an entity is never "unchanged".
+    pub doubt: Option<Doubt>,
 }
 
-/// hash, last seen run, written run, written at, resource, seen in run, number of later hashes.
-const FIXED: usize = 32 + 8 + 8 + 8 + 4 + 4 + 2;
+/// What an unanswered write asked of Port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intent {
+    /// An upsert of the contribution with this hash.
+    Upsert([u8; 32]),
+    Delete,
+}
+
+/// A write whose outcome the state does not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Doubt {
+    pub intent: Intent,
+    /// The first run that left the entity in doubt. A refusal in that same run proves Port still
+    /// holds the recorded value; a refusal in a later run proves nothing about the earlier send.
+    pub since_run: u64,
+}
+
+/// hash, last seen run, written run, written at, resource, seen in run, number of later hashes,
+/// doubt tag.
+const FIXED: usize = 32 + 8 + 8 + 8 + 4 + 4 + 2 + 1;
+const NO_DOUBT: u8 = 0;
+const DOUBT_UPSERT: u8 = 1;
+const DOUBT_DELETE: u8 = 2;
+
+/// Reads a record field by field; `None` as soon as the bytes run out.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Some(head)
+    }
+    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
+        self.take(N)?.try_into().ok()
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.array().map(u64::from_le_bytes)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.array().map(u32::from_le_bytes)
+    }
+    fn u16(&mut self) -> Option<u16> {
+        self.array().map(u16::from_le_bytes)
+    }
+}
 
 impl EntityRecord {
     /// How far `run` has got through this entity's contributions (0: none yet). Each one the
@@ -68,7 +119,47 @@ impl EntityRecord {
     /// merges them in the same order as before.
     pub fn unchanged_in(&self, run: u64, hash: &[u8; 32]) -> bool {
         let position = self.position_in(run);
-        !(position > 0 && self.written_run == run) && self.find(position, hash).is_some()
+        self.doubt.is_none()
+            && !(position > 0 && self.written_run == run)
+            && self.find(position, hash).is_some()
+    }
+
+    /// A record for an entity whose first upsert `run` is about to send: in doubt until Port
+    /// answers, and already owned (a deletion candidate once no item produces it).
+    pub fn sending_new(run: u64, hash: [u8; 32], kind: &str, resource: u32) -> Self {
+        Self {
+            hash,
+            later: Vec::new(),
+            kind: kind.to_owned(),
+            resource,
+            last_seen_run: run,
+            seen_in_run: 0,
+            written_run: 0,
+            written_at_ms: 0,
+            doubt: Some(Doubt {
+                intent: Intent::Upsert(hash),
+                since_run: run,
+            }),
+        }
+    }
+
+    /// Notes that `run` is about to send `intent`. An entity already in doubt stays in doubt
+    /// since the earlier run.
+    pub fn send(&mut self, run: u64, intent: Intent) {
+        let since_run = self.doubt.map_or(run, |d| d.since_run);
+        self.doubt = Some(Doubt { intent, since_run });
+    }
+
+    /// Port refused `run`'s write: when the doubt began in this run, Port holds what the record
+    /// says (`true`: the doubt is lifted); an older doubt stays, since the earlier send may
+    /// have been applied.
+    pub fn refused(&mut self, run: u64) -> bool {
+        if self.doubt.is_some_and(|d| d.since_run == run) {
+            self.doubt = None;
+            true
+        } else {
+            false
+        }
     }
 
     /// A record of an entity whose first contribution `run` just wrote.
@@ -82,6 +173,7 @@ impl EntityRecord {
             seen_in_run: 1,
             written_run: run,
             written_at_ms: at_ms,
+            doubt: None,
         }
     }
 
@@ -124,10 +216,11 @@ impl EntityRecord {
         self.last_seen_run = run;
         self.written_run = run;
         self.written_at_ms = at_ms;
+        self.doubt = None;
     }
 
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(FIXED + self.later.len() * 32 + self.kind.len());
+        let mut out = Vec::with_capacity(FIXED + 40 + self.later.len() * 32 + self.kind.len());
         out.extend_from_slice(&self.hash);
         out.extend_from_slice(&self.last_seen_run.to_le_bytes());
         out.extend_from_slice(&self.written_run.to_le_bytes());
@@ -136,6 +229,19 @@ impl EntityRecord {
         out.extend_from_slice(&self.seen_in_run.to_le_bytes());
         let later = u16::try_from(self.later.len()).unwrap_or(u16::MAX);
         out.extend_from_slice(&later.to_le_bytes());
+        match self.doubt {
+            None => out.push(NO_DOUBT),
+            Some(Doubt { intent, since_run }) => {
+                match intent {
+                    Intent::Upsert(_) => out.push(DOUBT_UPSERT),
+                    Intent::Delete => out.push(DOUBT_DELETE),
+                }
+                out.extend_from_slice(&since_run.to_le_bytes());
+                if let Intent::Upsert(hash) = intent {
+                    out.extend_from_slice(&hash);
+                }
+            }
+        }
         for hash in self.later.iter().take(usize::from(later)) {
             out.extend_from_slice(hash);
         }
@@ -143,31 +249,43 @@ impl EntityRecord {
         out
     }
 
+    /// `None` for bytes that are not a record of this schema (never a panic).
     pub(crate) fn decode(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() < FIXED {
-            return None;
-        }
-        let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
-        let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
-        let later_count = usize::from(u16::from_le_bytes(
-            bytes[64..66].try_into().expect("2 bytes"),
-        ));
-        let kind_at = FIXED + later_count * 32;
-        if bytes.len() < kind_at {
-            return None;
-        }
+        let mut r = Reader(bytes);
+        let hash = r.array::<32>()?;
+        let last_seen_run = r.u64()?;
+        let written_run = r.u64()?;
+        let written_at_ms = r.u64()? as i64;
+        let resource = r.u32()?;
+        let seen_in_run = r.u32()?;
+        let later_count = usize::from(r.u16()?);
+        let doubt = match r.take(1)?[0] {
+            NO_DOUBT => None,
+            tag @ (DOUBT_UPSERT | DOUBT_DELETE) => {
+                let since_run = r.u64()?;
+                let intent = if tag == DOUBT_UPSERT {
+                    Intent::Upsert(r.array::<32>()?)
+                } else {
+                    Intent::Delete
+                };
+                Some(Doubt { intent, since_run })
+            }
+            _ => return None,
+        };
+        let later = (0..later_count)
+            .map(|_| r.array::<32>())
+            .collect::<Option<Vec<_>>>()?;
+        let kind = String::from_utf8(r.0.to_vec()).ok()?;
         Some(Self {
-            hash: bytes[..32].try_into().expect("32 bytes"),
-            last_seen_run: u64_at(32),
-            written_run: u64_at(40),
-            written_at_ms: u64_at(48) as i64,
-            resource: u32_at(56),
-            seen_in_run: u32_at(60),
-            later: bytes[FIXED..kind_at]
-                .chunks_exact(32)
-                .map(|h| h.try_into().expect("32 bytes"))
-                .collect(),
-            kind: String::from_utf8(bytes[kind_at..].to_vec()).ok()?,
+            hash,
+            later,
+            kind,
+            resource,
+            last_seen_run,
+            seen_in_run,
+            written_run,
+            written_at_ms,
+            doubt,
         })
     }
 }
@@ -186,8 +304,24 @@ pub struct Written {
 pub enum RunStatus {
     Running,
     Completed,
+    /// Every resource ran, but items failed or Port refused entities: nothing was deleted.
+    #[serde(rename = "completed_with_errors")]
+    CompletedWithErrors,
     Failed,
     Aborted,
+}
+
+impl RunStatus {
+    /// The status as `--json`, metrics and `state inspect` spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Completed => "completed",
+            RunStatus::CompletedWithErrors => "completed_with_errors",
+            RunStatus::Failed => "failed",
+            RunStatus::Aborted => "aborted",
+        }
+    }
 }
 
 /// The six counters of a run, per kind and in total.
@@ -244,9 +378,39 @@ mod tests {
             seen_in_run: 2,
             written_run: 8,
             written_at_ms: 1_700_000_000_000,
+            doubt: None,
         };
-        assert_eq!(EntityRecord::decode(&record.encode()), Some(record));
+        assert_eq!(EntityRecord::decode(&record.encode()), Some(record.clone()));
         assert_eq!(EntityRecord::decode(&[1, 2, 3]), None);
+        for intent in [Intent::Upsert([5; 32]), Intent::Delete] {
+            let mut doubtful = record.clone();
+            doubtful.send(10, intent);
+            assert_eq!(
+                EntityRecord::decode(&doubtful.encode()),
+                Some(doubtful.clone())
+            );
+        }
+    }
+
+    #[test]
+    fn an_entity_in_doubt_is_never_unchanged_until_port_answers() {
+        let a = [1; 32];
+        let mut record = fresh(1, a);
+        record.send(2, Intent::Upsert([2; 32]));
+        assert!(!record.unchanged_in(3, &a), "Port may hold either value");
+        assert!(!record.unchanged_in(3, &[2; 32]));
+        // A refusal in a later run says nothing about run 2's send.
+        assert!(!record.refused(3));
+        assert!(record.doubt.is_some());
+        // Sent again in run 3 and acknowledged: settled.
+        record.send(3, Intent::Upsert(a));
+        assert_eq!(record.doubt.unwrap().since_run, 2);
+        record.written(3, a, 5);
+        assert!(record.unchanged_in(4, &a));
+        // A refusal in the run that began the doubt restores the record.
+        record.send(4, Intent::Delete);
+        assert!(record.refused(4));
+        assert!(record.unchanged_in(5, &a));
     }
 
     fn fresh(run: u64, hash: [u8; 32]) -> EntityRecord {

@@ -6,10 +6,10 @@ use redb::{
 };
 
 use crate::error::StateError;
-use crate::record::{EntityKey, EntityRecord, Identity, RunRecord, RunStatus, Written};
+use crate::record::{EntityKey, EntityRecord, Identity, Intent, RunRecord, RunStatus, Written};
 
 /// The layout this build writes. Opening a newer one is refused; older ones are migrated on open.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Runs kept in the history; older ones are dropped as new ones start (a scheduled agent starts
 /// thousands a year).
@@ -95,7 +95,28 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// A write about to leave for Port, to record as in doubt first.
+#[derive(Debug, Clone)]
+pub struct Sending {
+    pub key: EntityKey,
+    pub intent: Intent,
+    /// The kind and resource that produce it (for an entity the state does not know yet).
+    pub kind: String,
+    pub resource: u32,
+}
+
+/// An upsert Port refused: the entity is still produced, with this contribution's hash.
+pub type Refused = (EntityKey, [u8; 32]);
+
 impl StateStore {
+    /// The record stored under `key`, or the corruption error naming it.
+    fn decode(&self, key: (&str, &str), bytes: &[u8]) -> Result<EntityRecord, StateError> {
+        EntityRecord::decode(bytes).ok_or_else(|| StateError::Corrupt {
+            path: self.path.clone(),
+            detail: format!("unreadable record for {}/{}", key.0, key.1),
+        })
+    }
+
     fn storage(&self, source: impl Into<redb::Error>) -> StateError {
         StateError::Storage {
             path: self.path.clone(),
@@ -405,10 +426,11 @@ impl StateStore {
         let table = txn.open_table(ENTITIES).map_err(|e| self.storage(e))?;
         keys.iter()
             .map(|(bp, id)| {
-                Ok(table
-                    .get((bp.as_str(), id.as_str()))
-                    .map_err(|e| self.storage(e))?
-                    .and_then(|v| EntityRecord::decode(v.value())))
+                let key = (bp.as_str(), id.as_str());
+                match table.get(key).map_err(|e| self.storage(e))? {
+                    Some(v) => self.decode(key, v.value()).map(Some),
+                    None => Ok(None),
+                }
             })
             .collect()
     }
@@ -416,63 +438,145 @@ impl StateStore {
     /// Marks unchanged entities (with the hash each contribution had) as produced by `run`.
     /// Not fsynced: see the crate docs.
     pub fn mark_seen(&self, run: u64, seen: &[(EntityKey, [u8; 32])]) -> Result<(), StateError> {
-        if seen.is_empty() {
+        self.update_records(seen, Durability::None, |_, record, hash| {
+            if let Some(record) = record {
+                record.seen(run, hash);
+            }
+        })
+    }
+
+    /// Records, durably and before they are sent, the writes `run` is about to make: until
+    /// Port's answer is recorded, each entity is in doubt (never taken as unchanged, and owned:
+    /// deleted once no item produces it). A crash then costs a resend, never a lie.
+    pub fn mark_sending(&self, run: u64, sending: &[Sending]) -> Result<(), StateError> {
+        let entries: Vec<(EntityKey, &Sending)> =
+            sending.iter().map(|s| (s.key.clone(), s)).collect();
+        self.update_records(&entries, Durability::Immediate, |_, record, s| {
+            match (record, s.intent) {
+                (Some(record), intent) => record.send(run, intent),
+                (record @ None, Intent::Upsert(hash)) => {
+                    *record = Some(EntityRecord::sending_new(run, hash, &s.kind, s.resource));
+                }
+                // Nothing to delete that the state knows of.
+                (None, Intent::Delete) => {}
+            }
+        })
+    }
+
+    /// Records Port's answers to `run`'s upserts: `written` were acknowledged; `refused` were
+    /// refused (still produced, so not deletion candidates). Not fsynced: losing this commit
+    /// in a crash leaves the entities in doubt (sent again), which is safe.
+    pub fn record_answers(
+        &self,
+        run: u64,
+        written: &[Written],
+        refused: &[Refused],
+    ) -> Result<(), StateError> {
+        let now = now_ms();
+        let written: Vec<(EntityKey, &Written)> =
+            written.iter().map(|w| (w.key.clone(), w)).collect();
+        self.update_records(&written, Durability::None, |_, record, w| {
+            Self::acknowledge(record, run, w, now)
+        })?;
+        self.update_records(refused, Durability::None, |_, slot, hash| {
+            let Some(record) = slot else { return };
+            let lifted = record.refused(run);
+            if lifted && record.written_run == 0 {
+                // Port never had it: nothing to own.
+                *slot = None;
+            } else {
+                record.seen(run, hash);
+            }
+        })
+    }
+
+    /// Records Port's answers to `run`'s deletions: `gone` are no longer in Port (deleted now,
+    /// or Port no longer had them); `refused` were refused. Not fsynced, as
+    /// [`StateStore::record_answers`].
+    pub fn record_deletions(
+        &self,
+        run: u64,
+        gone: &[EntityKey],
+        refused: &[EntityKey],
+    ) -> Result<(), StateError> {
+        let gone: Vec<(EntityKey, ())> = gone.iter().map(|k| (k.clone(), ())).collect();
+        self.update_records(&gone, Durability::None, |_, slot, ()| *slot = None)?;
+        let refused: Vec<(EntityKey, ())> = refused.iter().map(|k| (k.clone(), ())).collect();
+        self.update_records(&refused, Durability::None, |_, slot, ()| {
+            if let Some(record) = slot {
+                record.refused(run);
+            }
+        })
+    }
+
+    fn acknowledge(slot: &mut Option<EntityRecord>, run: u64, w: &Written, now: i64) {
+        match slot {
+            Some(record) => {
+                if record.position_in(run) == 0 {
+                    // The first contribution names the entity's kind and resource.
+                    record.kind.clone_from(&w.kind);
+                    record.resource = w.resource;
+                }
+                record.written(run, w.hash, now);
+            }
+            None => {
+                *slot = Some(EntityRecord::first_written(
+                    run, w.hash, &w.kind, w.resource, now,
+                ))
+            }
+        }
+    }
+
+    /// Reads each entry's record (`None`: none yet), lets `change` edit it (setting `None`
+    /// removes it) and commits them all in one transaction.
+    fn update_records<T>(
+        &self,
+        entries: &[(EntityKey, T)],
+        durability: Durability,
+        mut change: impl FnMut(&EntityKey, &mut Option<EntityRecord>, &T),
+    ) -> Result<(), StateError> {
+        if entries.is_empty() {
             return Ok(());
         }
         let mut txn = self.db.begin_write().map_err(|e| self.storage(e))?;
-        txn.set_durability(Durability::None)
+        txn.set_durability(durability)
             .map_err(|e| self.storage(e))?;
         {
             let mut table = txn.open_table(ENTITIES).map_err(|e| self.storage(e))?;
-            for ((bp, id), hash) in seen {
-                let record = table
-                    .get((bp.as_str(), id.as_str()))
-                    .map_err(|e| self.storage(e))?
-                    .and_then(|v| EntityRecord::decode(v.value()));
-                if let Some(mut record) = record {
-                    record.seen(run, hash);
-                    table
-                        .insert((bp.as_str(), id.as_str()), record.encode().as_slice())
-                        .map_err(|e| self.storage(e))?;
+            for (key, value) in entries {
+                let at = (key.0.as_str(), key.1.as_str());
+                let before = match table.get(at).map_err(|e| self.storage(e))? {
+                    Some(v) => Some(self.decode(at, v.value())?),
+                    None => None,
+                };
+                let mut after = before.clone();
+                change(key, &mut after, value);
+                match after {
+                    Some(record) if Some(&record) != before.as_ref() => {
+                        table
+                            .insert(at, record.encode().as_slice())
+                            .map_err(|e| self.storage(e))?;
+                    }
+                    Some(_) => {}
+                    None if before.is_some() => {
+                        table.remove(at).map_err(|e| self.storage(e))?;
+                    }
+                    None => {}
                 }
             }
         }
         txn.commit().map_err(|e| self.storage(e))
     }
 
-    /// Records entities Port acknowledged in `run`. Durable before it returns.
+    /// Records entities Port acknowledged in `run`. Durable before it returns (for records
+    /// made without sending anything: `state rebuild`, `state verify --repair`).
     pub fn record_written(&self, run: u64, written: &[Written]) -> Result<(), StateError> {
-        if written.is_empty() {
-            return Ok(());
-        }
         let now = now_ms();
-        let txn = self.db.begin_write().map_err(|e| self.storage(e))?;
-        {
-            let mut table = txn.open_table(ENTITIES).map_err(|e| self.storage(e))?;
-            for w in written {
-                let key = (w.key.0.as_str(), w.key.1.as_str());
-                let known = table
-                    .get(key)
-                    .map_err(|e| self.storage(e))?
-                    .and_then(|v| EntityRecord::decode(v.value()));
-                let record = match known {
-                    Some(mut record) => {
-                        if record.position_in(run) == 0 {
-                            // The first contribution names the entity's kind and resource.
-                            record.kind.clone_from(&w.kind);
-                            record.resource = w.resource;
-                        }
-                        record.written(run, w.hash, now);
-                        record
-                    }
-                    None => EntityRecord::first_written(run, w.hash, &w.kind, w.resource, now),
-                };
-                table
-                    .insert(key, record.encode().as_slice())
-                    .map_err(|e| self.storage(e))?;
-            }
-        }
-        txn.commit().map_err(|e| self.storage(e))
+        let written: Vec<(EntityKey, &Written)> =
+            written.iter().map(|w| (w.key.clone(), w)).collect();
+        self.update_records(&written, Durability::Immediate, |_, record, w| {
+            Self::acknowledge(record, run, w, now)
+        })
     }
 
     /// How many records `in_scope` accepts, and those of them `run` did not see; reads the
@@ -538,21 +642,10 @@ impl StateStore {
         table.len().map_err(|e| self.storage(e))
     }
 
-    /// Forgets entities Port confirmed deleted. Durable before it returns.
+    /// Forgets records (`state verify --repair`). Durable before it returns.
     pub fn remove(&self, keys: &[EntityKey]) -> Result<(), StateError> {
-        if keys.is_empty() {
-            return Ok(());
-        }
-        let txn = self.db.begin_write().map_err(|e| self.storage(e))?;
-        {
-            let mut table = txn.open_table(ENTITIES).map_err(|e| self.storage(e))?;
-            for (bp, id) in keys {
-                table
-                    .remove((bp.as_str(), id.as_str()))
-                    .map_err(|e| self.storage(e))?;
-            }
-        }
-        txn.commit().map_err(|e| self.storage(e))
+        let keys: Vec<(EntityKey, ())> = keys.iter().map(|k| (k.clone(), ())).collect();
+        self.update_records(&keys, Durability::Immediate, |_, slot, ()| *slot = None)
     }
 
     /// What each raw-item fingerprint produced last time, where known.

@@ -314,9 +314,9 @@ pub async fn verify(config_path: &Path, repair: bool) -> Result<(), Failure> {
     let repaired = resync.run(&options).await.map_err(run_error)?;
     writeln!(
         out,
-        "repaired: run {} {:?} re-sent {} and deleted {}",
+        "repaired: run {} {} re-sent {} and deleted {}",
         repaired.run.id,
-        repaired.run.status,
+        repaired.run.status.as_str(),
         repaired.run.totals.upserted,
         repaired.run.totals.deleted
     )
@@ -366,10 +366,7 @@ pub async fn run(args: &ResyncArgs) -> Result<(), Failure> {
         RunStatus::Completed => Ok(()),
         status => Err(Failure::Run(anyhow!(
             "the resync ended {}: {}",
-            serde_json::to_value(status)
-                .unwrap_or_default()
-                .as_str()
-                .unwrap_or("badly"),
+            status.as_str(),
             report.run.notes.join("; ")
         ))),
     }

@@ -128,6 +128,26 @@ impl Project {
             .unwrap_or_else(|| panic!("Port holds no entity {identifier}"))
     }
 
+    /// Adds `settings` (YAML flow pairs, e.g. `max_retries: 1`) to the config's `port` section.
+    pub fn set_port_settings(&self, settings: &str) {
+        let path = self.root().join("agent.yaml");
+        let config = std::fs::read_to_string(&path).unwrap();
+        let changed = config.replacen(
+            "client_secret: emulator-secret}",
+            &format!("client_secret: emulator-secret, {settings}}}"),
+            1,
+        );
+        assert_ne!(config, changed, "agent.yaml has no port section to extend");
+        std::fs::write(path, changed).unwrap();
+    }
+
+    /// What Port holds, as a user sees it: each entity's identifier, blueprint, title, icon,
+    /// team, properties and relations, by blueprint and identifier (Port's own timestamps left
+    /// out). Two runs that should leave Port alike must give equal values.
+    pub fn port_content(&self) -> std::collections::BTreeMap<(String, String), Value> {
+        port_content(&self.emulator)
+    }
+
     pub fn stats(&self) -> Value {
         self.emulator.stats()
     }
@@ -143,6 +163,28 @@ impl Project {
         .map(|r| requests[r].as_u64().unwrap_or(0))
         .sum()
     }
+}
+
+/// See [`Project::port_content`].
+pub fn port_content(emulator: &Emulator) -> std::collections::BTreeMap<(String, String), Value> {
+    emulator
+        .entities()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let mut content = e.clone();
+            let fields = content.as_object_mut().unwrap();
+            for stamp in ["createdAt", "updatedAt", "createdBy", "updatedBy"] {
+                fields.remove(stamp);
+            }
+            let key = (
+                e["blueprint"].as_str().unwrap().to_owned(),
+                e["identifier"].as_str().unwrap().to_owned(),
+            );
+            (key, content)
+        })
+        .collect()
 }
 
 fn agent_command(dir: &Path, args: &[&str]) -> Command {
@@ -192,4 +234,25 @@ pub fn assert_success(out: &Output) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Polls `done` every 10 ms until it holds; panics naming `what` after `limit`.
+#[track_caller]
+pub fn wait_until(
+    limit: std::time::Duration,
+    what: &str,
+    mut done: impl FnMut() -> bool,
+) -> impl std::future::Future<Output = ()> {
+    let caller = std::panic::Location::caller();
+    let what = what.to_owned();
+    async move {
+        let deadline = std::time::Instant::now() + limit;
+        while !done() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{caller}: waited {limit:?} for: {what}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
 }

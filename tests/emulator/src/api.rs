@@ -105,9 +105,15 @@ async fn gate(State(state): State<AppState>, request: Request, next: Next) -> Re
         .unwrap_or_else(|| request.uri().path().to_owned());
     lock(&state.counters).count_request(format!("{} {route}", request.method()));
 
-    let (latency, verdict) = {
+    let write = is_entity_write(request.method(), &route);
+    let (latency, verdict, answer_delay) = {
         let mut faults = lock(&state.faults);
-        (faults.latency(), faults.judge())
+        let delay = if write {
+            faults.answer_delay()
+        } else {
+            Default::default()
+        };
+        (faults.latency(), faults.judge(write), delay)
     };
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
@@ -126,7 +132,7 @@ async fn gate(State(state): State<AppState>, request: Request, next: Next) -> Re
         return response;
     }
     match verdict {
-        Verdict::Serve => {}
+        Verdict::Serve | Verdict::LoseAnswer => {}
         Verdict::Fail {
             status,
             retry_after,
@@ -152,7 +158,27 @@ async fn gate(State(state): State<AppState>, request: Request, next: Next) -> Re
             "missing, invalid or expired access token",
         ));
     }
-    next.run(request).await
+    let response = next.run(request).await;
+    // The write is applied; what follows only decides whether the agent hears of it.
+    if !answer_delay.is_zero() {
+        tokio::time::sleep(answer_delay).await;
+    }
+    if verdict == Verdict::LoseAnswer {
+        return dropped_connection();
+    }
+    response
+}
+
+/// Requests that change entities: the ones whose answers a fault may lose after applying them.
+fn is_entity_write(method: &axum::http::Method, route: &str) -> bool {
+    use axum::http::Method;
+    matches!(
+        (method, route),
+        (&Method::POST, "/v1/blueprints/{bp}/entities")
+            | (&Method::POST, "/v1/blueprints/{bp}/entities/bulk")
+            | (&Method::POST, "/v1/blueprints/{bp}/bulk/entities/delete")
+            | (&Method::DELETE, "/v1/blueprints/{bp}/entities/{id}")
+    )
 }
 
 /// A response whose body fails at once: hyper cuts the connection mid-answer.

@@ -20,6 +20,12 @@ pub struct FaultSpec {
     pub latency_ms: Option<u64>,
     /// Cut the connection instead of answering (selected like `status`).
     pub drop_connections: Option<bool>,
+    /// Serve the request (a write is applied), then cut the connection instead of answering:
+    /// the agent cannot know whether Port acted. Selected like `status`, writes only.
+    pub lose_answers: Option<bool>,
+    /// Serve every write, then wait this long before answering (a kill in that time lands
+    /// after Port applied the write but before the agent heard of it).
+    pub answer_delay_ms: Option<u64>,
 }
 
 /// What to do with one request.
@@ -31,6 +37,8 @@ pub enum Verdict {
         retry_after: Option<u64>,
     },
     Drop,
+    /// Serve it, then cut the connection instead of answering.
+    LoseAnswer,
 }
 
 #[derive(Debug, Default)]
@@ -62,9 +70,16 @@ impl Faults {
         Duration::from_millis(self.spec.latency_ms.unwrap_or(0))
     }
 
-    pub fn judge(&mut self) -> Verdict {
+    /// How long a served write waits before its answer leaves.
+    pub fn answer_delay(&self) -> Duration {
+        Duration::from_millis(self.spec.answer_delay_ms.unwrap_or(0))
+    }
+
+    /// What to do with the next request; `write` tells whether it changes Port's data.
+    pub fn judge(&mut self, write: bool) -> Verdict {
         let drop = self.spec.drop_connections.unwrap_or(false);
-        if self.spec.status.is_none() && !drop {
+        let lose = write && self.spec.lose_answers.unwrap_or(false);
+        if self.spec.status.is_none() && !drop && !lose {
             return Verdict::Serve;
         }
         let selected = match (self.remaining.as_mut(), self.spec.ratio) {
@@ -78,6 +93,7 @@ impl Faults {
         };
         match (selected, drop, self.spec.status) {
             (false, _, _) => Verdict::Serve,
+            (true, _, _) if lose => Verdict::LoseAnswer,
             (true, true, _) => Verdict::Drop,
             (true, false, Some(status)) => Verdict::Fail {
                 status,
@@ -141,11 +157,26 @@ mod tests {
             retry_after: Some(1),
         };
         assert_eq!(
-            [faults.judge(), faults.judge(), faults.judge()],
+            [faults.judge(true), faults.judge(false), faults.judge(true)],
             [fail, fail, Verdict::Serve]
         );
         faults.set(FaultSpec::default()).unwrap();
-        assert_eq!(faults.judge(), Verdict::Serve);
+        assert_eq!(faults.judge(true), Verdict::Serve);
+    }
+
+    #[test]
+    fn lost_answers_touch_only_writes() {
+        let mut faults = Faults::default();
+        faults
+            .set(FaultSpec {
+                lose_answers: Some(true),
+                count: Some(1),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(faults.judge(false), Verdict::Serve, "a read is served");
+        assert_eq!(faults.judge(true), Verdict::LoseAnswer);
+        assert_eq!(faults.judge(true), Verdict::Serve, "count spent");
     }
 
     #[test]

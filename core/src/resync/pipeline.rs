@@ -1,0 +1,169 @@
+//! Fetching and mapping one resource: the integration's raw batches, the raw-item cache, the
+//! mapping pool, in fetch order, each mapped batch handed on as it is ready.
+
+use std::collections::VecDeque;
+
+use port_agent_state::{Produced, RunCounters};
+use tokio::sync::mpsc;
+
+use super::raw_cache::{Fingerprints, resource_fingerprint, split_cached};
+use super::{Progress, Resync, ResyncError};
+use crate::entity_hash::EntityHash;
+use crate::integration::RawBatch;
+use crate::mapping::PendingBatch;
+use crate::port::Entity;
+
+/// One batch after mapping.
+pub(crate) struct Mapped {
+    pub(crate) entities: Vec<(Entity, EntityHash)>,
+    /// For each entity, the position of the submitted item that produced it.
+    pub(crate) entity_items: Vec<usize>,
+    pub(crate) fingerprints: Fingerprints,
+    /// What unchanged items (not mapped again) produced.
+    pub(crate) cached: Produced,
+}
+
+/// Per-resource progress while batches flow.
+#[derive(Default)]
+pub(crate) struct ResourceRun {
+    pub(crate) counters: RunCounters,
+    pub(crate) failed: Option<String>,
+    /// Port kept failing (after the client's retries): the run stops here.
+    pub(crate) port_failed: bool,
+}
+
+impl Resync<'_> {
+    /// Fetches resource `index`'s kind and maps it on the pool, handing each mapped batch to
+    /// `on_batch` in fetch order. Item errors and fetch errors mark the resource as failed.
+    ///
+    /// With `cache_run` (the run in progress), raw items whose bytes and resource mapping are
+    /// unchanged since their entities were last recorded are not mapped again: they come back in
+    /// [`Mapped::cached`].
+    pub(crate) async fn map_resource(
+        &self,
+        index: usize,
+        kind: &str,
+        cache_run: Option<u64>,
+        mut on_batch: impl AsyncFnMut(Mapped, &mut RunCounters) -> Result<(), ResyncError>,
+    ) -> Result<ResourceRun, ResyncError> {
+        let fingerprint = cache_run
+            .and_then(|run| Some((run, resource_fingerprint(&self.setup.mapping, index)?)));
+        let (sink, mut batches) = mpsc::channel::<RawBatch>(4);
+        let fetch = self.integration.fetch(kind, sink);
+        let consume = async {
+            let mut progress = ResourceRun::default();
+            // Several batches map at once on the pool; results are applied in fetch order. While
+            // fewer than `depth` are in flight, take the next batch; when the fetch is done
+            // (`recv` gives None), drain what is in flight.
+            let mut in_flight: VecDeque<(PendingBatch, Fingerprints, Produced)> = VecDeque::new();
+            let depth = self.pool.threads() + 1;
+            loop {
+                // Asked to stop: no new batch; the fetch sees the closed channel and ends.
+                if self.stop.is_cancelled() {
+                    batches.close();
+                    break;
+                }
+                let next = if in_flight.len() < depth {
+                    tokio::select! {
+                        biased;
+                        () = self.stop.cancelled() => continue,
+                        batch = batches.recv() => batch,
+                    }
+                } else {
+                    None
+                };
+                let draining = next.is_none();
+                if let Some(batch) = next {
+                    progress.counters.fetched += batch.len() as u64;
+                    if let Some(live) = &self.progress {
+                        Progress::add(&live.fetched, batch.len() as u64);
+                    }
+                    let (batch, fingerprints, cached) = match (&fingerprint, &self.state) {
+                        (Some((run, resource)), Some(state)) => {
+                            split_cached(state, *run, resource, batch).await?
+                        }
+                        _ => {
+                            let none = vec![None; batch.len()];
+                            (batch, none, Vec::new())
+                        }
+                    };
+                    match self.pool.submit(index, batch).await {
+                        Ok(pending) => in_flight.push_back((pending, fingerprints, cached)),
+                        Err(e) => {
+                            progress
+                                .failed
+                                .get_or_insert(format!("resources[{index}] (kind {kind}): {e}"));
+                        }
+                    }
+                    if in_flight.len() < depth {
+                        continue;
+                    }
+                }
+                let Some((pending, mut fingerprints, cached)) = in_flight.pop_front() else {
+                    if draining {
+                        break;
+                    }
+                    continue;
+                };
+                let mapped = match pending.result().await {
+                    Ok(mapped) => mapped,
+                    Err(e) => {
+                        progress
+                            .failed
+                            .get_or_insert(format!("resources[{index}] (kind {kind}): {e}"));
+                        continue;
+                    }
+                };
+                if let Some((item, error)) = mapped.errors.first() {
+                    progress.failed.get_or_insert(format!(
+                        "resources[{index}] (kind {kind}): {} item error(s), first in batch item {item}: {error}",
+                        mapped.errors.len()
+                    ));
+                }
+                for (field, warning) in &mapped.warnings {
+                    tracing::warn!(field = %field, count = warning.count, first = %warning.first_message, "mapping field failed; set to null");
+                }
+                // An item that failed or was skipped is not remembered: it is mapped again next time.
+                for (item, _) in mapped.errors.iter().chain(&mapped.skipped) {
+                    if let Some(f) = fingerprints.get_mut(*item) {
+                        *f = None;
+                    }
+                }
+                let batch = Mapped {
+                    entities: mapped.entities,
+                    entity_items: mapped.entity_items,
+                    fingerprints,
+                    cached,
+                };
+                match on_batch(batch, &mut progress.counters).await {
+                    Ok(()) => {}
+                    // What Port acknowledged before is recorded; the rest waits for the next run.
+                    Err(ResyncError::Port(e)) => {
+                        progress.failed = Some(format!(
+                            "resources[{index}] (kind {kind}): Port failed: {e}"
+                        ));
+                        progress.port_failed = true;
+                        batches.close();
+                        break;
+                    }
+                    Err(other) => return Err(other),
+                }
+            }
+            Ok::<_, ResyncError>(progress)
+        };
+        let (fetched, consumed) = tokio::join!(fetch, consume);
+        let mut progress = consumed?;
+        if progress.port_failed {
+            // The fetch ended because the channel closed; Port's failure is the news.
+        } else if self.stop.is_cancelled() {
+            progress.failed = Some(format!(
+                "resources[{index}] (kind {kind}): stopped before the end (the agent was asked to stop)"
+            ));
+        } else if let Err(e) = fetched {
+            progress
+                .failed
+                .get_or_insert(format!("resources[{index}]: {e}"));
+        }
+        Ok(progress)
+    }
+}
