@@ -256,3 +256,39 @@ pub fn wait_until(
         }
     }
 }
+
+/// Port's content equals `expected`; on failure, names each entity that differs, is missing or
+/// is extra (with both values), rather than printing everything.
+#[track_caller]
+pub fn assert_same_content(
+    actual: &std::collections::BTreeMap<(String, String), Value>,
+    expected: &std::collections::BTreeMap<(String, String), Value>,
+) {
+    let mut differences = Vec::new();
+    for (key, want) in expected {
+        match actual.get(key) {
+            None => differences.push(format!("missing in Port: {key:?} (expected {want})")),
+            Some(got) if got != want => {
+                differences.push(format!("{key:?}: Port holds {got}, expected {want}"))
+            }
+            Some(_) => {}
+        }
+    }
+    for (key, got) in actual {
+        if !expected.contains_key(key) {
+            differences.push(format!("orphan in Port: {key:?} = {got}"));
+        }
+    }
+    assert!(
+        differences.is_empty(),
+        "{} of {} entities differ from an uninterrupted run:\n{}",
+        differences.len(),
+        expected.len(),
+        differences
+            .iter()
+            .take(20)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

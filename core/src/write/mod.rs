@@ -285,49 +285,75 @@ impl<'a> Writer<'a> {
         }
     }
 
-    /// Sends the full requests waiting in the buffers (with `all`, the partial ones too):
-    /// marks them in doubt in one durable commit, then puts them in the window, waiting for
-    /// answers while it is full.
+    /// Sends the full requests waiting in the buffers (with `all`, the partial ones too).
+    /// Requests are marked in doubt a window's worth at a time, in one durable commit (which
+    /// also makes the answers recorded before it durable), then leave as the window has room:
+    /// a kill leaves at most about three windows of requests in doubt.
     async fn launch(&mut self, all: bool) -> Result<(), ResyncError> {
-        let mut chunks: Vec<Vec<Pending>> = Vec::new();
+        let mut chunks: std::collections::VecDeque<Vec<Pending>> = Default::default();
         for buffer in self.buffers.values_mut() {
             while buffer.len() >= self.max_entities || (all && !buffer.is_empty()) {
                 let rest = buffer.split_off(buffer.len().min(self.max_entities));
-                chunks.push(std::mem::replace(buffer, rest));
+                chunks.push_back(std::mem::replace(buffer, rest));
             }
         }
         self.buffers.retain(|_, b| !b.is_empty());
-        if chunks.is_empty() {
-            return Ok(());
-        }
-        if let Some(state) = &self.state {
-            let run = self.run_id;
-            let sending: Vec<Sending> = chunks
-                .iter()
-                .flatten()
-                .map(|p| Sending {
-                    key: key_of(&p.entity),
-                    intent: Intent::Upsert(p.hash.0),
-                    kind: p.source.kind.to_string(),
-                    resource: p.source.resource,
-                })
-                .collect();
-            with_state(state, move |s| s.mark_sending(run, &sending)).await?;
-        }
-        for chunk in chunks {
-            while self.in_flight.len() >= self.window {
-                self.answer_one().await?;
+        while !chunks.is_empty() {
+            self.wait_for_room().await?;
+            if self.failure.is_some() {
+                // Never marked, never sent: found changed again next run.
+                for pending in chunks.into_iter().flatten() {
+                    self.busy.remove(&key_of(&pending.entity));
+                }
+                return Ok(());
             }
-            let client = self.client;
-            let options = self.options;
-            self.in_flight.push(Box::pin(async move {
-                let entities: Vec<Entity> = chunk.iter().map(|p| p.entity.clone()).collect();
-                let blueprint = chunk[0].entity.blueprint.clone();
-                let result = client.upsert_entities(&blueprint, &entities, options).await;
-                Answered { chunk, result }
-            }));
+            let group: Vec<Vec<Pending>> = chunks.drain(..self.window.min(chunks.len())).collect();
+            self.mark_sending(&group).await?;
+            for chunk in group {
+                self.wait_for_room().await?;
+                self.send(chunk);
+            }
         }
         Ok(())
+    }
+
+    /// Waits for answers until a request may leave.
+    async fn wait_for_room(&mut self) -> Result<(), ResyncError> {
+        while self.in_flight.len() >= self.window {
+            self.answer_one().await?;
+        }
+        Ok(())
+    }
+
+    /// Records `group`'s entities as in doubt, durably, before they leave.
+    async fn mark_sending(&self, group: &[Vec<Pending>]) -> Result<(), ResyncError> {
+        let Some(state) = &self.state else {
+            return Ok(());
+        };
+        let run = self.run_id;
+        let sending: Vec<Sending> = group
+            .iter()
+            .flatten()
+            .map(|p| Sending {
+                key: key_of(&p.entity),
+                intent: Intent::Upsert(p.hash.0),
+                kind: p.source.kind.to_string(),
+                resource: p.source.resource,
+            })
+            .collect();
+        with_state(state, move |s| s.mark_sending(run, &sending)).await
+    }
+
+    /// Puts one bulk request in the window.
+    fn send(&mut self, chunk: Vec<Pending>) {
+        let client = self.client;
+        let options = self.options;
+        self.in_flight.push(Box::pin(async move {
+            let entities: Vec<Entity> = chunk.iter().map(|p| p.entity.clone()).collect();
+            let blueprint = chunk[0].entity.blueprint.clone();
+            let result = client.upsert_entities(&blueprint, &entities, options).await;
+            Answered { chunk, result }
+        }));
     }
 
     /// Waits for one request's answer and records it.
