@@ -144,14 +144,6 @@ pub fn test(args: &TestArgs) -> Result<(), Failure> {
                     warning.field, warning.message
                 );
             }
-            if result.dropped > 0 {
-                let _ = writeln!(
-                    stderr,
-                    "item {number}: resources[{index}]: {} entit{} dropped: empty identifier or blueprint",
-                    result.dropped,
-                    if result.dropped == 1 { "y" } else { "ies" }
-                );
-            }
             for error in &result.errors {
                 let _ = writeln!(stderr, "item {number}: error: {error}");
                 item_failed = true;

@@ -45,10 +45,10 @@ pub struct ItemResult {
     pub entities: Vec<Entity>,
     /// Items the selector turned away.
     pub filtered_out: usize,
-    /// Entities left out because their identifier or blueprint was empty.
-    pub dropped: usize,
-    /// Item errors: the selector did not yield a boolean, or the item could not be expanded.
-    /// Any of these marks the resource as failed for the run.
+    /// Item errors: the selector did not yield a boolean, the item could not be expanded, or
+    /// its identifier or blueprint came out empty (Ocean drops such an entity silently; here
+    /// the item fails, so that a source renaming a field cannot make a kind look empty). Any
+    /// of these makes the run delete nothing.
     pub errors: Vec<String>,
     pub warnings: Vec<FieldWarning>,
     /// Why the item was skipped: `itemsToParse` did not yield an array (Ocean skips it too,
@@ -398,8 +398,8 @@ impl CompiledMapping {
                 }
             }
             match self.entity(resource, &input, &mut result.warnings) {
-                Some(entity) => result.entities.push(entity),
-                None => result.dropped += 1,
+                Ok(entity) => result.entities.push(entity),
+                Err(error) => result.errors.push(error),
             }
         }
         result
@@ -495,23 +495,27 @@ impl CompiledMapping {
         resource: &CompiledResource,
         input: &Val,
         warnings: &mut Vec<FieldWarning>,
-    ) -> Option<Entity> {
+    ) -> Result<Entity, String> {
         let identifier = self.eval(&resource.identifier, input, warnings);
         let blueprint = self.eval(&resource.blueprint, input, warnings);
-        if !truthy(&identifier) || !truthy(&blueprint) {
-            return None;
+        for (name, value) in [("identifier", &identifier), ("blueprint", &blueprint)] {
+            if truthy(value) {
+                continue;
+            }
+            let field = format!("resources[{}].port.entity.mappings.{name}", resource.index);
+            let why = match warnings.iter().find(|w| w.field == field) {
+                Some(warning) => format!("failed: {}", warning.message),
+                None => format!("gave {value}"),
+            };
+            return Err(format!("{field} {why}; an entity needs a non-empty {name}"));
         }
         let blueprint = match blueprint {
             Value::String(s) => s,
             other => {
-                warnings.push(FieldWarning {
-                    field: format!(
-                        "resources[{}].port.entity.mappings.blueprint",
-                        resource.index
-                    ),
-                    message: format!("the blueprint must be a string, got {other}"),
-                });
-                return None;
+                return Err(format!(
+                    "resources[{}].port.entity.mappings.blueprint gave {other}; the blueprint must be a string",
+                    resource.index
+                ));
             }
         };
         let mut entity = Entity {
@@ -542,7 +546,7 @@ impl CompiledMapping {
                 .relations
                 .insert(name.clone(), self.eval(template, input, warnings));
         }
-        Some(entity)
+        Ok(entity)
     }
 }
 
@@ -661,13 +665,33 @@ resources:
     }
 
     #[test]
-    fn empty_identifier_or_blueprint_drops_the_entity() {
+    fn an_empty_or_failing_identifier_or_blueprint_fails_the_item_naming_the_field() {
         let mapping = compile(
             "resources:\n  - kind: k\n    selector: {query: 'true'}\n    port: {entity: {mappings: {identifier: .id, blueprint: .bp}}}\n",
         );
-        assert_eq!(map(&mapping, r#"{"id": "", "bp": "b"}"#).dropped, 1);
-        assert_eq!(map(&mapping, r#"{"id": "a"}"#).dropped, 1);
-        assert_eq!(map(&mapping, r#"{"id": 0, "bp": "b"}"#).dropped, 1);
+        let cases = [
+            (r#"{"id": "", "bp": "b"}"#, "mappings.identifier gave \"\""),
+            (r#"{"id": "a"}"#, "mappings.blueprint gave null"),
+            (r#"{"id": 0, "bp": "b"}"#, "mappings.identifier gave 0"),
+            (
+                r#"{"id": {"x": 1}, "bp": 3}"#,
+                "the blueprint must be a string",
+            ),
+            (
+                r#""not an object""#,
+                "mappings.identifier failed: Cannot index string",
+            ),
+        ];
+        for (item, error) in cases {
+            let result = map(&mapping, item);
+            assert!(result.entities.is_empty(), "{item}");
+            assert_eq!(result.errors.len(), 1, "{item}: {result:?}");
+            assert!(
+                result.errors[0].contains(error),
+                "{item}: {}",
+                result.errors[0]
+            );
+        }
         assert_eq!(map(&mapping, r#"{"id": "a", "bp": "b"}"#).entities.len(), 1);
     }
 

@@ -46,7 +46,6 @@ pub struct BatchResult {
     /// For each entity, the batch position of the item that produced it.
     pub entity_items: Vec<usize>,
     pub filtered_out: usize,
-    pub dropped: usize,
     pub skipped: Vec<(usize, String)>,
     /// Item errors: they mark the resource as failed for the run.
     pub errors: Vec<(usize, String)>,
@@ -114,7 +113,6 @@ fn map_batch(
         };
         let result = mapping.map_item(resource, &raw);
         out.filtered_out += result.filtered_out;
-        out.dropped += result.dropped;
         out.skipped
             .extend(result.skipped.into_iter().map(|s| (number, s)));
         out.errors

@@ -1,6 +1,8 @@
 //! Entity calls: bulk upsert (with the single-upsert fallback), bulk delete, the owned-entity
 //! listing and search.
 
+use std::collections::HashSet;
+
 use futures_util::{StreamExt, stream};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
@@ -371,15 +373,59 @@ impl PortClient {
     /// Every entity this integration owns, following the pages to the end.
     pub async fn owned_entities(&self, before: Option<&str>) -> Result<Vec<Value>, PortError> {
         let mut all = Vec::new();
+        self.each_owned_page(before, |page| all.extend(page))
+            .await?;
+        Ok(all)
+    }
+
+    /// The (blueprint, identifier) of every entity this integration owns; the pages are read
+    /// one at a time, so only the keys are held.
+    pub async fn owned_keys(&self) -> Result<HashSet<(String, String)>, PortError> {
+        let mut keys = HashSet::new();
+        self.each_owned_page(None, |page| {
+            keys.extend(page.into_iter().filter_map(|entity| {
+                Some((
+                    entity.get("blueprint")?.as_str()?.to_owned(),
+                    entity.get("identifier")?.as_str()?.to_owned(),
+                ))
+            }))
+        })
+        .await?;
+        Ok(keys)
+    }
+
+    /// Hands each page of owned entities to `take`. A cursor Port gives twice, or more pages
+    /// than its entities could fill, is an error rather than a walk that never ends.
+    async fn each_owned_page(
+        &self,
+        before: Option<&str>,
+        mut take: impl FnMut(Vec<Value>),
+    ) -> Result<(), PortError> {
+        /// Far more than any organization's entities at the smallest page Port serves.
+        const MAX_PAGES: usize = 100_000;
+        let mut cursors: HashSet<String> = HashSet::new();
         let mut cursor: Option<String> = None;
-        loop {
+        for _ in 0..MAX_PAGES {
             let page = self.owned_entities_page(before, cursor.as_deref()).await?;
-            all.extend(page.entities);
+            take(page.entities);
             match page.next {
-                Some(next) if Some(&next) != cursor.as_ref() => cursor = Some(next),
-                _ => return Ok(all),
+                None => return Ok(()),
+                Some(next) if !cursors.insert(next.clone()) => {
+                    return Err(PortError::Decode {
+                        call: "POST /blueprints/entities/datasource-entities".to_owned(),
+                        reason: format!(
+                            "Port gave the page cursor {} a second time; stopped reading a listing that would never end",
+                            next.escape_debug()
+                        ),
+                    });
+                }
+                Some(next) => cursor = Some(next),
             }
         }
+        Err(PortError::Decode {
+            call: "POST /blueprints/entities/datasource-entities".to_owned(),
+            reason: format!("more than {MAX_PAGES} pages; stopped reading"),
+        })
     }
 
     /// Port's entity search. `include` limits the fields returned (empty: all).

@@ -270,7 +270,8 @@ impl Resync<'_> {
             dry,
         )
         .with_progress(self.progress.clone());
-        let any_failed = self.run_resources(options, &mut run, &mut writer).await?;
+        let ran = self.run_resources(options, &mut run, &mut writer).await?;
+        let any_failed = ran.failed;
 
         let stopped = self.stop.is_cancelled();
         let refused = refused_note(writer.refused_kinds());
@@ -278,6 +279,7 @@ impl Resync<'_> {
             tracing::error!("{note}");
             run.notes.push(note.clone());
         }
+        let with_errors = refused.is_some() || ran.item_errors;
         if stopped {
             run.notes.push(
                 "aborted: the agent was asked to stop; what Port acknowledged is recorded, deletions skipped"
@@ -286,9 +288,11 @@ impl Resync<'_> {
         } else if any_failed {
             run.notes
                 .push("deletions skipped: a resource failed in this run".to_owned());
-        } else if refused.is_some() {
-            run.notes
-                .push("deletions skipped: Port refused entities in this run".to_owned());
+        } else if with_errors {
+            run.notes.push(
+                "deletions skipped: items failed to map or Port refused entities in this run"
+                    .to_owned(),
+            );
         } else if let Some(state) = &self.state {
             self.delete_vanished(state, &mut run, options, &mut writer)
                 .await?;
@@ -301,7 +305,7 @@ impl Resync<'_> {
             RunStatus::Aborted
         } else if any_failed || deletion_failed {
             RunStatus::Failed
-        } else if refused.is_some() {
+        } else if with_errors {
             RunStatus::CompletedWithErrors
         } else {
             RunStatus::Completed
@@ -330,15 +334,15 @@ impl Resync<'_> {
     }
 
     /// Runs every resource in scope through the writer, recording counters, checkpoints and
-    /// notes in `run`. Returns whether any resource failed.
+    /// notes in `run`.
     async fn run_resources(
         &self,
         options: &ResyncOptions,
         run: &mut RunRecord,
         writer: &mut Writer<'_>,
-    ) -> Result<bool, ResyncError> {
+    ) -> Result<ResourcesRan, ResyncError> {
         let dry = options.dry_run;
-        let mut any_failed = false;
+        let mut ran = ResourcesRan::default();
         let in_scope = |kind: &str| {
             options
                 .kinds
@@ -380,7 +384,14 @@ impl Resync<'_> {
             if let Some(reason) = &outcome.failed {
                 tracing::error!(resource = index, kind = %resource.kind, reason = %reason, "resource failed; this run deletes nothing");
                 run.notes.push(reason.clone());
-                any_failed = true;
+                ran.failed = true;
+            }
+            if let Some(first) = &outcome.first_item_error {
+                run.notes.push(format!(
+                    "resources[{index}] (kind {}): {} item(s) failed to map, first {first}",
+                    resource.kind, outcome.item_errors
+                ));
+                ran.item_errors = true;
             }
             let kind_counters = run.kinds.entry(resource.kind.clone()).or_default();
             *kind_counters += outcome.counters;
@@ -389,7 +400,11 @@ impl Resync<'_> {
                 // How far this kind got: with several resources of one kind, the counters add up.
                 let checkpoint = serde_json::json!({
                     "run": run.id,
-                    "status": if outcome.failed.is_some() { "failed" } else { "completed" },
+                    "status": match (&outcome.failed, outcome.item_errors) {
+                        (Some(_), _) => "failed",
+                        (None, 0) => "completed",
+                        (None, _) => "completed_with_errors",
+                    },
                     "resource": index,
                     "started_at": kind_started,
                     "finished_at": iso_now(),
@@ -405,7 +420,7 @@ impl Resync<'_> {
                 break;
             }
         }
-        Ok(any_failed)
+        Ok(ran)
     }
 
     /// Fetches, maps and writes one resource; its writes are settled (answered and recorded)
@@ -556,6 +571,15 @@ impl Resync<'_> {
         run.notes.extend(outcome.notes);
         Ok(())
     }
+}
+
+/// How the resources of a run went, for its deletions and status.
+#[derive(Debug, Default)]
+struct ResourcesRan {
+    /// A resource could not run to its end.
+    failed: bool,
+    /// Items failed to map.
+    item_errors: bool,
 }
 
 /// The run's note when Port refused entities: which kinds, how many.

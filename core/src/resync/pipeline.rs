@@ -27,14 +27,29 @@ pub(crate) struct Mapped {
 #[derive(Default)]
 pub(crate) struct ResourceRun {
     pub(crate) counters: RunCounters,
+    /// The resource could not run to its end (fetch failed, mapping did not compile, Port
+    /// failed, the agent stopped).
     pub(crate) failed: Option<String>,
     /// Port kept failing (after the client's retries): the run stops here.
     pub(crate) port_failed: bool,
+    /// Items that failed to map, and the first one's error (with its item number).
+    pub(crate) item_errors: u64,
+    pub(crate) first_item_error: Option<String>,
+}
+
+/// A batch on the pool: its mapping, and what the pipeline keeps beside it.
+struct OnPool {
+    pending: PendingBatch,
+    fingerprints: Fingerprints,
+    cached: Produced,
+    /// Each submitted item's number in the kind's stream (1-based), for error messages.
+    numbers: Vec<u64>,
 }
 
 impl Resync<'_> {
     /// Fetches resource `index`'s kind and maps it on the pool, handing each mapped batch to
-    /// `on_batch` in fetch order. Item errors and fetch errors mark the resource as failed.
+    /// `on_batch` in fetch order. Fetch errors mark the resource as failed; item errors are
+    /// counted.
     ///
     /// With `cache_run` (the run in progress), raw items whose bytes and resource mapping are
     /// unchanged since their entities were last recorded are not mapped again: they come back in
@@ -46,21 +61,20 @@ impl Resync<'_> {
         cache_run: Option<u64>,
         mut on_batch: impl AsyncFnMut(Mapped, &mut RunCounters) -> Result<(), ResyncError>,
     ) -> Result<ResourceRun, ResyncError> {
-        let fingerprint = cache_run
-            .and_then(|run| Some((run, resource_fingerprint(&self.setup.mapping, index)?)));
-        let (sink, mut batches) = mpsc::channel::<RawBatch>(4);
+        let (sink, batches) = mpsc::channel::<RawBatch>(4);
         let fetch = self.integration.fetch(kind, sink);
-        let consume = async {
+        let consume = async move {
+            // Owns the receiver: however this ends, the fetch's next send fails and it stops.
+            let mut batches = batches;
             let mut progress = ResourceRun::default();
             // Several batches map at once on the pool; results are applied in fetch order. While
             // fewer than `depth` are in flight, take the next batch; when the fetch is done
             // (`recv` gives None), drain what is in flight.
-            let mut in_flight: VecDeque<(PendingBatch, Fingerprints, Produced)> = VecDeque::new();
+            let mut in_flight: VecDeque<OnPool> = VecDeque::new();
             let depth = self.pool.threads() + 1;
             loop {
                 // Asked to stop: no new batch; the fetch sees the closed channel and ends.
                 if self.stop.is_cancelled() {
-                    batches.close();
                     break;
                 }
                 let next = if in_flight.len() < depth {
@@ -74,66 +88,28 @@ impl Resync<'_> {
                 };
                 let draining = next.is_none();
                 if let Some(batch) = next {
-                    progress.counters.fetched += batch.len() as u64;
-                    if let Some(live) = &self.progress {
-                        Progress::add(&live.fetched, batch.len() as u64);
-                    }
-                    let (batch, fingerprints, cached) = match (&fingerprint, &self.state) {
-                        (Some((run, resource)), Some(state)) => {
-                            split_cached(state, *run, resource, batch).await?
-                        }
-                        _ => {
-                            let none = vec![None; batch.len()];
-                            (batch, none, Vec::new())
-                        }
-                    };
-                    match self.pool.submit(index, batch).await {
-                        Ok(pending) => in_flight.push_back((pending, fingerprints, cached)),
-                        Err(e) => {
-                            progress
-                                .failed
-                                .get_or_insert(format!("resources[{index}] (kind {kind}): {e}"));
-                        }
+                    match self
+                        .submit_to_pool(index, cache_run, batch, &mut progress)
+                        .await?
+                    {
+                        Some(on_pool) => in_flight.push_back(on_pool),
+                        None => continue,
                     }
                     if in_flight.len() < depth {
                         continue;
                     }
                 }
-                let Some((pending, mut fingerprints, cached)) = in_flight.pop_front() else {
+                let Some(on_pool) = in_flight.pop_front() else {
                     if draining {
                         break;
                     }
                     continue;
                 };
-                let mapped = match pending.result().await {
-                    Ok(mapped) => mapped,
-                    Err(e) => {
-                        progress
-                            .failed
-                            .get_or_insert(format!("resources[{index}] (kind {kind}): {e}"));
-                        continue;
-                    }
-                };
-                if let Some((item, error)) = mapped.errors.first() {
-                    progress.failed.get_or_insert(format!(
-                        "resources[{index}] (kind {kind}): {} item error(s), first in batch item {item}: {error}",
-                        mapped.errors.len()
-                    ));
-                }
-                for (field, warning) in &mapped.warnings {
-                    tracing::warn!(field = %field, count = warning.count, first = %warning.first_message, "mapping field failed; set to null");
-                }
-                // An item that failed or was skipped is not remembered: it is mapped again next time.
-                for (item, _) in mapped.errors.iter().chain(&mapped.skipped) {
-                    if let Some(f) = fingerprints.get_mut(*item) {
-                        *f = None;
-                    }
-                }
-                let batch = Mapped {
-                    entities: mapped.entities,
-                    entity_items: mapped.entity_items,
-                    fingerprints,
-                    cached,
+                let Some(batch) = self
+                    .take_from_pool(index, kind, on_pool, &mut progress)
+                    .await
+                else {
+                    continue;
                 };
                 match on_batch(batch, &mut progress.counters).await {
                     Ok(()) => {}
@@ -143,7 +119,6 @@ impl Resync<'_> {
                             "resources[{index}] (kind {kind}): Port failed: {e}"
                         ));
                         progress.port_failed = true;
-                        batches.close();
                         break;
                     }
                     Err(other) => return Err(other),
@@ -165,5 +140,95 @@ impl Resync<'_> {
                 .get_or_insert(format!("resources[{index}]: {e}"));
         }
         Ok(progress)
+    }
+
+    /// Counts a fetched batch, sets aside what the raw-item cache vouches for, and puts the
+    /// rest on the mapping pool. `None` when the pool refused it (the resource failed).
+    async fn submit_to_pool(
+        &self,
+        index: usize,
+        cache_run: Option<u64>,
+        batch: RawBatch,
+        progress: &mut ResourceRun,
+    ) -> Result<Option<OnPool>, ResyncError> {
+        let first_number = progress.counters.fetched + 1;
+        progress.counters.fetched += batch.len() as u64;
+        if let Some(live) = &self.progress {
+            Progress::add(&live.fetched, batch.len() as u64);
+        }
+        let fingerprint = cache_run
+            .and_then(|run| Some((run, resource_fingerprint(&self.setup.mapping, index)?)));
+        let (batch, fingerprints, cached, positions) = match (&fingerprint, &self.state) {
+            (Some((run, resource)), Some(state)) => {
+                split_cached(state, *run, resource, batch).await?
+            }
+            _ => {
+                let n = batch.len();
+                (batch, vec![None; n], Vec::new(), (0..n).collect())
+            }
+        };
+        let numbers = positions.iter().map(|&p| first_number + p as u64).collect();
+        match self.pool.submit(index, batch).await {
+            Ok(pending) => Ok(Some(OnPool {
+                pending,
+                fingerprints,
+                cached,
+                numbers,
+            })),
+            Err(e) => {
+                progress
+                    .failed
+                    .get_or_insert(format!("resources[{index}]: {e}"));
+                Ok(None)
+            }
+        }
+    }
+
+    /// A batch back from the pool: item errors counted (named by item number), field warnings
+    /// logged, failed items kept out of the cache. `None` when the pool failed it.
+    async fn take_from_pool(
+        &self,
+        index: usize,
+        kind: &str,
+        on_pool: OnPool,
+        progress: &mut ResourceRun,
+    ) -> Option<Mapped> {
+        let OnPool {
+            pending,
+            mut fingerprints,
+            cached,
+            numbers,
+        } = on_pool;
+        let mapped = match pending.result().await {
+            Ok(mapped) => mapped,
+            Err(e) => {
+                progress
+                    .failed
+                    .get_or_insert(format!("resources[{index}] (kind {kind}): {e}"));
+                return None;
+            }
+        };
+        let number = |item: usize| numbers.get(item).copied().unwrap_or_default();
+        if let Some((item, error)) = mapped.errors.first() {
+            let first = format!("item #{} of kind {kind}: {error}", number(*item));
+            tracing::error!(resource = index, kind, errors = mapped.errors.len(), first = %first, "items failed to map; this run deletes nothing");
+            progress.first_item_error.get_or_insert(first);
+        }
+        progress.item_errors += mapped.errors.len() as u64;
+        for (field, warning) in &mapped.warnings {
+            tracing::warn!(field = %field, count = warning.count, first = %warning.first_message, "mapping field failed; set to null");
+        }
+        // An item that failed or was skipped is not remembered: it is mapped again next time.
+        for (item, _) in mapped.errors.iter().chain(&mapped.skipped) {
+            if let Some(f) = fingerprints.get_mut(*item) {
+                *f = None;
+            }
+        }
+        Some(Mapped {
+            entities: mapped.entities,
+            entity_items: mapped.entity_items,
+            fingerprints,
+            cached,
+        })
     }
 }

@@ -48,14 +48,14 @@ fn item_fingerprint(resource: &[u8; 32], raw: &str) -> [u8; 32] {
 }
 
 /// Splits a batch into items the cache vouches for (their entities are recorded with the same
-/// hashes) and items to map. Returns the items to map, their fingerprints, and what the cached
-/// ones produced.
+/// hashes) and items to map. Returns the items to map, their fingerprints, what the cached ones
+/// produced, and each item to map's position in `batch`.
 pub(super) async fn split_cached(
     state: &Arc<StateStore>,
     run: u64,
     resource: &[u8; 32],
     batch: RawBatch,
-) -> Result<(RawBatch, Fingerprints, Produced), ResyncError> {
+) -> Result<(RawBatch, Fingerprints, Produced, Vec<usize>), ResyncError> {
     let fingerprints: Vec<[u8; 32]> = batch
         .iter()
         .map(|raw| item_fingerprint(resource, raw.get()))
@@ -92,17 +92,21 @@ pub(super) async fn split_cached(
     .await?;
     let mut to_map = Vec::with_capacity(batch.len());
     let mut to_map_fingerprints = Vec::with_capacity(batch.len());
+    let mut positions = Vec::with_capacity(batch.len());
     let mut cached = Vec::new();
-    for ((raw, fingerprint), hit) in batch.into_iter().zip(fingerprints).zip(known) {
+    for (position, ((raw, fingerprint), hit)) in
+        batch.into_iter().zip(fingerprints).zip(known).enumerate()
+    {
         match hit {
             Some(produced) => cached.extend(produced),
             None => {
                 to_map.push(raw);
                 to_map_fingerprints.push(Some(fingerprint));
+                positions.push(position);
             }
         }
     }
-    Ok((to_map, to_map_fingerprints, cached))
+    Ok((to_map, to_map_fingerprints, cached, positions))
 }
 
 /// What makes resource `index`'s output for an item: its mapping text and this engine.

@@ -24,6 +24,9 @@ pub struct DeletionOutcome {
     pub notes: Vec<String>,
     /// Some deletion failed (retried next resync).
     pub failed: bool,
+    /// Entities Port deleted on its own as dependents of the deleted ones (forgotten by the
+    /// state, so the next resync re-creates those the data still produces).
+    pub dependents: u64,
 }
 
 impl Writer<'_> {
@@ -97,6 +100,51 @@ impl Writer<'_> {
                 with_state(state, move |s| s.record_deletions(run, &gone, &refused)).await?;
             }
         }
+        if delete_dependents && !outcome.deleted.is_empty() {
+            self.forget_dependents(&mut outcome).await?;
+        }
         Ok(outcome)
+    }
+
+    /// Port deletes the entities related to a deleted one along with it
+    /// (`deleteDependentEntities`). Which ones is Port's to know: the state forgets every
+    /// record whose entity Port no longer holds, read back from Port.
+    async fn forget_dependents(&self, outcome: &mut DeletionOutcome) -> Result<(), ResyncError> {
+        let Some(state) = &self.state else {
+            return Ok(());
+        };
+        let in_port = match self.client.owned_keys().await {
+            Ok(keys) => keys,
+            Err(e) => {
+                // The state may claim dependents Port deleted: say so; `state verify` finds them.
+                outcome.notes.push(format!(
+                    "could not read back which dependents Port deleted ({e}); run `port-agent state verify --repair`"
+                ));
+                outcome.failed = true;
+                return Ok(());
+            }
+        };
+        let gone = with_state(state, move |s| {
+            let gone: Vec<EntityKey> = s
+                .entities(|key, _| !in_port.contains(key))?
+                .into_iter()
+                .map(|(key, _)| key)
+                .collect();
+            s.remove(&gone)?;
+            Ok(gone)
+        })
+        .await?;
+        if !gone.is_empty() {
+            tracing::warn!(
+                entities = gone.len(),
+                "Port deleted dependents of the deleted entities; the next resync re-creates those the data still produces"
+            );
+            outcome.dependents = gone.len() as u64;
+            outcome.notes.push(format!(
+                "Port deleted {} dependents of the deleted entities (deleteDependentEntities); the next resync re-creates those the data still produces",
+                gone.len()
+            ));
+        }
+        Ok(())
     }
 }
