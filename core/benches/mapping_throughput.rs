@@ -7,6 +7,7 @@ use std::io::Write;
 use std::time::Instant;
 
 use port_agent_core::entity_hash::hash_entity;
+use port_agent_core::mapping::budget::Limits;
 use port_agent_core::mapping::jq::Jq;
 use port_agent_core::mapping::value::parse_raw;
 use port_agent_core::mapping::{CompiledMapping, EnvAccess, MappingPool, PortAppConfig};
@@ -109,7 +110,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let pool = MappingPool::start(&config, EnvAccess::Process, threads).unwrap();
+    let pool = MappingPool::start(&config, EnvAccess::Process, threads, Limits::default()).unwrap();
     let started = Instant::now();
     let (mapped, hashed) = runtime.block_on(async {
         let mut mapped = 0usize;

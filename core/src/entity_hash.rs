@@ -99,8 +99,14 @@ pub fn canonical(entity: &Entity) -> Value {
 
 /// The hash of `entity`'s canonical form.
 pub fn hash_entity(entity: &Entity) -> EntityHash {
+    hash_entity_sized(entity).0
+}
+
+/// The hash of `entity`'s canonical form, and that form's size in bytes (about what the
+/// entity takes in a request).
+pub fn hash_entity_sized(entity: &Entity) -> (EntityHash, usize) {
     let bytes = serde_json::to_vec(&canonical(entity)).expect("canonical entities are plain JSON");
-    EntityHash(*blake3::hash(&bytes).as_bytes())
+    (EntityHash(*blake3::hash(&bytes).as_bytes()), bytes.len())
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ pub mod raw_items;
 pub mod rebuild;
 pub mod resync;
 pub mod secret;
+pub mod text;
 pub mod verify;
 pub mod write;
 

@@ -61,7 +61,7 @@ fn engine_matches_libjq_on_the_golden_corpus() {
         let actual = jq
             .compile(&case.expr)
             .map_err(|e| e.to_string())
-            .and_then(|program| jq.first(&program, input));
+            .and_then(|program| jq.first(&program, input).map_err(|e| e.to_string()));
         let expr = case.expr.as_str();
         if SUPERSET.contains(&expr) {
             assert!(

@@ -9,12 +9,11 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use port_agent_core::integration::{FetchError, FetchFuture, Integration, RawBatch};
-use port_agent_core::raw_items::parse_raw_items;
-use serde_json::value::RawValue;
+use port_agent_core::raw_items::RawItemReader;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
@@ -52,52 +51,17 @@ fn fail(kind: &str, message: String) -> FetchError {
     }
 }
 
-/// Reads `path` and sends its items in batches. Runs on a blocking thread.
+/// Reads `path` one item at a time and sends its items in batches. Runs on a blocking thread.
 fn read_kind(kind: &str, path: &Path, sink: &mpsc::Sender<RawBatch>) -> Result<(), FetchError> {
     let file = std::fs::File::open(path)
         .map_err(|e| fail(kind, format!("cannot read {}: {e}", path.display())))?;
-    let mut reader = BufReader::new(file);
-    let starts_with_array = {
-        let buffer = reader
-            .fill_buf()
-            .map_err(|e| fail(kind, format!("cannot read {}: {e}", path.display())))?;
-        buffer.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[')
-    };
     let send = |batch: RawBatch| {
         sink.blocking_send(batch)
             .map_err(|_| fail(kind, "the resync stopped reading".to_owned()))
     };
-    if starts_with_array {
-        let mut text = String::new();
-        reader
-            .read_to_string(&mut text)
-            .map_err(|e| fail(kind, format!("cannot read {}: {e}", path.display())))?;
-        let items =
-            parse_raw_items(&text).map_err(|e| fail(kind, format!("{}: {e}", path.display())))?;
-        let mut items = items.into_iter().peekable();
-        while items.peek().is_some() {
-            send(items.by_ref().take(BATCH).collect())?;
-        }
-        return Ok(());
-    }
     let mut batch = Vec::with_capacity(BATCH);
-    for (number, line) in reader.lines().enumerate() {
-        let line = line.map_err(|e| {
-            fail(
-                kind,
-                format!("{}: line {}: {e}", path.display(), number + 1),
-            )
-        })?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let item = RawValue::from_string(line).map_err(|e| {
-            fail(
-                kind,
-                format!("{}: line {}: {e}", path.display(), number + 1),
-            )
-        })?;
-        batch.push(item);
+    for item in RawItemReader::new(BufReader::new(file)) {
+        batch.push(item.map_err(|e| fail(kind, format!("{}: {e}", path.display())))?);
         if batch.len() == BATCH {
             send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))?;
         }

@@ -1,14 +1,15 @@
 //! `port-agent mapping test` and `mapping validate`: try a mapping without touching Port.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow};
-use port_agent_core::mapping::value::parse_raw;
+use port_agent_core::mapping::budget::{EVALUATION_STACK_BYTES, Limits};
 use port_agent_core::mapping::{CompiledMapping, PortAppConfig};
-use port_agent_core::raw_items::parse_raw_items;
+use port_agent_core::raw_items::RawItemReader;
 
 use crate::Failure;
+use port_agent_core::text::printable;
 
 fn load(mapping: &Path) -> Result<(PortAppConfig, CompiledMapping), Failure> {
     let config = PortAppConfig::from_file(mapping).map_err(|e| Failure::Config(e.into()))?;
@@ -97,39 +98,54 @@ pub fn test(args: &TestArgs) -> Result<(), Failure> {
         )));
     }
 
-    let text = if args.input.as_os_str() == "-" {
-        let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .map_err(|e| Failure::Run(e.into()))?;
-        text
+    let input: Box<dyn std::io::BufRead + Send> = if args.input.as_os_str() == "-" {
+        Box::new(std::io::BufReader::new(std::io::stdin()))
     } else {
-        std::fs::read_to_string(&args.input)
+        let file = std::fs::File::open(&args.input)
             .with_context(|| format!("cannot read {}", args.input.display()))
-            .map_err(Failure::Run)?
+            .map_err(Failure::Run)?;
+        Box::new(std::io::BufReader::new(file))
     };
-    let items = parse_raw_items(&text)
-        .with_context(|| {
-            format!(
-                "{} is neither a JSON array nor JSON lines",
-                args.input.display()
-            )
+    let input_name = args.input.display().to_string();
+    // Items are read and mapped one at a time (memory stays flat at any size), on a thread with
+    // the stack mappings are evaluated with, each within the default limits.
+    std::thread::Builder::new()
+        .name("mapping-test".to_owned())
+        .stack_size(EVALUATION_STACK_BYTES)
+        .spawn(move || {
+            // jq values are not Send: the mapping is compiled where it runs.
+            let env = crate::config::jq_env_access_from_environment().value();
+            let compiled = CompiledMapping::compile(&config, env);
+            map_each(&compiled, &selected, input, &input_name)
         })
-        .map_err(Failure::Run)?;
+        .map_err(|e| Failure::Run(e.into()))?
+        .join()
+        .unwrap_or_else(|_| Err(Failure::Run(anyhow!("mapping the items failed"))))
+}
 
+/// Maps each item of `input` with the `selected` resources, printing entities and problems.
+fn map_each(
+    compiled: &CompiledMapping,
+    selected: &[usize],
+    input: Box<dyn std::io::BufRead + Send>,
+    input_name: &str,
+) -> Result<(), Failure> {
+    let limits = Limits::default();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut stderr = std::io::stderr();
-    let mut failed_items = 0usize;
-    for (number, item) in items.iter().enumerate() {
-        let raw = parse_raw(item.get().as_bytes())
-            .map_err(|e| Failure::Run(anyhow!("item {number}: {e}")))?;
+    let (mut items, mut failed_items) = (0usize, 0usize);
+    for (number, item) in RawItemReader::new(input).enumerate() {
+        let item = item
+            .with_context(|| format!("{input_name} is neither a JSON array nor JSON lines"))
+            .map_err(Failure::Run)?;
+        items += 1;
         let mut item_failed = false;
-        for &index in &selected {
+        for &index in selected {
             let resource = compiled.resources[index]
                 .as_ref()
                 .expect("checked above: every selected resource compiled");
-            let result = compiled.map_item(resource, &raw);
+            let result = compiled.map_raw(resource, item.get().as_bytes(), &limits);
             for entity in &result.entities {
                 serde_json::to_writer(&mut out, entity).map_err(|e| Failure::Run(e.into()))?;
                 out.write_all(b"\n").map_err(|e| Failure::Run(e.into()))?;
@@ -141,11 +157,12 @@ pub fn test(args: &TestArgs) -> Result<(), Failure> {
                 let _ = writeln!(
                     stderr,
                     "item {number}: warning: {}: {} (the field is null)",
-                    warning.field, warning.message
+                    warning.field,
+                    printable(&warning.message)
                 );
             }
             for error in &result.errors {
-                let _ = writeln!(stderr, "item {number}: error: {error}");
+                let _ = writeln!(stderr, "item {number}: error: {}", printable(error));
                 item_failed = true;
             }
         }
@@ -154,8 +171,7 @@ pub fn test(args: &TestArgs) -> Result<(), Failure> {
     out.flush().map_err(|e| Failure::Run(e.into()))?;
     if failed_items > 0 {
         return Err(Failure::Run(anyhow!(
-            "{failed_items} of {} items failed to map",
-            items.len()
+            "{failed_items} of {items} items failed to map"
         )));
     }
     Ok(())

@@ -128,8 +128,10 @@ pub(crate) async fn prepare(config_path: &Path, kinds: &[String]) -> Result<Prep
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
-    let pool =
-        MappingPool::start(&port_app_config, config.jq_env_access(), threads).map_err(run_error)?;
+    let mut limits = config.mapping_limits();
+    limits.entity_bytes = client.config().bulk.max_bytes;
+    let pool = MappingPool::start(&port_app_config, config.jq_env_access(), threads, limits)
+        .map_err(run_error)?;
     let setup = IntegrationSetup {
         identifier: config.integration.identifier.clone(),
         integration_type: config.integration.integration_type.clone(),

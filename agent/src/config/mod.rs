@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use port_agent_core::Secret;
 use port_agent_core::mapping::EnvAccess;
+use port_agent_core::mapping::budget::Limits;
 use port_agent_core::port::{IntegrationIdentity, PortClientConfig};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
@@ -42,7 +43,31 @@ pub struct AgentConfig {
     /// The HTTP server of `port-agent run` (health, metrics, the WEBHOOK listener's `/resync`).
     #[serde(default)]
     pub http: HttpSettings,
+    /// Bounds on mapping one raw item.
+    #[serde(default)]
+    pub limits: LimitSettings,
 }
+
+/// Bounds on mapping one raw item: an item past one fails alone (an item error naming it).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct LimitSettings {
+    /// Time for one item's expressions, in milliseconds (default 1000).
+    #[serde(default)]
+    pub item_time_ms: Option<u64>,
+    /// Memory one item's evaluation may add, in MiB (default 512).
+    #[serde(default)]
+    pub item_memory_mib: Option<u64>,
+    /// Nesting of arrays and objects in a raw item (default 1000, as Ocean's JSON reader).
+    #[serde(default)]
+    pub item_nesting: Option<usize>,
+}
+
+/// Accepted ranges of the `limits` settings: (key, low, high).
+const LIMIT_RANGES: [(&str, u64, u64); 3] = [
+    ("limits.item_time_ms", 1, 3_600_000),
+    ("limits.item_memory_mib", 16, 1_048_576),
+    ("limits.item_nesting", 1, 10_000),
+];
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct HttpSettings {
@@ -328,6 +353,18 @@ fn validate(config: &AgentConfig) -> Vec<String> {
     {
         problems.push("scheduled_resync_interval: must be a positive number of minutes".to_owned());
     }
+    let limits = &config.limits;
+    for ((key, low, high), value) in LIMIT_RANGES.iter().zip([
+        limits.item_time_ms,
+        limits.item_memory_mib,
+        limits.item_nesting.map(|n| n as u64),
+    ]) {
+        if let Some(value) = value
+            && !(*low..=*high).contains(&value)
+        {
+            problems.push(format!("{key}: must be between {low} and {high}"));
+        }
+    }
     if config.http.listen.parse::<std::net::SocketAddr>().is_err() {
         problems.push(format!(
             "http.listen: {:?} is not an address and port such as 0.0.0.0:8000 (OCEAN__HTTP__LISTEN)",
@@ -405,6 +442,22 @@ impl Loaded {
 }
 
 impl AgentConfig {
+    /// The bounds each raw item is mapped within.
+    pub fn mapping_limits(&self) -> Limits {
+        let defaults = Limits::default();
+        let limits = &self.limits;
+        Limits {
+            time: limits
+                .item_time_ms
+                .map_or(defaults.time, std::time::Duration::from_millis),
+            memory_bytes: limits
+                .item_memory_mib
+                .map_or(defaults.memory_bytes, |mib| mib * 1024 * 1024),
+            nesting: limits.item_nesting.unwrap_or(defaults.nesting),
+            ..defaults
+        }
+    }
+
     /// What mappings see as `$ENV`.
     pub fn jq_env_access(&self) -> EnvAccess {
         match self.allow_environment_variables_jq_access {

@@ -141,6 +141,15 @@ impl Project {
         std::fs::write(path, changed).unwrap();
     }
 
+    /// Appends top-level `yaml` to the agent's config.
+    pub fn append_config(&self, yaml: &str) {
+        let path = self.root().join("agent.yaml");
+        let mut config = std::fs::read_to_string(&path).unwrap();
+        config.push_str(yaml);
+        config.push('\n');
+        std::fs::write(path, config).unwrap();
+    }
+
     /// What Port holds, as a user sees it: each entity's identifier, blueprint, title, icon,
     /// team, properties and relations, by blueprint and identifier (Port's own timestamps left
     /// out). Two runs that should leave Port alike must give equal values.

@@ -5,9 +5,10 @@ use std::fmt;
 use jaq_json::Val;
 use serde_json::{Map, Value};
 
+use super::budget::{self, Limits, nesting_exceeds};
 use super::config::{PortAppConfig, ResourceConfig, Template};
-use super::jq::{CompileError, Jq, Program};
-use super::value::to_json;
+use super::jq::{CompileError, EvalError, Jq, Program};
+use super::value::{parse_raw, to_json};
 use crate::port::{Entity, UpsertOptions};
 
 /// An expression of the mapping that does not compile.
@@ -54,6 +55,15 @@ pub struct ItemResult {
     /// Why the item was skipped: `itemsToParse` did not yield an array (Ocean skips it too,
     /// with a warning, and it is no error).
     pub skipped: Vec<String>,
+}
+
+impl ItemResult {
+    fn failed(error: String) -> Self {
+        Self {
+            errors: vec![error],
+            ..Default::default()
+        }
+    }
 }
 
 enum CompiledTemplate {
@@ -350,6 +360,22 @@ impl CompiledMapping {
             .map(|(i, _)| i)
     }
 
+    /// Maps one raw item, as JSON text, within `limits`: an item nested too deeply, or whose
+    /// evaluation runs out of time, stack or memory, fails alone, with the field it was in.
+    pub fn map_raw(&self, resource: &CompiledResource, raw: &[u8], limits: &Limits) -> ItemResult {
+        if nesting_exceeds(raw, limits.nesting) {
+            return ItemResult::failed(format!(
+                "the item nests arrays and objects more than {} levels deep (limits.item_nesting)",
+                limits.nesting
+            ));
+        }
+        let raw = match parse_raw(raw) {
+            Ok(raw) => raw,
+            Err(message) => return ItemResult::failed(format!("not readable as JSON: {message}")),
+        };
+        budget::for_item(limits, || self.map_item(resource, &raw))
+    }
+
     /// Maps one raw item with one compiled resource.
     pub fn map_item(&self, resource: &CompiledResource, raw: &Val) -> ItemResult {
         let mut result = ItemResult::default();
@@ -417,7 +443,8 @@ impl CompiledMapping {
                     parse.field
                 )));
             }
-            Err(message) => {
+            Err(EvalError::Budget(why)) => return Err(format!("{}: {why}", parse.field)),
+            Err(EvalError::Jq(message)) => {
                 return Ok(Err(format!(
                     "{}: {message}; the item is skipped",
                     parse.field
@@ -454,30 +481,33 @@ impl CompiledMapping {
             .collect()))
     }
 
+    /// A template's value for `input`. A failing expression is null with a warning, as in
+    /// Ocean; `Err` (the item fails) when the item's budget ran out.
     fn eval(
         &self,
         template: &CompiledTemplate,
         input: &Val,
         warnings: &mut Vec<FieldWarning>,
-    ) -> Value {
-        match template {
+    ) -> Result<Value, String> {
+        Ok(match template {
             CompiledTemplate::Expr { field, program } => {
                 match self.jq.first(program, input.clone()) {
                     Ok(Some(value)) => to_json(&value),
                     Ok(None) => Value::Null,
-                    Err(message) => {
+                    Err(EvalError::Jq(message)) => {
                         warnings.push(FieldWarning {
                             field: field.clone(),
                             message,
                         });
                         Value::Null
                     }
+                    Err(EvalError::Budget(why)) => return Err(format!("{field}: {why}")),
                 }
             }
             CompiledTemplate::Object(entries) => {
                 let mut out = Map::new();
                 for (key, value) in entries {
-                    out.insert(key.clone(), self.eval(value, input, warnings));
+                    out.insert(key.clone(), self.eval(value, input, warnings)?);
                 }
                 Value::Object(out)
             }
@@ -485,9 +515,9 @@ impl CompiledMapping {
                 items
                     .iter()
                     .map(|t| self.eval(t, input, warnings))
-                    .collect(),
+                    .collect::<Result<_, _>>()?,
             ),
-        }
+        })
     }
 
     fn entity(
@@ -496,8 +526,8 @@ impl CompiledMapping {
         input: &Val,
         warnings: &mut Vec<FieldWarning>,
     ) -> Result<Entity, String> {
-        let identifier = self.eval(&resource.identifier, input, warnings);
-        let blueprint = self.eval(&resource.blueprint, input, warnings);
+        let identifier = self.eval(&resource.identifier, input, warnings)?;
+        let blueprint = self.eval(&resource.blueprint, input, warnings)?;
         for (name, value) in [("identifier", &identifier), ("blueprint", &blueprint)] {
             if truthy(value) {
                 continue;
@@ -524,27 +554,30 @@ impl CompiledMapping {
             title: resource
                 .title
                 .as_ref()
-                .map(|t| self.eval(t, input, warnings)),
+                .map(|t| self.eval(t, input, warnings))
+                .transpose()?,
             icon: resource
                 .icon
                 .as_ref()
-                .map(|t| self.eval(t, input, warnings)),
+                .map(|t| self.eval(t, input, warnings))
+                .transpose()?,
             team: resource
                 .team
                 .as_ref()
-                .map(|t| self.eval(t, input, warnings)),
+                .map(|t| self.eval(t, input, warnings))
+                .transpose()?,
             properties: Map::new(),
             relations: Map::new(),
         };
         for (name, template) in &resource.properties {
             entity
                 .properties
-                .insert(name.clone(), self.eval(template, input, warnings));
+                .insert(name.clone(), self.eval(template, input, warnings)?);
         }
         for (name, template) in &resource.relations {
             entity
                 .relations
-                .insert(name.clone(), self.eval(template, input, warnings));
+                .insert(name.clone(), self.eval(template, input, warnings)?);
         }
         Ok(entity)
     }

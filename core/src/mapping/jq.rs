@@ -1,17 +1,56 @@
 //! The jq engine: jaq, with a prelude and natives that make it behave as the libjq that Ocean
 //! runs (regexes through Oniguruma, jq's date formats and edge cases, `$ENV`, `$__loc__`).
 
+use jaq_core::data::{DataT, HasLut};
 use jaq_core::load::{self, Arena, File, Loader};
-use jaq_core::{Compiler, Ctx, Vars, data};
+use jaq_core::{Compiler, Ctx, Vars};
 use jaq_json::Val;
 
+use super::budget::{self, Exceeded};
 use super::interpolation::route_through_text_format;
 use super::quotes::rewrite_single_quotes;
 use super::value::type_name;
 use super::{natives, regex};
 
-/// The data every filter runs with: plain values and the lookup table.
-pub type Data = data::JustLut<Val>;
+/// The data every filter runs with: plain values, and the lookup table behind the budget
+/// check (see [`budget`]).
+#[derive(Debug)]
+pub struct Data;
+
+impl DataT for Data {
+    type V<'a> = Val;
+    type Data<'a> = Guarded<'a>;
+}
+
+/// The lookup table; every term jaq evaluates asks for it, so the budget is checked there.
+#[derive(Clone)]
+#[allow(missing_debug_implementations)] // jaq's lookup table has no Debug
+pub struct Guarded<'a>(&'a jaq_core::Lut<Data>);
+
+impl<'a> HasLut<'a, Data> for Guarded<'a> {
+    fn lut(&self) -> &'a jaq_core::Lut<Data> {
+        budget::check();
+        self.0
+    }
+}
+
+/// Why an expression gave no value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EvalError {
+    /// jq raised an error, as libjq would: the field is null, with a warning.
+    Jq(String),
+    /// The item's budget ran out (or the engine failed): the whole item fails.
+    Budget(Exceeded),
+}
+
+impl std::fmt::Display for EvalError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EvalError::Jq(message) => f.write_str(message),
+            EvalError::Budget(why) => write!(f, "{why}"),
+        }
+    }
+}
 
 type Filter = jaq_core::Filter<Data>;
 
@@ -205,9 +244,9 @@ impl Jq {
     }
 
     /// The first output of `program` on `input`: `Ok(None)` when it yields nothing.
-    pub fn first(&self, program: &Program, input: Val) -> Result<Option<Val>, String> {
+    pub fn first(&self, program: &Program, input: Val) -> Result<Option<Val>, EvalError> {
         let (filter, location_lines) = match &program.0 {
-            Compiled::Path(keys) => return follow(keys, input).map(Some),
+            Compiled::Path(keys) => return follow(keys, input).map(Some).map_err(EvalError::Jq),
             Compiled::Const(value) => return Ok(Some(value.clone())),
             Compiled::Jaq {
                 filter,
@@ -217,17 +256,18 @@ impl Jq {
         let mut globals = Vec::with_capacity(1 + location_lines.len());
         globals.push(self.env.clone());
         globals.extend(location_lines.iter().map(|&line| location(line)));
-        let ctx = Ctx::<Data>::new(&filter.lut, Vars::new(globals));
+        let ctx = Ctx::<Data>::new(Guarded(&filter.lut), Vars::new(globals));
         // Not `jaq_core::unwrap_valr`: it exits the process on `halt`. A mapping must never stop
         // the agent; as in libjq, `halt` and `halt_error` just end the outputs.
-        match filter.id.run((ctx, input)).next() {
+        let first = budget::guarded(|| match filter.id.run((ctx, input)).next() {
             None => Ok(None),
             Some(Ok(value)) => Ok(Some(value)),
             Some(Err(exception)) => match exception.get_err() {
-                Ok(error) => Err(error.to_string()),
+                Ok(error) => Err(EvalError::Jq(error.to_string())),
                 Err(_halt) => Ok(None),
             },
-        }
+        });
+        first.unwrap_or_else(|why| Err(EvalError::Budget(why)))
     }
 }
 
@@ -295,7 +335,9 @@ mod tests {
         let jq = Jq::new(Val::obj(jaq_json::Map::default()));
         let program = jq.compile(expr).map_err(|e| e.to_string())?;
         let input = jaq_json::read::parse_single(input.as_bytes()).unwrap();
-        jq.first(&program, input).map(|v| v.map(|v| v.to_string()))
+        jq.first(&program, input)
+            .map(|v| v.map(|v| v.to_string()))
+            .map_err(|e| e.to_string())
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Ocean's mapping (`port-app-config`), evaluated with jaq so that it produces the entities
 //! Ocean produces.
 
+pub mod budget;
 mod compiled;
 pub mod config;
 mod interpolation;

@@ -9,11 +9,12 @@ use jaq_json::Val;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 
+use super::budget::{EVALUATION_STACK_BYTES, Limits};
 use super::jq::Jq;
-use super::value::parse_raw;
 use super::{CompiledMapping, PortAppConfig};
-use crate::entity_hash::{EntityHash, hash_entity};
+use crate::entity_hash::{EntityHash, hash_entity_sized};
 use crate::port::Entity;
+use crate::text::printable;
 
 /// What `$ENV` and `env` show mappings (Ocean: `OCEAN__ALLOW_ENVIRONMENT_VARIABLES_JQ_ACCESS`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,21 +98,28 @@ fn map_batch(
     mapping: &CompiledMapping,
     resource: usize,
     items: &[Box<RawValue>],
+    limits: &Limits,
 ) -> Result<BatchResult, PoolError> {
     let Some(Ok(resource)) = mapping.resources.get(resource) else {
         return Err(PoolError::NotCompiled(resource));
     };
     let mut out = BatchResult::default();
     for (number, item) in items.iter().enumerate() {
-        let raw = match parse_raw(item.get().as_bytes()) {
-            Ok(raw) => raw,
-            Err(message) => {
-                out.errors
-                    .push((number, format!("not readable as JSON: {message}")));
-                continue;
+        let mut result = mapping.map_raw(resource, item.get().as_bytes(), limits);
+        let mut hashed = Vec::with_capacity(result.entities.len());
+        for entity in std::mem::take(&mut result.entities) {
+            let (hash, size) = hash_entity_sized(&entity);
+            if size > limits.entity_bytes {
+                result.errors.push(format!(
+                    "entity {}/{} is {size} bytes as JSON, more than the {} bytes Port accepts in one request; it is not sent",
+                    entity.blueprint,
+                    printable(&entity.identifier_label()),
+                    limits.entity_bytes
+                ));
+            } else {
+                hashed.push((entity, hash));
             }
-        };
-        let result = mapping.map_item(resource, &raw);
+        }
         out.filtered_out += result.filtered_out;
         out.skipped
             .extend(result.skipped.into_iter().map(|s| (number, s)));
@@ -127,11 +135,8 @@ fn map_batch(
                 });
         }
         out.entity_items
-            .extend(std::iter::repeat_n(number, result.entities.len()));
-        out.entities.extend(result.entities.into_iter().map(|e| {
-            let hash = hash_entity(&e);
-            (e, hash)
-        }));
+            .extend(std::iter::repeat_n(number, hashed.len()));
+        out.entities.extend(hashed);
     }
     Ok(out)
 }
@@ -139,7 +144,12 @@ fn map_batch(
 impl MappingPool {
     /// Starts `threads` workers, each compiling `config`. Resources that do not compile are
     /// refused per batch ([`PoolError::NotCompiled`]); see [`CompiledMapping::errors`].
-    pub fn start(config: &PortAppConfig, env: EnvAccess, threads: usize) -> std::io::Result<Self> {
+    pub fn start(
+        config: &PortAppConfig,
+        env: EnvAccess,
+        threads: usize,
+        limits: Limits,
+    ) -> std::io::Result<Self> {
         let threads = threads.max(1);
         // Two batches a worker: enough to keep every core busy, few enough to bound memory.
         let (jobs, queue) = mpsc::channel::<Job>(threads * 2);
@@ -150,6 +160,7 @@ impl MappingPool {
             let config = config.clone();
             let worker = std::thread::Builder::new()
                 .name(format!("mapping-{n}"))
+                .stack_size(EVALUATION_STACK_BYTES)
                 .spawn(move || {
                     let mapping = CompiledMapping::compile(&config, env.value());
                     loop {
@@ -158,7 +169,7 @@ impl MappingPool {
                             .unwrap_or_else(|e| e.into_inner())
                             .blocking_recv();
                         let Some(job) = job else { break };
-                        let result = map_batch(&mapping, job.resource, &job.items);
+                        let result = map_batch(&mapping, job.resource, &job.items, &limits);
                         // The caller may have gone; its batch is then simply not needed.
                         let _ = job.reply.send(result);
                     }
@@ -216,6 +227,7 @@ impl Drop for MappingPool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::entity_hash::hash_entity;
 
     const MAPPING: &str = "resources:\n  - kind: k\n    selector: {query: .ok}\n    port: {entity: {mappings: {identifier: .id, blueprint: '\"b\"', properties: {n: .n | tostring, bad: .x.y}}}}\n  - kind: k\n    selector: {query: 'true'}\n    port: {entity: {mappings: {identifier: '.id |', blueprint: '\"b\"'}}}\n";
 
@@ -229,7 +241,7 @@ mod tests {
     #[tokio::test]
     async fn batches_map_on_workers_in_order_with_counts() {
         let config = PortAppConfig::from_yaml(MAPPING).unwrap();
-        let pool = MappingPool::start(&config, EnvAccess::Denied, 2).unwrap();
+        let pool = MappingPool::start(&config, EnvAccess::Denied, 2, Limits::default()).unwrap();
         let items = raw(&[
             r#"{"id": "a", "ok": true, "n": 1.0, "x": "s"}"#,
             r#"{"id": "b", "ok": false}"#,
@@ -261,7 +273,7 @@ mod tests {
     #[tokio::test]
     async fn many_batches_in_flight_all_come_back() {
         let config = PortAppConfig::from_yaml(MAPPING).unwrap();
-        let pool = MappingPool::start(&config, EnvAccess::Denied, 2).unwrap();
+        let pool = MappingPool::start(&config, EnvAccess::Denied, 2, Limits::default()).unwrap();
         let mut pending = Vec::new();
         for b in 0..20 {
             let items: Vec<String> = (0..50)

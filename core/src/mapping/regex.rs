@@ -10,8 +10,9 @@ use jaq_core::ValT as _;
 use jaq_core::native::{Fun, bome, run, v};
 use jaq_core::{Bind, Cv, DataT, Error, ValR, ValXs};
 use jaq_json::{Map, Val};
-use onig::{Regex, RegexOptions, Region, SearchOptions, Syntax};
+use onig::{MatchParam, Regex, RegexOptions, Region, SearchOptions, Syntax};
 
+use super::budget::{self, Exceeded};
 use super::jq::Data;
 use super::value::type_name;
 
@@ -120,6 +121,26 @@ struct Found {
     groups: Vec<Option<(usize, usize)>>,
 }
 
+/// Oniguruma's `ONIGERR_RETRY_LIMIT_IN_MATCH_OVER` (oniguruma.h).
+const RETRY_LIMIT_IN_MATCH_OVER: i32 = -17;
+
+/// One search from `start` to `end` of `text`. A regex that backtracks past Oniguruma's retry
+/// limit (jq's catastrophic patterns) stops the item's evaluation instead of panicking.
+fn search(regex: &Regex, text: &str, start: usize, region: Option<&mut Region>) -> bool {
+    match regex.search_with_param(
+        text,
+        start,
+        text.len(),
+        SearchOptions::SEARCH_OPTION_NONE,
+        region,
+        MatchParam::default(),
+    ) {
+        Ok(found) => found.is_some(),
+        Err(e) if e.code() == RETRY_LIMIT_IN_MATCH_OVER => budget::exceed(Exceeded::Backtracking),
+        Err(e) => budget::exceed(Exceeded::Panic(format!("Oniguruma: {}", e.description()))),
+    }
+}
+
 /// Every match as libjq finds them: non-global stops at the first; a zero-width match steps
 /// one character on; jq 1.8 searches up to and including the end of the text.
 fn find_all(text: &str, regex: &Regex, global: bool) -> Vec<Found> {
@@ -129,16 +150,7 @@ fn find_all(text: &str, regex: &Regex, global: bool) -> Vec<Found> {
     let mut region = Region::new();
     while start <= end {
         region.clear();
-        if regex
-            .search_with_options(
-                text,
-                start,
-                end,
-                SearchOptions::SEARCH_OPTION_NONE,
-                Some(&mut region),
-            )
-            .is_none()
-        {
+        if !search(regex, text, start, Some(&mut region)) {
             break;
         }
         let whole = region.pos(0).expect("a match has a whole-match group");
@@ -214,10 +226,7 @@ fn match_impl(input: &Val, re: &Val, flags: &Val, test: bool) -> ValR<Val> {
     let text = input_text(input)?;
     let (regex, global) = regex_and_flags(re, flags)?;
     if test {
-        let found = regex
-            .search_with_options(text, 0, text.len(), SearchOptions::SEARCH_OPTION_NONE, None)
-            .is_some();
-        return Ok(Val::Bool(found));
+        return Ok(Val::Bool(search(&regex, text, 0, None)));
     }
     let names = group_names(&regex);
     let name_of = |i: usize| names[i].as_ref().map(|n| string(n)).unwrap_or(Val::Null);

@@ -14,6 +14,7 @@ use super::model::{
     DeleteReport, Entity, EntityError, OwnedEntitiesPage, UpsertOptions, UpsertOutcome,
 };
 use super::retry::{Idempotency, is_retryable_status};
+use crate::text::printable;
 
 /// A batch ready to send: the entities' positions in the caller's slice and their JSON.
 #[derive(Debug)]
@@ -415,7 +416,7 @@ impl PortClient {
                         call: "POST /blueprints/entities/datasource-entities".to_owned(),
                         reason: format!(
                             "Port gave the page cursor {} a second time; stopped reading a listing that would never end",
-                            next.escape_debug()
+                            printable(&next)
                         ),
                     });
                 }

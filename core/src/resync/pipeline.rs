@@ -211,7 +211,7 @@ impl Resync<'_> {
         let number = |item: usize| numbers.get(item).copied().unwrap_or_default();
         if let Some((item, error)) = mapped.errors.first() {
             let first = format!("item #{} of kind {kind}: {error}", number(*item));
-            tracing::error!(resource = index, kind, errors = mapped.errors.len(), first = %first, "items failed to map; this run deletes nothing");
+            tracing::error!(resource = index, kind, errors = mapped.errors.len(), first = %crate::text::printable(&first), "items failed to map; this run deletes nothing");
             progress.first_item_error.get_or_insert(first);
         }
         progress.item_errors += mapped.errors.len() as u64;

@@ -7,6 +7,7 @@ use port_agent_state::{EntityKey, Intent, Sending};
 
 use super::Writer;
 use crate::resync::{ResyncError, with_state};
+use crate::text::printable;
 
 /// An entity to delete: the state owns it and no item produced it.
 #[derive(Debug, Clone)]
@@ -82,7 +83,7 @@ impl Writer<'_> {
                 outcome.notes.push(format!(
                     "deletion failed for {} entities of {blueprint} (first {}: {}); retried next resync",
                     report.failed.len(),
-                    id.escape_debug(),
+                    printable(id),
                     error.message
                 ));
                 outcome.failed = true;

@@ -29,6 +29,7 @@ pub use plan::{Plan, PlannedChange};
 use crate::entity_hash::EntityHash;
 use crate::port::{Entity, PortClient, PortError, UpsertOptions, UpsertOutcome};
 use crate::resync::{Progress, ResyncError, with_state};
+use crate::text::printable;
 
 /// Which resource produced the entities handed to [`Writer::submit`].
 #[derive(Debug, Clone)]
@@ -392,7 +393,7 @@ impl<'a> Writer<'a> {
                     resource: source.resource,
                 }),
                 UpsertOutcome::Failed(error) => {
-                    tracing::warn!(blueprint = %entity.blueprint, identifier = %entity.identifier_label().escape_debug(), error = %error.error, message = %error.message.escape_debug(), "Port refused an entity; its kind deletes nothing this run, and it is sent again next resync");
+                    tracing::warn!(blueprint = %entity.blueprint, identifier = %printable(&entity.identifier_label()), error = %error.error, message = %printable(&error.message), "Port refused an entity; its kind deletes nothing this run, and it is sent again next resync");
                     *self
                         .refused_kinds
                         .entry(source.kind.to_string())
