@@ -33,6 +33,8 @@ struct Recorded {
     last_duration_seconds: f64,
     last_finished_unix: f64,
     state_entities: u64,
+    /// Set while the agent cannot work (e.g. its state file cannot be written).
+    unready: Option<String>,
 }
 
 impl Metrics {
@@ -45,9 +47,17 @@ impl Metrics {
     }
 
     /// A run ended; `report` is `None` when it could not start (config, Port unreachable).
-    pub fn run_ended(&self, report: Option<&ResyncReport>, state_entities: Option<u64>) {
+    /// `unready`: why the agent cannot work now (its state cannot be written), for
+    /// `/health/ready`.
+    pub fn run_ended(
+        &self,
+        report: Option<&ResyncReport>,
+        state_entities: Option<u64>,
+        unready: Option<String>,
+    ) {
         {
             let mut recorded = self.recorded();
+            recorded.unready = unready;
             match report {
                 Some(report) => {
                     *recorded
@@ -77,13 +87,19 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{labels} {value}");
             }
         };
-        let runs: Vec<(String, f64)> = ["completed", "failed", "aborted", "not_started"]
-            .iter()
-            .map(|s| {
-                let n = recorded.runs.get(s).copied().unwrap_or(0);
-                (format!("{{status=\"{s}\"}}"), n as f64)
-            })
-            .collect();
+        let runs: Vec<(String, f64)> = [
+            "completed",
+            "completed_with_errors",
+            "failed",
+            "aborted",
+            "not_started",
+        ]
+        .iter()
+        .map(|s| {
+            let n = recorded.runs.get(s).copied().unwrap_or(0);
+            (format!("{{status=\"{s}\"}}"), n as f64)
+        })
+        .collect();
         metric(
             "port_agent_runs_total",
             "counter",
@@ -161,12 +177,15 @@ pub fn router(metrics: Arc<Metrics>, resync: Option<Arc<Notify>>) -> Router {
 }
 
 async fn ready(State(shared): State<Shared>) -> impl IntoResponse {
+    if let Some(why) = shared.metrics.recorded().unready.clone() {
+        return (StatusCode::SERVICE_UNAVAILABLE, why);
+    }
     if shared.metrics.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready")
+        (StatusCode::OK, "ready".to_owned())
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "the first resync has not ended yet",
+            "the first resync has not ended yet".to_owned(),
         )
     }
 }
@@ -208,7 +227,7 @@ mod tests {
     #[test]
     fn metrics_are_prometheus_text_with_every_series() {
         let metrics = Metrics::default();
-        metrics.run_ended(None, Some(12));
+        metrics.run_ended(None, Some(12), None);
         let text = metrics.render();
         assert!(
             text.contains("# TYPE port_agent_runs_total counter\n"),

@@ -17,9 +17,10 @@ static GLOBAL: MiMalloc = MiMalloc;
 #[derive(Debug, Parser)]
 #[command(name = "port-agent", version, propagate_version = true)]
 struct Cli {
-    /// Log filter for stderr: error, warn, info, debug, trace, or a tracing directive list.
-    #[arg(long, global = true, default_value = "warn", env = "PORT_AGENT_LOG")]
-    log: String,
+    /// Log filter for stderr: error, warn, info, debug, trace, or a tracing directive list
+    /// (default: info for `run`, a service whose lifecycle is worth a line; warn otherwise).
+    #[arg(long, global = true, env = "PORT_AGENT_LOG")]
+    log: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -205,8 +206,13 @@ struct ConfigArg {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let default_level = match cli.command {
+        Command::Run { .. } => "info",
+        _ => "warn",
+    };
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(cli.log.as_deref().unwrap_or(default_level))
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

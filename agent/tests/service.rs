@@ -2,56 +2,13 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{Project, service, start_agent_in, terminate};
+use support::{Project, RunningService, service, use_listener};
 
-/// Sets the event listener and has the HTTP server listen on a free loopback port; returns it.
-fn listen_with(project: &Project, listener: &str) -> String {
-    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = free.local_addr().unwrap().to_string();
-    drop(free);
-    let path = project.root().join("agent.yaml");
-    let config = std::fs::read_to_string(&path).unwrap();
-    let changed = config.replace(
-        "event_listener: {type: ONCE}",
-        &format!("{listener}\nhttp: {{listen: '{address}'}}"),
-    );
-    assert_ne!(config, changed);
-    std::fs::write(path, changed).unwrap();
-    address
-}
-
-/// One plain HTTP/1.1 request: the status and the body.
-async fn http(address: &str, method: &str, path: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).await.ok()?;
-    let status = answer.split(' ').nth(1)?.parse().ok()?;
-    let body = answer.split_once("\r\n\r\n")?.1.to_owned();
-    Some((status, body))
-}
-
-/// The value of one series in `/metrics`.
-async fn metric(address: &str, series: &str) -> Option<f64> {
-    let (_, text) = http(address, "GET", "/metrics").await?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
-/// Waits (up to 30 s) until `done` holds.
-async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn wait_until(what: &str, done: impl FnMut() -> bool) {
+    support::wait_until(Duration::from_secs(30), what, done).await;
 }
 
 fn upserts_of(project: &Project, key: &str) -> u64 {
@@ -63,8 +20,8 @@ fn upserts_of(project: &Project, key: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_service_resyncs_at_start_and_on_a_port_request_then_stops_cleanly() {
     let project = Project::new(50).await;
-    let address = listen_with(&project, "event_listener: {type: POLLING, interval: 1}");
-    let child = start_agent_in(project.root(), &["run", "--config", "agent.yaml"]);
+    use_listener(&project, "event_listener: {type: POLLING, interval: 1}");
+    let agent = RunningService::start(project.root()).await;
 
     wait_until("the start resync sent everything", || {
         project.stats()["entities_total"] == 55
@@ -83,26 +40,18 @@ async fn the_service_resyncs_at_start_and_on_a_port_request_then_stops_cleanly()
     // A poll that finds the same request does not start another run.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(
-        http(&address, "GET", "/health/ready").await,
+        agent.http("GET", "/health/ready").await,
         Some((200, "ready".to_owned()))
     );
-    assert_eq!(
-        metric(&address, "port_agent_runs_total{status=\"completed\"}").await,
-        Some(2.0)
-    );
-    assert_eq!(
-        metric(&address, "port_agent_state_entities").await,
-        Some(55.0)
-    );
+    agent
+        .wait_for_metric("port_agent_runs_total{status=\"completed\"}", 2.0)
+        .await;
+    assert_eq!(agent.metric("port_agent_state_entities").await, Some(55.0));
     // POLLING has no webhook trigger.
-    assert_eq!(
-        http(&address, "POST", "/resync").await.map(|r| r.0),
-        Some(404)
-    );
+    assert_eq!(agent.http("POST", "/resync").await.map(|r| r.0), Some(404));
 
-    let out = terminate(child).await;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let (code, stdout, stderr) = agent.terminate().await;
+    assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(project.stats()["entities_upserted"], 56, "{stderr}");
 
     let inspect = project
@@ -128,7 +77,6 @@ async fn the_service_resyncs_at_start_and_on_a_port_request_then_stops_cleanly()
             ("start".to_owned(), "completed".to_owned())
         ]
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(stdout.matches("Completed").count(), 2, "{stdout}");
 }
 
@@ -159,7 +107,7 @@ async fn with_once_the_service_runs_one_resync_and_exits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listener_not_built_yet_is_refused_before_anything_is_sent() {
     let project = Project::new(10).await;
-    listen_with(&project, "event_listener: {type: KAFKA}");
+    use_listener(&project, "event_listener: {type: KAFKA}");
     let out = project.agent(&["run", "--config", "agent.yaml"]).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
@@ -173,51 +121,43 @@ async fn a_listener_not_built_yet_is_refused_before_anything_is_sent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_webhook_a_post_to_resync_starts_a_run() {
     let project = Project::new(20).await;
-    let address = listen_with(&project, "event_listener: {type: WEBHOOK}");
-    let child = start_agent_in(project.root(), &["run", "--config", "agent.yaml"]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some((status, _)) = http(&address, "GET", "/health/live").await {
-            assert_eq!(status, 200);
-            break;
-        }
-        assert!(Instant::now() < deadline, "the HTTP server never came up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let mut ready = None;
-    while ready != Some(200) {
-        assert!(Instant::now() < deadline, "never ready");
-        ready = http(&address, "GET", "/health/ready").await.map(|r| r.0);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(project.stats()["entities_total"], 25);
+    use_listener(&project, "event_listener: {type: WEBHOOK}");
+    let agent = RunningService::start(project.root()).await;
+    assert_eq!(
+        agent.http("GET", "/health/live").await.map(|r| r.0),
+        Some(200)
+    );
+    wait_until("ready", || project.stats()["entities_total"] == 25).await;
+    let completed = "port_agent_runs_total{status=\"completed\"}";
+    agent.wait_for_metric(completed, 1.0).await;
+    assert_eq!(
+        agent.http("GET", "/health/ready").await.map(|r| r.0),
+        Some(200)
+    );
 
     let mut services: Vec<Value> = (0..20).map(service).collect();
     services[3]["stars"] = json!(9999);
     project.write_services(&services);
-    assert_eq!(
-        http(&address, "POST", "/resync").await.map(|r| r.0),
-        Some(202)
-    );
+    assert_eq!(agent.http("POST", "/resync").await.map(|r| r.0), Some(202));
     wait_until("the webhook's resync sent the change", || {
         upserts_of(&project, "service/svc-0003") == 2
     })
     .await;
-    let mut completed = None;
-    while completed != Some(2.0) {
-        assert!(Instant::now() < deadline, "the second run never ended");
-        completed = metric(&address, "port_agent_runs_total{status=\"completed\"}").await;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    agent.wait_for_metric(completed, 2.0).await;
     assert_eq!(
-        metric(&address, "port_agent_entities_total{outcome=\"upserted\"}").await,
+        agent
+            .metric("port_agent_entities_total{outcome=\"upserted\"}")
+            .await,
         Some(26.0)
     );
 
-    let out = terminate(child).await;
-    support::assert_success(&out);
+    let address = agent.address.clone();
+    let (code, _, stderr) = agent.terminate().await;
+    assert_eq!(code, Some(0), "{stderr}");
     assert!(
-        http(&address, "GET", "/health/live").await.is_none(),
+        support::http(&address, "GET", "/health/live")
+            .await
+            .is_none(),
         "still serving after stop"
     );
 }
@@ -226,17 +166,22 @@ async fn with_webhook_a_post_to_resync_starts_a_run() {
 async fn scheduled_runs_start_by_themselves_and_pick_up_changes() {
     let project = Project::new(10).await;
     // 0.02 minutes = 1.2 s; Port's resync request is polled too rarely to matter here.
-    let address = listen_with(
+    use_listener(
         &project,
         "event_listener: {type: POLLING, interval: 600}\nscheduled_resync_interval: 0.02",
     );
-    let child = start_agent_in(project.root(), &["run", "--config", "agent.yaml"]);
+    let agent = RunningService::start(project.root()).await;
     let completed = "port_agent_runs_total{status=\"completed\"}";
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while metric(&address, completed).await.unwrap_or(0.0) < 2.0 {
-        assert!(Instant::now() < deadline, "no scheduled run came");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while agent.metric(completed).await.unwrap_or(0.0) < 2.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no scheduled run came"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Written whole then renamed: a scheduled run never reads half a file (an empty read
+    // would delete everything).
     let mut services: Vec<Value> = (0..10).map(service).collect();
     services[4]["lang"] = json!("zig");
     project.write_services(&services);
@@ -244,8 +189,8 @@ async fn scheduled_runs_start_by_themselves_and_pick_up_changes() {
         upserts_of(&project, "service/svc-0004") == 2
     })
     .await;
-    let out = terminate(child).await;
-    assert_eq!(out.status.code(), Some(0));
+    let (code, _, _) = agent.terminate().await;
+    assert_eq!(code, Some(0));
     // Only the changed entity was sent again, however many runs came.
     assert_eq!(project.stats()["entities_upserted"], 16);
 

@@ -50,7 +50,9 @@ impl Trigger {
 /// What the service shares between its loop, its runs and its HTTP server.
 struct Service<'a> {
     config_path: &'a Path,
-    state: Arc<StateStore>,
+    /// The open state file. `None` after a run could not write it (a full disk): redb refuses
+    /// every write after an I/O error, so the next run opens it again.
+    state: std::sync::Mutex<Option<Arc<StateStore>>>,
     stop: CancellationToken,
     metrics: Arc<Metrics>,
 }
@@ -70,7 +72,7 @@ pub async fn serve(config_path: &Path) -> Result<(), Failure> {
     let state = open_state(&first.state_path, &first.identity).await?;
     let service = Service {
         config_path,
-        state,
+        state: std::sync::Mutex::new(Some(state)),
         stop: CancellationToken::new(),
         metrics: Arc::new(Metrics::default()),
     };
@@ -86,7 +88,11 @@ pub async fn serve(config_path: &Path) -> Result<(), Failure> {
         let bound = tokio::net::TcpListener::bind(&address).await.map_err(|e| {
             Failure::Run(anyhow!("cannot serve HTTP on {address} (http.listen): {e}"))
         })?;
-        tracing::info!(address = %address, "serving /health/live, /health/ready, /metrics");
+        // The bound address: with port 0 the system picked it, and this line tells.
+        let serving = bound
+            .local_addr()
+            .map_or_else(|_| address.clone(), |a| a.to_string());
+        tracing::info!(address = %serving, "serving /health/live, /health/ready, /metrics");
         let server = tokio::spawn(http::serve(
             bound,
             http::router(service.metrics.clone(), webhook.clone()),
@@ -184,41 +190,73 @@ impl Service<'_> {
     /// One run with the config as it is now. Failures are logged, never fatal to the service.
     async fn run_once(&self, trigger: Trigger) -> Option<RunStatus> {
         self.metrics.run_started();
+        let mut state = None;
+        let mut open_failed = false;
         let outcome = async {
             let prepared = prepare(self.config_path, &[]).await?;
+            let opened = match self.open_state() {
+                Some(open) => open,
+                None => open_state(&prepared.state_path, &prepared.identity)
+                    .await
+                    .inspect_err(|_| open_failed = true)?,
+            };
+            state = Some(opened.clone());
             let options = ResyncOptions {
                 kinds: None,
                 dry_run: false,
                 trigger: trigger.name().to_owned(),
             };
             let report = prepared
-                .resync_and_verify(Some(self.state.clone()), None, self.stop.clone(), &options)
+                .resync_and_verify(Some(opened), None, self.stop.clone(), &options)
                 .await?;
             print(&report, false, false, &prepared.state_path)
                 .map_err(|e| Failure::Run(e.into()))?;
             Ok::<_, Failure>(report)
         }
         .await;
-        let state = self.state.clone();
-        let entities = tokio::task::spawn_blocking(move || state.entity_count())
-            .await
-            .ok()
-            .and_then(Result::ok);
+        let entities = match &state {
+            Some(state) => {
+                let state = state.clone();
+                tokio::task::spawn_blocking(move || state.entity_count())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            }
+            None => None,
+        };
         match outcome {
             Ok(report) => {
-                self.metrics.run_ended(Some(&report), entities);
+                let unready = report.state_error.as_ref().map(|e| {
+                    format!("the last resync could not write its state ({e}); the next run opens it again")
+                });
+                // Kept open for the next run, unless it failed: redb refuses writes after an
+                // I/O error until the file is opened again.
+                if unready.is_none() {
+                    *self.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
+                }
+                self.metrics.run_ended(Some(&report), entities, unready);
                 Some(report.run.status)
             }
             Err(failure) => {
-                self.metrics.run_ended(None, entities);
+                let message = format!("{:#}", failure.error());
+                let unready =
+                    open_failed.then(|| format!("the state could not be opened: {message}"));
+                if state.is_some() {
+                    *self.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
+                }
+                self.metrics.run_ended(None, entities, unready);
                 tracing::error!(
                     trigger = trigger.name(),
-                    "the resync could not run: {:#}",
-                    failure.error()
+                    "the resync could not run: {message}"
                 );
                 None
             }
         }
+    }
+
+    /// The state left open by the last run, taken for this one.
+    fn open_state(&self) -> Option<Arc<StateStore>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
 

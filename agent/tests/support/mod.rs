@@ -92,9 +92,13 @@ impl Project {
         self.root().join("state/agent.redb")
     }
 
+    /// Writes `items` as JSON lines into `file`, whole then renamed into place: a run that
+    /// reads it meanwhile sees the old file or the new one, never half of one.
     pub fn write_lines(&self, file: &str, items: &[Value]) {
         let text: String = items.iter().map(|v| format!("{v}\n")).collect();
-        std::fs::write(self.root().join(file), text).unwrap();
+        let partial = self.root().join(format!("{file}.partial"));
+        std::fs::write(&partial, text).unwrap();
+        std::fs::rename(partial, self.root().join(file)).unwrap();
     }
 
     pub fn write_services(&self, items: &[Value]) {
@@ -300,4 +304,155 @@ pub fn assert_same_content(
             .collect::<Vec<_>>()
             .join("\n")
     );
+}
+
+/// Sets the event listener (`event_listener: ...` and any more top-level YAML) and has the
+/// service's HTTP server listen on a port the system picks (the agent logs which).
+pub fn use_listener(project: &Project, listener: &str) {
+    let path = project.root().join("agent.yaml");
+    let config = std::fs::read_to_string(&path).unwrap();
+    let changed = config.replace(
+        "event_listener: {type: ONCE}",
+        &format!("{listener}\nhttp: {{listen: '127.0.0.1:0'}}"),
+    );
+    assert_ne!(config, changed);
+    std::fs::write(path, changed).unwrap();
+}
+
+/// `port-agent run` in a project folder, its output collected as it comes.
+pub struct RunningService {
+    child: Child,
+    /// Where its HTTP server listens (read from its log).
+    pub address: String,
+    stdout: std::sync::Arc<std::sync::Mutex<String>>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+fn collect(
+    stream: impl std::io::Read + Send + 'static,
+) -> std::sync::Arc<std::sync::Mutex<String>> {
+    let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = text.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            let mut text = sink.lock().unwrap();
+            text.push_str(&line);
+            text.push('\n');
+        }
+    });
+    text
+}
+
+impl RunningService {
+    /// Starts `port-agent run --config agent.yaml` in `dir` and waits (30 s at most) for its
+    /// HTTP server's address.
+    pub async fn start(dir: &Path) -> Self {
+        let mut child = start_agent_in(dir, &["run", "--config", "agent.yaml"]);
+        let stdout = collect(child.stdout.take().unwrap());
+        let stderr = collect(child.stderr.take().unwrap());
+        let mut address = None;
+        wait_until(
+            std::time::Duration::from_secs(30),
+            "the service logs its address",
+            || {
+                address = stderr
+                    .lock()
+                    .unwrap()
+                    .lines()
+                    .filter(|l| l.contains("serving /health/live"))
+                    .find_map(|l| {
+                        Some(
+                            l.split("address=")
+                                .nth(1)?
+                                .split_whitespace()
+                                .next()?
+                                .to_owned(),
+                        )
+                    });
+                address.is_some()
+            },
+        )
+        .await;
+        Self {
+            child,
+            address: address.unwrap(),
+            stdout,
+            stderr,
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// One plain HTTP/1.1 request to the service: the status and the body.
+    pub async fn http(&self, method: &str, path: &str) -> Option<(u16, String)> {
+        http(&self.address, method, path).await
+    }
+
+    /// The value of one series in `/metrics`.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let (_, text) = self.http("GET", "/metrics").await?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    /// Waits (30 s at most) until `series` reaches `value`.
+    pub async fn wait_for_metric(&self, series: &str, value: f64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while self.metric(series).await != Some(value) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{series} never reached {value}: {:?}\n{}",
+                self.metric(series).await,
+                self.stderr()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGTERM, as systemd or `docker stop` sends; waits (30 s at most) for the exit, and
+    /// returns the exit code, stdout and stderr.
+    pub async fn terminate(mut self) -> (Option<i32>, String, String) {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -TERM failed");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("still running 30 s after SIGTERM:\n{}", self.stderr());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        // The readers finish once the pipes close.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        (
+            status.code(),
+            self.stdout.lock().unwrap().clone(),
+            self.stderr(),
+        )
+    }
+}
+
+/// One plain HTTP/1.1 request: the status and the body.
+pub async fn http(address: &str, method: &str, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.ok()?;
+    let status = answer.split(' ').nth(1)?.parse().ok()?;
+    let body = answer.split_once("\r\n\r\n")?.1.to_owned();
+    Some((status, body))
 }

@@ -70,6 +70,9 @@ pub struct ResyncReport {
     pub duration: Duration,
     /// Filled by a dry run: what would be upserted and deleted.
     pub plan: Vec<PlannedChange>,
+    /// The run stopped because the state could not be read or written (a full disk, an I/O
+    /// error): why. The store must be opened again before it is trusted.
+    pub state_error: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -270,46 +273,23 @@ impl Resync<'_> {
             dry,
         )
         .with_progress(self.progress.clone());
-        let ran = self.run_resources(options, &mut run, &mut writer).await?;
-        let any_failed = ran.failed;
-
-        let stopped = self.stop.is_cancelled();
-        let refused = refused_note(writer.refused_kinds());
-        if let Some(note) = &refused {
-            tracing::error!("{note}");
-            run.notes.push(note.clone());
+        let mut state_error = None;
+        match self.sync(options, &mut run, &mut writer).await {
+            Ok(status) => run.status = status,
+            Err(e) => {
+                if matches!(e, ResyncError::State(_) | ResyncError::Blocking(_)) {
+                    state_error = Some(e.to_string());
+                }
+                // The state cannot be written (a full disk, an I/O error) or Port failed where
+                // the run cannot carry on: what is in flight is settled if it can be, nothing
+                // more is sent, and the run ends failed, saying why.
+                let _ = writer.stop().await;
+                let note = format!("the run stopped: {e}");
+                tracing::error!("{}", crate::text::printable(&note));
+                run.notes.push(note);
+                run.status = RunStatus::Failed;
+            }
         }
-        let with_errors = refused.is_some() || ran.item_errors;
-        if stopped {
-            run.notes.push(
-                "aborted: the agent was asked to stop; what Port acknowledged is recorded, deletions skipped"
-                    .to_owned(),
-            );
-        } else if any_failed {
-            run.notes
-                .push("deletions skipped: a resource failed in this run".to_owned());
-        } else if with_errors {
-            run.notes.push(
-                "deletions skipped: items failed to map or Port refused entities in this run"
-                    .to_owned(),
-            );
-        } else if let Some(state) = &self.state {
-            self.delete_vanished(state, &mut run, options, &mut writer)
-                .await?;
-        }
-        if !dry && let Some(state) = &self.state {
-            with_state(state, |s| s.raw_prune().map(drop)).await?;
-        }
-        let deletion_failed = run.notes.iter().any(|n| n.starts_with("deletion failed"));
-        run.status = if stopped {
-            RunStatus::Aborted
-        } else if any_failed || deletion_failed {
-            RunStatus::Failed
-        } else if with_errors {
-            RunStatus::CompletedWithErrors
-        } else {
-            RunStatus::Completed
-        };
         let plan = writer
             .plan()
             .map(|p| std::mem::take(&mut p.changes))
@@ -317,7 +297,10 @@ impl Resync<'_> {
         if !dry {
             if let Some(state) = &self.state {
                 let record = run.clone();
-                with_state(state, move |s| s.finish_run(&record)).await?;
+                if let Err(e) = with_state(state, move |s| s.finish_run(&record)).await {
+                    // The next run closes it as interrupted.
+                    tracing::error!(error = %e, "could not record the end of the run");
+                }
             }
             let port_status = match run.status {
                 RunStatus::Completed => ResyncStatus::Completed,
@@ -330,6 +313,56 @@ impl Resync<'_> {
             run,
             duration: started.elapsed(),
             plan,
+            state_error,
+        })
+    }
+
+    /// The run proper: every resource through the writer, then the deletions its outcome
+    /// allows. Returns how the run ended.
+    async fn sync(
+        &self,
+        options: &ResyncOptions,
+        run: &mut RunRecord,
+        writer: &mut Writer<'_>,
+    ) -> Result<RunStatus, ResyncError> {
+        let ran = self.run_resources(options, run, writer).await?;
+        let stopped = self.stop.is_cancelled();
+        let refused = refused_note(writer.refused_kinds());
+        if let Some(note) = &refused {
+            tracing::error!("{note}");
+            run.notes.push(note.clone());
+        }
+        let with_errors = refused.is_some() || ran.item_errors;
+        let mut deletion_failed = false;
+        if stopped {
+            run.notes.push(
+                "aborted: the agent was asked to stop; what Port acknowledged is recorded, deletions skipped"
+                    .to_owned(),
+            );
+        } else if ran.failed {
+            run.notes
+                .push("deletions skipped: a resource failed in this run".to_owned());
+        } else if with_errors {
+            run.notes.push(
+                "deletions skipped: items failed to map or Port refused entities in this run"
+                    .to_owned(),
+            );
+        } else if let Some(state) = &self.state {
+            deletion_failed = self.delete_vanished(state, run, options, writer).await?;
+        }
+        if !options.dry_run
+            && let Some(state) = &self.state
+        {
+            with_state(state, |s| s.raw_prune().map(drop)).await?;
+        }
+        Ok(if stopped {
+            RunStatus::Aborted
+        } else if ran.failed || deletion_failed {
+            RunStatus::Failed
+        } else if with_errors {
+            RunStatus::CompletedWithErrors
+        } else {
+            RunStatus::Completed
         })
     }
 
@@ -499,14 +532,14 @@ impl Resync<'_> {
     }
 
     /// Deletes what no item produced in this (complete) run, within the threshold and the
-    /// `--kind` scope.
+    /// `--kind` scope. Returns whether a deletion failed.
     async fn delete_vanished(
         &self,
         state: &Arc<StateStore>,
         run: &mut RunRecord,
         options: &ResyncOptions,
         writer: &mut Writer<'_>,
-    ) -> Result<(), ResyncError> {
+    ) -> Result<bool, ResyncError> {
         let run_id = run.id;
         let dry = options.dry_run;
         let scope: Option<HashSet<String>> =
@@ -525,7 +558,7 @@ impl Resync<'_> {
             None => vanished,
         };
         if vanished.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let threshold = self.mapping.entity_deletion_threshold;
         let ratio = vanished.len() as f64 / total.max(1) as f64;
@@ -539,7 +572,7 @@ impl Resync<'_> {
             );
             tracing::error!("{note}");
             run.notes.push(note);
-            return Ok(());
+            return Ok(false);
         }
         if let Some(plan) = writer.plan().filter(|_| dry) {
             plan.changes.extend(
@@ -552,7 +585,7 @@ impl Resync<'_> {
                         reason: "vanished",
                     }),
             );
-            return Ok(());
+            return Ok(false);
         }
         let vanished: Vec<Vanished> = vanished
             .into_iter()
@@ -569,7 +602,7 @@ impl Resync<'_> {
             run.totals.deleted += deleted;
         }
         run.notes.extend(outcome.notes);
-        Ok(())
+        Ok(outcome.failed)
     }
 }
 
