@@ -22,9 +22,86 @@ pub fn printable(text: &str) -> Cow<'_, str> {
     )
 }
 
+/// A serde error message without the value it quotes: configuration values (a secret, a file's
+/// content) never reach an error. `invalid type: string "…", expected u64` becomes
+/// `expected u64, found a string`.
+pub fn without_values(message: &str) -> String {
+    let kind = |found: &str| {
+        found
+            .split(['"', '`'])
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    };
+    if let Some(rest) = message.strip_prefix("invalid type: ")
+        && let Some((found, expected)) = rest.rsplit_once(", expected ")
+    {
+        return format!("expected {expected}, found a {}", kind(found));
+    }
+    if let Some(rest) = message.strip_prefix("invalid value: ")
+        && let Some((found, expected)) = rest.rsplit_once(", expected ")
+    {
+        return format!("expected {expected}, found another {}", kind(found));
+    }
+    if let Some(rest) = message.strip_prefix("unknown variant ")
+        && let Some((_, expected)) = rest.rsplit_once(", expected ")
+    {
+        return format!("unknown value, expected {expected}");
+    }
+    if message.starts_with("invalid length") || message.starts_with("invalid type") {
+        return "has a value of the wrong kind".to_owned();
+    }
+    message.to_owned()
+}
+
+/// `url` without the `user:password@` part.
+pub fn redact_url(url: &str) -> Cow<'_, str> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Cow::Borrowed(url);
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => Cow::Owned(format!("{scheme}://[redacted]@{}", &rest[at + 1..])),
+        None => Cow::Borrowed(url),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn serde_messages_lose_their_values() {
+        assert_eq!(
+            without_values(
+                r#"invalid type: string "{\"client_secret\": \"s3cr3t\", expected u64", expected struct PortSettings"#
+            ),
+            "expected struct PortSettings, found a string"
+        );
+        assert_eq!(
+            without_values("invalid value: integer `-1`, expected u64"),
+            "expected u64, found another integer"
+        );
+        assert_eq!(
+            without_values("unknown variant `s3cr3t`, expected `a` or `b`"),
+            "unknown value, expected `a` or `b`"
+        );
+        assert_eq!(
+            without_values("missing field `client_id`"),
+            "missing field `client_id`"
+        );
+    }
+
+    #[test]
+    fn url_credentials_are_redacted() {
+        assert_eq!(
+            redact_url("https://user:pa@ss@port.example/v1?x=@"),
+            "https://[redacted]@port.example/v1?x=@"
+        );
+        assert_eq!(redact_url("http://127.0.0.1:5555"), "http://127.0.0.1:5555");
+        assert_eq!(redact_url("not a url"), "not a url");
+    }
 
     #[test]
     fn control_characters_are_escaped_and_the_rest_kept() {

@@ -11,6 +11,28 @@ pub struct Identity {
     pub port_base_url: String,
 }
 
+impl Identity {
+    /// The same identity as any credentials in the base URL would leave it: they name no other
+    /// Port, and they are never stored or shown.
+    pub fn without_credentials(&self) -> Self {
+        let url = &self.port_base_url;
+        let port_base_url = match url.split_once("://") {
+            Some((scheme, rest)) => {
+                let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+                match rest[..authority_end].rfind('@') {
+                    Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+                    None => url.clone(),
+                }
+            }
+            None => url.clone(),
+        };
+        Self {
+            port_base_url,
+            ..self.clone()
+        }
+    }
+}
+
 /// What the agent knows of one entity in Port.
 ///
 /// Several resources (or several items of one) may produce the same entity; Port merges their

@@ -127,6 +127,7 @@ impl StateStore {
     /// Opens (or creates) the state file of `identity`. Refuses a file of another integration,
     /// of a newer schema, a locked one or a corrupt one; never replaces a file it cannot read.
     pub fn open(path: &Path, identity: &Identity) -> Result<Self, StateError> {
+        let identity = &identity.without_credentials();
         if !path.exists() {
             Self::create(path, identity)?;
         }
@@ -148,14 +149,14 @@ impl StateStore {
                 if version < SCHEMA_VERSION {
                     store.migrate(version)?;
                 }
-                if found != *identity {
+                if found.without_credentials() != *identity {
                     return Err(StateError::OtherIntegration {
                         path: path.to_owned(),
                         found: describe(&found),
                         expected: describe(identity),
                     });
                 }
-                store.identity = found;
+                store.identity = found.without_credentials();
             }
             None => store.initialize()?,
         }
@@ -225,7 +226,9 @@ impl StateStore {
             },
         };
         match store.read_identity()? {
-            Some((identity, version)) if version <= SCHEMA_VERSION => store.identity = identity,
+            Some((identity, version)) if version <= SCHEMA_VERSION => {
+                store.identity = identity.without_credentials();
+            }
             Some((_, version)) => {
                 return Err(StateError::NewerSchema {
                     path: path.to_owned(),
@@ -777,6 +780,7 @@ impl StateStore {
 }
 
 fn describe(identity: &Identity) -> String {
+    let identity = identity.without_credentials();
     format!(
         "{}/{} at {}",
         identity.integration_type, identity.integration_identifier, identity.port_base_url

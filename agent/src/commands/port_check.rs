@@ -1,5 +1,6 @@
 //! `port-agent port check`: can this configuration talk to Port?
 
+use port_agent_core::text::redact_url;
 use std::io::Write;
 use std::path::Path;
 
@@ -16,7 +17,7 @@ pub async fn run(config_path: &Path) -> Result<(), Failure> {
     // A check answers quickly: a few attempts, not a resync's patience.
     client_config.retry.max_attempts = 3;
     let client = PortClient::new(client_config).map_err(|e| Failure::Config(e.into()))?;
-    let base_url = &config.port.base_url;
+    let base_url = redact_url(&config.port.base_url);
     let identifier = &config.integration.identifier;
     let wanted_type = &config.integration.integration_type;
 

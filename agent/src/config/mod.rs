@@ -12,6 +12,7 @@ use port_agent_core::Secret;
 use port_agent_core::mapping::EnvAccess;
 use port_agent_core::mapping::budget::Limits;
 use port_agent_core::port::{IntegrationIdentity, PortClientConfig};
+use port_agent_core::text::without_values;
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
@@ -171,9 +172,9 @@ impl<'de> Deserialize<'de> for ListenerType {
             "KAFKA" => Ok(Self::Kafka),
             "ONCE" => Ok(Self::Once),
             "WEBHOOKS_ONLY" => Ok(Self::WebhooksOnly),
-            _ => Err(serde::de::Error::custom(format!(
-                "unknown event listener type {text:?}; expected POLLING, WEBHOOK, KAFKA, ONCE or WEBHOOKS_ONLY"
-            ))),
+            _ => Err(serde::de::Error::custom(
+                "unknown event listener type; expected POLLING, WEBHOOK, KAFKA, ONCE or WEBHOOKS_ONLY",
+            )),
         }
     }
 }
@@ -186,7 +187,13 @@ fn string_like<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::
         Value::Number(n) => Ok(n.to_string()),
         Value::Bool(b) => Ok(b.to_string()),
         other => Err(serde::de::Error::custom(format!(
-            "expected a string, found {other}"
+            "expected a string, found {}",
+            match other {
+                Value::Null => "nothing",
+                Value::Array(_) => "a list",
+                Value::Object(_) => "a map",
+                _ => "another kind of value",
+            }
         ))),
     }
 }
@@ -281,7 +288,8 @@ pub fn load_with(
                     .find(|o| key.starts_with(&o.key) || o.key.starts_with(&key))
                     .map(|o| format!(" (set by {})", o.variable))
                     .unwrap_or_default();
-                invalid(vec![format!("{key}: {}{by}", e.into_inner())])
+                let message = without_values(&e.into_inner().to_string());
+                invalid(vec![format!("{key}: {message}{by}")])
             })?;
     let problems = validate(&config);
     if !problems.is_empty() {
@@ -303,10 +311,7 @@ fn validate(config: &AgentConfig) -> Vec<String> {
     let mut problems = Vec::new();
     let port = &config.port;
     if !(port.base_url.starts_with("http://") || port.base_url.starts_with("https://")) {
-        problems.push(format!(
-            "port.base_url: {:?} must start with http:// or https://",
-            port.base_url
-        ));
+        problems.push("port.base_url: must start with http:// or https://".to_owned());
     }
     if port.client_id.trim().is_empty() {
         problems.push("port.client_id: is empty (OCEAN__PORT__CLIENT_ID)".to_owned());
@@ -314,44 +319,75 @@ fn validate(config: &AgentConfig) -> Vec<String> {
     if port.client_secret.is_empty() {
         problems.push("port.client_secret: is empty (OCEAN__PORT__CLIENT_SECRET)".to_owned());
     }
-    if port.max_concurrency == Some(0) {
-        problems.push("port.max_concurrency: must be at least 1".to_owned());
+    // Every number is bounded here, so that none can overflow a duration or a pool later.
+    let counts: [(&str, Option<u64>, u64, u64); 4] = [
+        (
+            "port.max_concurrency",
+            port.max_concurrency.map(|n| n as u64),
+            1,
+            256,
+        ),
+        ("port.max_retries", port.max_retries.map(u64::from), 0, 100),
+        (
+            "event_listener.interval",
+            config.event_listener.interval,
+            1,
+            31_536_000,
+        ),
+        (
+            "state.verify_every",
+            config.state.verify_every,
+            1,
+            1_000_000,
+        ),
+    ];
+    for (key, value, low, high) in counts {
+        if let Some(value) = value
+            && !(low..=high).contains(&value)
+        {
+            problems.push(format!("{key}: must be between {low} and {high}"));
+        }
     }
-    if let Some(rps) = port.requests_per_second
-        && !(rps.is_finite() && rps > 0.0)
-    {
-        problems.push(format!(
-            "port.requests_per_second: must be a positive number, got {rps}"
-        ));
+    let rates: [(&str, Option<f64>, f64, f64, &str); 2] = [
+        (
+            "port.requests_per_second",
+            port.requests_per_second,
+            0.001,
+            1_000_000.0,
+            "requests a second",
+        ),
+        (
+            "scheduled_resync_interval",
+            config.scheduled_resync_interval,
+            0.001,
+            525_600.0,
+            "minutes (a year at most)",
+        ),
+    ];
+    for (key, value, low, high, unit) in rates {
+        if let Some(value) = value
+            && !(value.is_finite() && (low..=high).contains(&value))
+        {
+            problems.push(format!("{key}: must be between {low} and {high} {unit}"));
+        }
     }
     let integration = &config.integration;
     let printable = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_graphic() && c != '/');
     if !printable(&integration.identifier) {
-        problems.push(format!(
-            "integration.identifier: {:?} must be non-empty printable ASCII without '/' (OCEAN__INTEGRATION__IDENTIFIER)",
-            integration.identifier
-        ));
+        problems.push(
+            "integration.identifier: must be non-empty printable ASCII without '/' (OCEAN__INTEGRATION__IDENTIFIER)"
+                .to_owned(),
+        );
     }
     if !printable(&integration.integration_type) {
-        problems.push(format!(
-            "integration.type: {:?} must be non-empty printable ASCII without '/' (OCEAN__INTEGRATION__TYPE)",
-            integration.integration_type
-        ));
+        problems.push(
+            "integration.type: must be non-empty printable ASCII without '/' (OCEAN__INTEGRATION__TYPE)"
+                .to_owned(),
+        );
     }
     if !printable(&integration.version) {
-        problems.push(format!(
-            "integration.version: {:?} must be non-empty printable ASCII without '/'",
-            integration.version
-        ));
-    }
-    if config.state.verify_every == Some(0) {
-        problems.push("state.verify_every: must be at least 1 (or left out)".to_owned());
-    }
-    if config
-        .scheduled_resync_interval
-        .is_some_and(|minutes| !(minutes > 0.0 && minutes.is_finite()))
-    {
-        problems.push("scheduled_resync_interval: must be a positive number of minutes".to_owned());
+        problems
+            .push("integration.version: must be non-empty printable ASCII without '/'".to_owned());
     }
     let limits = &config.limits;
     for ((key, low, high), value) in LIMIT_RANGES.iter().zip([
@@ -366,10 +402,10 @@ fn validate(config: &AgentConfig) -> Vec<String> {
         }
     }
     if config.http.listen.parse::<std::net::SocketAddr>().is_err() {
-        problems.push(format!(
-            "http.listen: {:?} is not an address and port such as 0.0.0.0:8000 (OCEAN__HTTP__LISTEN)",
-            config.http.listen
-        ));
+        problems.push(
+            "http.listen: is not an address and port such as 0.0.0.0:8000 (OCEAN__HTTP__LISTEN)"
+                .to_owned(),
+        );
     }
     problems
 }
@@ -607,6 +643,61 @@ scheduled_resync_interval: 60
         );
         let loaded = load_with(nested.path(), Vec::new()).unwrap();
         assert_eq!(loaded.ignored_keys, ["port.ingest_url"]);
+    }
+
+    /// Regression: each of these passed validation, then panicked (a duration or a pool
+    /// overflowed).
+    #[test]
+    fn every_number_is_bounded_at_load_naming_the_key() {
+        for (setting, key) in [
+            (
+                "event_listener: {interval: 18446744073709551615}",
+                "event_listener.interval",
+            ),
+            (
+                "scheduled_resync_interval: 1e20",
+                "scheduled_resync_interval",
+            ),
+            (
+                "port: {client_id: a, client_secret: b, max_concurrency: 18446744073709551615}",
+                "port.max_concurrency",
+            ),
+            (
+                "port: {client_id: a, client_secret: b, requests_per_second: 1e-300}",
+                "port.requests_per_second",
+            ),
+            (
+                "port: {client_id: a, client_secret: b, max_retries: 4000000000}",
+                "port.max_retries",
+            ),
+            ("state: {verify_every: 0}", "state.verify_every"),
+            ("limits: {item_time_ms: 0}", "limits.item_time_ms"),
+        ] {
+            let text = if setting.starts_with("port:") {
+                format!("{setting}\nintegration: {{identifier: a, type: json}}\n")
+            } else {
+                format!("{MINIMAL}{setting}\n")
+            };
+            let file = write(&text);
+            let message = load_with(file.path(), Vec::new()).unwrap_err().to_string();
+            assert!(message.contains(key), "{setting}: {message}");
+        }
+    }
+
+    /// Regression: a malformed `OCEAN__PORT` JSON value was echoed whole, its secret in it.
+    #[test]
+    fn a_malformed_section_variable_is_never_echoed() {
+        let file = write(MINIMAL);
+        let vars = vec![(
+            "OCEAN__PORT".to_owned(),
+            r#"{"client_id": "x", "client_secret": "s3cr3t-value",}"#.to_owned(),
+        )];
+        let message = load_with(file.path(), vars).unwrap_err().to_string();
+        assert!(
+            message.contains("port") && message.contains("OCEAN__PORT"),
+            "{message}"
+        );
+        assert!(!message.contains("s3cr3t"), "{message}");
     }
 
     #[test]

@@ -95,9 +95,9 @@ impl<'de> Deserialize<'de> for Expression {
             Value::String(s) => Ok(Self(s)),
             Value::Number(n) => Ok(Self(n.to_string())),
             Value::Bool(b) => Ok(Self(b.to_string())),
-            other => Err(serde::de::Error::custom(format!(
-                "expected a jq expression (a string), found {other}"
-            ))),
+            _ => Err(serde::de::Error::custom(
+                "expected a jq expression (a string)",
+            )),
         }
     }
 }
@@ -179,13 +179,15 @@ impl PortAppConfig {
     pub fn from_value(value: Value) -> Result<Self, String> {
         let config: Self = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
-            format!("{path}: {}", e.into_inner())
+            let message = crate::text::without_values(&e.into_inner().to_string());
+            if path == "." {
+                format!("{message} (a mapping is a map with `resources`)")
+            } else {
+                format!("{path}: {message}")
+            }
         })?;
         if !(0.0..=1.0).contains(&config.entity_deletion_threshold) {
-            return Err(format!(
-                "entityDeletionThreshold: must be between 0 and 1, got {}",
-                config.entity_deletion_threshold
-            ));
+            return Err("entityDeletionThreshold: must be between 0 and 1".to_owned());
         }
         Ok(config)
     }

@@ -419,7 +419,8 @@ impl PortClient {
                         return Err(PortError::Network {
                             call: call.label(),
                             attempts,
-                            source,
+                            // The URL may carry credentials; the call names the path.
+                            source: source.without_url(),
                         });
                     }
                     tracing::warn!(call = %call.label(), error = %source, attempt = attempts, "no answer from Port; retrying");
