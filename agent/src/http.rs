@@ -1,21 +1,31 @@
 //! The HTTP surface of `port-agent run`, as Ocean's: `/health/live`, `/health/ready`,
-//! `/metrics` (Prometheus text format) and, with the WEBHOOK listener, `POST /resync`.
+//! `/metrics` (Prometheus text format) and, with the WEBHOOK listener, `POST /resync`; and
+//! `/state/inspect` for `port-agent state inspect` on this machine while the agent runs.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use std::net::SocketAddr;
+use std::time::Duration;
+
 use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use port_agent_core::Secret;
 use port_agent_core::resync::ResyncReport;
-use port_agent_state::{RunCounters, RunStatus};
+use port_agent_state::{RunCounters, RunStatus, StateStore};
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+use crate::commands::state::{InspectFilter, inspect_report};
 
 /// What the service has done, for `/metrics` and `/health/ready`.
 #[derive(Debug, Default)]
@@ -155,25 +165,46 @@ impl Metrics {
     }
 }
 
+/// The state as the service holds it between runs: `None` while it cannot be opened.
+pub type SharedState = Arc<Mutex<Option<Arc<StateStore>>>>;
+
+/// What the routes share.
 #[derive(Clone)]
 struct Shared {
     metrics: Arc<Metrics>,
     resync: Option<Arc<Notify>>,
+    resync_token: Option<Secret>,
+    state: SharedState,
 }
 
-/// The routes; `resync` is the WEBHOOK listener's trigger (`POST /resync`), when enabled.
-pub fn router(metrics: Arc<Metrics>, resync: Option<Arc<Notify>>) -> Router {
-    let webhook = resync.is_some();
+/// What the routes serve: `resync` is the WEBHOOK listener's trigger (`POST /resync`), when
+/// enabled, guarded by `resync_token` when one is set.
+#[derive(Debug, Clone)]
+pub struct Routes {
+    pub metrics: Arc<Metrics>,
+    pub resync: Option<Arc<Notify>>,
+    pub resync_token: Option<Secret>,
+    pub state: SharedState,
+}
+
+pub fn router(routes: Routes) -> Router {
+    let webhook = routes.resync.is_some();
     let router = Router::new()
         .route("/health/live", get(|| async { "ok" }))
         .route("/health/ready", get(ready))
-        .route("/metrics", get(metrics_text));
+        .route("/metrics", get(metrics_text))
+        .route("/state/inspect", get(state_inspect));
     let router = if webhook {
         router.route("/resync", post(request_resync))
     } else {
         router
     };
-    router.with_state(Shared { metrics, resync })
+    router.with_state(Shared {
+        metrics: routes.metrics,
+        resync: routes.resync,
+        resync_token: routes.resync_token,
+        state: routes.state,
+    })
 }
 
 async fn ready(State(shared): State<Shared>) -> impl IntoResponse {
@@ -198,8 +229,24 @@ async fn metrics_text(State(shared): State<Shared>) -> impl IntoResponse {
 }
 
 /// Ocean's WEBHOOK listener: Port asks for a resync. Requests arriving while one is pending
-/// coalesce into one run.
-async fn request_resync(State(shared): State<Shared>) -> impl IntoResponse {
+/// coalesce into one run. With `http.resync_token`, only a request carrying it
+/// (`Authorization: Bearer TOKEN`) is heard.
+async fn request_resync(State(shared): State<Shared>, headers: HeaderMap) -> impl IntoResponse {
+    if let Some(token) = &shared.resync_token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if !same_secret(given.as_bytes(), token.expose().as_bytes()) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                axum::Json(
+                    serde_json::json!({"ok": false, "error": "a valid Authorization: Bearer token is required"}),
+                ),
+            );
+        }
+    }
     if let Some(resync) = &shared.resync {
         resync.notify_one();
     }
@@ -209,15 +256,163 @@ async fn request_resync(State(shared): State<Shared>) -> impl IntoResponse {
     )
 }
 
-/// Serves until `stop` is cancelled.
-pub async fn serve(listener: TcpListener, router: Router, stop: CancellationToken) {
-    let shutdown = async move { stop.cancelled().await };
-    if let Err(e) = axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        tracing::error!(error = %e, "the HTTP server stopped");
+/// Compares without stopping at the first difference, so timing tells nothing of the token.
+fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    given.len() == expected.len()
+        && given
+            .iter()
+            .zip(expected)
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0
+}
+
+/// `state inspect` of a running agent (which holds the state file): for clients on this
+/// machine only.
+async fn state_inspect(
+    State(shared): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(filter): Query<InspectFilter>,
+) -> Response {
+    if !peer.ip().is_loopback() {
+        return (StatusCode::FORBIDDEN, "only from this machine").into_response();
     }
+    let state = shared
+        .state
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let Some(state) = state else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the state is not open (see /health/ready)",
+        )
+            .into_response();
+    };
+    match tokio::task::spawn_blocking(move || inspect_report(&state, &filter)).await {
+        Ok(Ok(report)) => axum::Json(report).into_response(),
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// A file beside the state naming the address the running agent serves on, so that `state
+/// inspect` finds it (the agent holds the state file locked). Removed when dropped.
+#[derive(Debug)]
+pub struct Beacon(Option<std::path::PathBuf>);
+
+impl Beacon {
+    fn path(state: &std::path::Path) -> std::path::PathBuf {
+        let mut name = state.file_name().unwrap_or_default().to_owned();
+        name.push(".http");
+        state.with_file_name(name)
+    }
+
+    /// Writes `address` (as this machine reaches it) beside `state`; a failure only costs
+    /// `state inspect` its way to a running agent.
+    pub fn write(state: &std::path::Path, address: &str) -> Self {
+        let path = Self::path(state);
+        let reachable = loopback_side(address).unwrap_or_else(|| address.to_owned());
+        match std::fs::write(&path, reachable) {
+            Ok(()) => Self(Some(path)),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot note the HTTP address for state inspect");
+                Self(None)
+            }
+        }
+    }
+
+    /// The address a running agent on `state` noted, if any.
+    pub fn read(state: &std::path::Path) -> Option<String> {
+        let text = std::fs::read_to_string(Self::path(state)).ok()?;
+        Some(text.trim().to_owned())
+    }
+}
+
+impl Drop for Beacon {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// `address` with an unspecified IP (`0.0.0.0`, `::`) replaced by loopback: where a client on
+/// this machine connects.
+pub fn loopback_side(address: &str) -> Option<String> {
+    let mut address: SocketAddr = address.parse().ok()?;
+    if address.ip().is_unspecified() {
+        address.set_ip(if address.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    Some(address.to_string())
+}
+
+/// Connections served at once; past this, new ones are closed at once (a flood of slow
+/// clients cannot take the health checks down).
+const MAX_CONNECTIONS: usize = 256;
+/// A client must send its request head within this time.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// On stop, requests in progress get this long to finish.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// Serves until `stop` is cancelled: one request per connection, bounded in number and in the
+/// time a client may take to send it; on stop, what is in progress gets a bounded time.
+pub async fn serve(listener: TcpListener, router: Router, stop: CancellationToken) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let closing = CancellationToken::new();
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of descriptors and the like: pause rather than spin.
+                tracing::warn!(error = %e, "cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(
+                limit = MAX_CONNECTIONS,
+                "too many HTTP connections; closing a new one"
+            );
+            continue;
+        };
+        let router = router.clone();
+        let closing = closing.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service =
+                hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+                    request.extensions_mut().insert(ConnectInfo(peer));
+                    router.clone().oneshot(request)
+                });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .keep_alive(false);
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                () = closing.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(DRAIN, connection).await;
+                }
+            }
+        });
+    }
+    closing.cancel();
+    // Every connection holds a permit: all back means all done.
+    let all = u32::try_from(MAX_CONNECTIONS).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(DRAIN, permits.acquire_many(all)).await;
 }
 
 #[cfg(test)]

@@ -269,14 +269,14 @@ fn main() -> ExitCode {
             identifier,
             kind,
             json,
-        }) => commands::state::inspect(&commands::state::InspectArgs {
+        }) => runtime.block_on(commands::state::inspect(&commands::state::InspectArgs {
             config,
             state,
             blueprint,
             identifier,
             kind,
             json,
-        }),
+        })),
         Command::State(StateCommand::Stats { target, json }) => {
             commands::state::stats(&target.config, &target.state, json)
         }

@@ -213,3 +213,38 @@ async fn scheduled_runs_start_by_themselves_and_pick_up_changes() {
         "{triggers:?}"
     );
 }
+
+/// Regression: SIGHUP killed the service (exit 129) and left its run "running". It now reads
+/// the configuration again and resyncs with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reads_the_configuration_again_and_resyncs() {
+    let project = Project::new(10).await;
+    use_listener(&project, "event_listener: {type: WEBHOOK}");
+    let agent = RunningService::start(project.root()).await;
+    let completed = "port_agent_runs_total{status=\"completed\"}";
+    agent.wait_for_metric(completed, 1.0).await;
+    // A mapping change: services above 0 stars are now "high".
+    std::fs::write(
+        project.root().join("port-app-config.yaml"),
+        support::mapping(0),
+    )
+    .unwrap();
+    let sent = std::process::Command::new("kill")
+        .args(["-HUP", &agent.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    agent.wait_for_metric(completed, 2.0).await;
+    assert_eq!(
+        project.port_entity("svc-0001")["properties"]["tier"],
+        "high"
+    );
+    let (code, _, stderr) = agent.terminate().await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let inspect = project
+        .agent(&["state", "inspect", "--config", "agent.yaml", "--json"])
+        .await;
+    let state: Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(state["runs"][0]["trigger"], "reload");
+    assert_eq!(state["runs"][0]["status"], "completed");
+}

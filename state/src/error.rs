@@ -31,6 +31,11 @@ pub enum StateError {
         supported: u32,
     },
 
+    #[error(
+        "state file {path} is open read-only here; this needs the agent stopped (or no agent on it)"
+    )]
+    ReadOnly { path: PathBuf },
+
     #[error("state file {path}: {source}")]
     Storage {
         path: PathBuf,

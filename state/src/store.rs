@@ -1,8 +1,8 @@
 use std::path::{Path, PathBuf};
 
 use redb::{
-    Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata,
-    StorageError, TableDefinition,
+    Database, DatabaseError, Durability, ReadOnlyDatabase, ReadableDatabase, ReadableTable,
+    ReadableTableMetadata, StorageError, TableDefinition,
 };
 
 use crate::error::StateError;
@@ -80,12 +80,27 @@ pub struct TableUsage {
     pub fragmented_bytes: u64,
 }
 
-/// The open state file. One per agent: redb locks the file against a second process.
+/// The open state file: the agent's, or a read-only look at it while no agent runs. redb locks
+/// the file against any second process.
 #[derive(Debug)]
 pub struct StateStore {
-    db: Database,
+    db: Handle,
     path: PathBuf,
     identity: Identity,
+}
+
+enum Handle {
+    Writer(Database),
+    Reader(ReadOnlyDatabase),
+}
+
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Handle::Writer(_) => "Writer",
+            Handle::Reader(_) => "Reader",
+        })
+    }
 }
 
 fn now_ms() -> i64 {
@@ -117,21 +132,40 @@ impl StateStore {
         })
     }
 
+    /// A redb failure: what says the file's structure is not what this program wrote is
+    /// corruption; the rest (I/O, locks) is told as it is.
     fn storage(&self, source: impl Into<redb::Error>) -> StateError {
-        StateError::Storage {
-            path: self.path.clone(),
-            source: source.into(),
+        let source = source.into();
+        match source {
+            redb::Error::Corrupted(_)
+            | redb::Error::TableTypeMismatch { .. }
+            | redb::Error::TableIsMultimap(_)
+            | redb::Error::TableIsNotMultimap(_)
+            | redb::Error::TypeDefinitionChanged { .. }
+            | redb::Error::UnorderedKey => StateError::Corrupt {
+                path: self.path.clone(),
+                detail: source.to_string(),
+            },
+            source => StateError::Storage {
+                path: self.path.clone(),
+                source,
+            },
         }
     }
 
     /// Opens (or creates) the state file of `identity`. Refuses a file of another integration,
     /// of a newer schema, a locked one or a corrupt one; never replaces a file it cannot read.
     pub fn open(path: &Path, identity: &Identity) -> Result<Self, StateError> {
+        shield(path, || Self::open_unshielded(path, identity))
+    }
+
+    fn open_unshielded(path: &Path, identity: &Identity) -> Result<Self, StateError> {
         let identity = &identity.without_credentials();
         if !path.exists() {
             Self::create(path, identity)?;
         }
-        let db = open_database(path)?;
+        refuse_empty(path)?;
+        let db = Handle::Writer(open_database(path)?);
         let mut store = Self {
             db,
             path: path.to_owned(),
@@ -177,7 +211,7 @@ impl StateStore {
         let creating = path.with_file_name(format!(".{name}.creating-{}", std::process::id()));
         let _ = std::fs::remove_file(&creating);
         let store = Self {
-            db: open_database(&creating)?,
+            db: Handle::Writer(open_database(&creating)?),
             path: creating.clone(),
             identity: identity.clone(),
         };
@@ -204,18 +238,35 @@ impl StateStore {
         Ok(())
     }
 
-    /// Opens an existing state file whatever integration it belongs to (for `state inspect`).
+    /// Opens an existing state file whatever integration it belongs to, for writing (`state
+    /// reset`, `compact`, `verify --repair`).
     pub fn open_existing(path: &Path) -> Result<Self, StateError> {
-        if !path.exists() {
-            return Err(StateError::Storage {
-                path: path.to_owned(),
-                source: redb::Error::Io(std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "no such file",
-                )),
-            });
-        }
-        let db = open_database(path)?;
+        shield(path, || {
+            exists(path)?;
+            refuse_empty(path)?;
+            Self::adopt(Handle::Writer(open_database(path)?), path)
+        })
+    }
+
+    /// Opens an existing state file only to read it (`state inspect`, `stats`, `export`). A file
+    /// a killed agent left to recover is opened as [`StateStore::open_existing`] does, which
+    /// recovers it.
+    pub fn open_read_only(path: &Path) -> Result<Self, StateError> {
+        shield(path, || {
+            exists(path)?;
+            refuse_empty(path)?;
+            match builder().open_read_only(path) {
+                Ok(db) => Self::adopt(Handle::Reader(db), path),
+                Err(DatabaseError::RepairAborted) => {
+                    Self::adopt(Handle::Writer(open_database(path)?), path)
+                }
+                Err(e) => Err(open_error(path, e, true)),
+            }
+        })
+    }
+
+    /// A store over an opened file whose identity is read from it.
+    fn adopt(db: Handle, path: &Path) -> Result<Self, StateError> {
         let mut store = Self {
             db,
             path: path.to_owned(),
@@ -246,6 +297,32 @@ impl StateStore {
         Ok(store)
     }
 
+    /// Runs `work` on the store; a panic inside redb (some corruptions reach one) becomes the
+    /// "state file is corrupt" error instead of ending the process.
+    pub fn shield<T>(
+        &self,
+        work: impl FnOnce(&Self) -> Result<T, StateError>,
+    ) -> Result<T, StateError> {
+        shield(&self.path, || work(self))
+    }
+
+    fn read(&self) -> Result<redb::ReadTransaction, StateError> {
+        match &self.db {
+            Handle::Writer(db) => db.begin_read(),
+            Handle::Reader(db) => db.begin_read(),
+        }
+        .map_err(|e| self.storage(e))
+    }
+
+    fn write(&self) -> Result<redb::WriteTransaction, StateError> {
+        match &self.db {
+            Handle::Writer(db) => db.begin_write().map_err(|e| self.storage(e)),
+            Handle::Reader(_) => Err(StateError::ReadOnly {
+                path: self.path.clone(),
+            }),
+        }
+    }
+
     pub fn identity(&self) -> &Identity {
         &self.identity
     }
@@ -256,11 +333,13 @@ impl StateStore {
 
     /// The schema version the file is at (after any migration on open).
     pub fn schema_version(&self) -> Result<u32, StateError> {
-        Ok(self.read_identity()?.map_or(SCHEMA_VERSION, |(_, v)| v))
+        shield(&self.path, || {
+            Ok(self.read_identity()?.map_or(SCHEMA_VERSION, |(_, v)| v))
+        })
     }
 
     fn read_identity(&self) -> Result<Option<(Identity, u32)>, StateError> {
-        let txn = self.db.begin_read().map_err(|e| self.storage(e))?;
+        let txn = self.read()?;
         let table = match txn.open_table(META) {
             Ok(table) => table,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
@@ -290,7 +369,7 @@ impl StateStore {
     /// Brings a file of schema `from` up to [`SCHEMA_VERSION`], every step in one transaction:
     /// a crash mid-way leaves the old file as it was.
     fn migrate(&self, from: u32) -> Result<(), StateError> {
-        let txn = self.db.begin_write().map_err(|e| self.storage(e))?;
+        let txn = self.write()?;
         for migration in crate::migrations::MIGRATIONS
             .iter()
             .filter(|m| m.from >= from)
@@ -306,7 +385,7 @@ impl StateStore {
     }
 
     fn initialize(&self) -> Result<(), StateError> {
-        let txn = self.db.begin_write().map_err(|e| self.storage(e))?;
+        let txn = self.write()?;
         {
             let mut meta = txn.open_table(META).map_err(|e| self.storage(e))?;
             let version = SCHEMA_VERSION.to_string();
@@ -332,25 +411,49 @@ impl StateStore {
 
     /// Starts a run. Runs an earlier agent left `running` (it was killed) are closed as aborted.
     pub fn start_run(&self, trigger: &str) -> Result<RunRecord, StateError> {
-        let txn = self.db.begin_write().map_err(|e| self.storage(e))?;
-        let run = {
-            let mut runs = txn.open_table(RUNS).map_err(|e| self.storage(e))?;
-            let mut interrupted = Vec::new();
-            // Each start closes the runs before it, so only the newest ones can still be open.
-            for entry in runs.iter().map_err(|e| self.storage(e))?.rev() {
-                let (id, json) = entry.map_err(|e| self.storage(e))?;
-                let Ok(mut run) = serde_json::from_str::<RunRecord>(json.value()) else {
-                    continue;
-                };
-                if run.status != RunStatus::Running {
-                    break;
+        shield(&self.path, || {
+            let txn = self.write()?;
+            let run = {
+                let mut runs = txn.open_table(RUNS).map_err(|e| self.storage(e))?;
+                let mut interrupted = Vec::new();
+                // Each start closes the runs before it, so only the newest ones can still be open.
+                for entry in runs.iter().map_err(|e| self.storage(e))?.rev() {
+                    let (id, json) = entry.map_err(|e| self.storage(e))?;
+                    let Ok(mut run) = serde_json::from_str::<RunRecord>(json.value()) else {
+                        continue;
+                    };
+                    if run.status != RunStatus::Running {
+                        break;
+                    }
+                    run.status = RunStatus::Aborted;
+                    run.notes
+                        .push("interrupted: the agent stopped before the run finished".to_owned());
+                    interrupted.push((id.value(), run));
                 }
-                run.status = RunStatus::Aborted;
-                run.notes
-                    .push("interrupted: the agent stopped before the run finished".to_owned());
-                interrupted.push((id.value(), run));
-            }
-            for (id, run) in interrupted {
+                for (id, run) in interrupted {
+                    runs.insert(
+                        id,
+                        serde_json::to_string(&run)
+                            .expect("runs are plain JSON")
+                            .as_str(),
+                    )
+                    .map_err(|e| self.storage(e))?;
+                }
+                let id = runs
+                    .last()
+                    .map_err(|e| self.storage(e))?
+                    .map(|(k, _)| k.value() + 1)
+                    .unwrap_or(1);
+                let run = RunRecord {
+                    id,
+                    trigger: trigger.to_owned(),
+                    started_at_ms: now_ms(),
+                    finished_at_ms: None,
+                    status: RunStatus::Running,
+                    kinds: Default::default(),
+                    totals: Default::default(),
+                    notes: Vec::new(),
+                };
                 runs.insert(
                     id,
                     serde_json::to_string(&run)
@@ -358,93 +461,79 @@ impl StateStore {
                         .as_str(),
                 )
                 .map_err(|e| self.storage(e))?;
-            }
-            let id = runs
-                .last()
-                .map_err(|e| self.storage(e))?
-                .map(|(k, _)| k.value() + 1)
-                .unwrap_or(1);
-            let run = RunRecord {
-                id,
-                trigger: trigger.to_owned(),
-                started_at_ms: now_ms(),
-                finished_at_ms: None,
-                status: RunStatus::Running,
-                kinds: Default::default(),
-                totals: Default::default(),
-                notes: Vec::new(),
+                if id > RUNS_KEPT {
+                    runs.retain_in(..=id - RUNS_KEPT, |_, _| false)
+                        .map_err(|e| self.storage(e))?;
+                }
+                run
             };
-            runs.insert(
-                id,
-                serde_json::to_string(&run)
-                    .expect("runs are plain JSON")
-                    .as_str(),
-            )
-            .map_err(|e| self.storage(e))?;
-            if id > RUNS_KEPT {
-                runs.retain_in(..=id - RUNS_KEPT, |_, _| false)
-                    .map_err(|e| self.storage(e))?;
-            }
-            run
-        };
-        txn.commit().map_err(|e| self.storage(e))?;
-        Ok(run)
+            txn.commit().map_err(|e| self.storage(e))?;
+            Ok(run)
+        })
     }
 
     /// Records the run as it ended.
     pub fn finish_run(&self, run: &RunRecord) -> Result<(), StateError> {
-        let mut run = run.clone();
-        run.finished_at_ms.get_or_insert_with(now_ms);
-        let txn = self.db.begin_write().map_err(|e| self.storage(e))?;
-        {
-            let mut runs = txn.open_table(RUNS).map_err(|e| self.storage(e))?;
-            runs.insert(
-                run.id,
-                serde_json::to_string(&run)
-                    .expect("runs are plain JSON")
-                    .as_str(),
-            )
-            .map_err(|e| self.storage(e))?;
-        }
-        txn.commit().map_err(|e| self.storage(e))
+        shield(&self.path, || {
+            let mut run = run.clone();
+            run.finished_at_ms.get_or_insert_with(now_ms);
+            let txn = self.write()?;
+            {
+                let mut runs = txn.open_table(RUNS).map_err(|e| self.storage(e))?;
+                runs.insert(
+                    run.id,
+                    serde_json::to_string(&run)
+                        .expect("runs are plain JSON")
+                        .as_str(),
+                )
+                .map_err(|e| self.storage(e))?;
+            }
+            txn.commit().map_err(|e| self.storage(e))
+        })
     }
 
     /// The most recent runs, newest first.
     pub fn runs(&self, limit: usize) -> Result<Vec<RunRecord>, StateError> {
-        let txn = self.db.begin_read().map_err(|e| self.storage(e))?;
-        let runs = txn.open_table(RUNS).map_err(|e| self.storage(e))?;
-        let mut out = Vec::new();
-        for entry in runs.iter().map_err(|e| self.storage(e))?.rev().take(limit) {
-            let (_, json) = entry.map_err(|e| self.storage(e))?;
-            if let Ok(run) = serde_json::from_str(json.value()) {
-                out.push(run);
+        shield(&self.path, || {
+            let txn = self.read()?;
+            let runs = txn.open_table(RUNS).map_err(|e| self.storage(e))?;
+            let mut out = Vec::new();
+            for entry in runs.iter().map_err(|e| self.storage(e))?.rev().take(limit) {
+                let (_, json) = entry.map_err(|e| self.storage(e))?;
+                if let Ok(run) = serde_json::from_str(json.value()) {
+                    out.push(run);
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// The records of `keys`, in order.
     pub fn get_many(&self, keys: &[EntityKey]) -> Result<Vec<Option<EntityRecord>>, StateError> {
-        let txn = self.db.begin_read().map_err(|e| self.storage(e))?;
-        let table = txn.open_table(ENTITIES).map_err(|e| self.storage(e))?;
-        keys.iter()
-            .map(|(bp, id)| {
-                let key = (bp.as_str(), id.as_str());
-                match table.get(key).map_err(|e| self.storage(e))? {
-                    Some(v) => self.decode(key, v.value()).map(Some),
-                    None => Ok(None),
-                }
-            })
-            .collect()
+        shield(&self.path, || {
+            let txn = self.read()?;
+            let table = txn.open_table(ENTITIES).map_err(|e| self.storage(e))?;
+            keys.iter()
+                .map(|(bp, id)| {
+                    let key = (bp.as_str(), id.as_str());
+                    match table.get(key).map_err(|e| self.storage(e))? {
+                        Some(v) => self.decode(key, v.value()).map(Some),
+                        None => Ok(None),
+                    }
+                })
+                .collect()
+        })
     }
 
     /// Marks unchanged entities (with the hash each contribution had) as produced by `run`.
     /// Not fsynced: see the crate docs.
     pub fn mark_seen(&self, run: u64, seen: &[(EntityKey, [u8; 32])]) -> Result<(), StateError> {
-        self.update_records(seen, Durability::None, |_, record, hash| {
-            if let Some(record) = record {
-                record.seen(run, hash);
-            }
+        shield(&self.path, || {
+            self.update_records(seen, Durability::None, |_, record, hash| {
+                if let Some(record) = record {
+                    record.seen(run, hash);
+                }
+            })
         })
     }
 
@@ -452,17 +541,19 @@ impl StateStore {
     /// Port's answer is recorded, each entity is in doubt (never taken as unchanged, and owned:
     /// deleted once no item produces it). A crash then costs a resend, never a lie.
     pub fn mark_sending(&self, run: u64, sending: &[Sending]) -> Result<(), StateError> {
-        let entries: Vec<(EntityKey, &Sending)> =
-            sending.iter().map(|s| (s.key.clone(), s)).collect();
-        self.update_records(&entries, Durability::Immediate, |_, record, s| {
-            match (record, s.intent) {
-                (Some(record), intent) => record.send(run, intent),
-                (record @ None, Intent::Upsert(hash)) => {
-                    *record = Some(EntityRecord::sending_new(run, hash, &s.kind, s.resource));
+        shield(&self.path, || {
+            let entries: Vec<(EntityKey, &Sending)> =
+                sending.iter().map(|s| (s.key.clone(), s)).collect();
+            self.update_records(&entries, Durability::Immediate, |_, record, s| {
+                match (record, s.intent) {
+                    (Some(record), intent) => record.send(run, intent),
+                    (record @ None, Intent::Upsert(hash)) => {
+                        *record = Some(EntityRecord::sending_new(run, hash, &s.kind, s.resource));
+                    }
+                    // Nothing to delete that the state knows of.
+                    (None, Intent::Delete) => {}
                 }
-                // Nothing to delete that the state knows of.
-                (None, Intent::Delete) => {}
-            }
+            })
         })
     }
 
@@ -475,21 +566,23 @@ impl StateStore {
         written: &[Written],
         refused: &[Refused],
     ) -> Result<(), StateError> {
-        let now = now_ms();
-        let written: Vec<(EntityKey, &Written)> =
-            written.iter().map(|w| (w.key.clone(), w)).collect();
-        self.update_records(&written, Durability::None, |_, record, w| {
-            Self::acknowledge(record, run, w, now)
-        })?;
-        self.update_records(refused, Durability::None, |_, slot, hash| {
-            let Some(record) = slot else { return };
-            let lifted = record.refused(run);
-            if lifted && record.written_run == 0 {
-                // Port never had it: nothing to own.
-                *slot = None;
-            } else {
-                record.seen(run, hash);
-            }
+        shield(&self.path, || {
+            let now = now_ms();
+            let written: Vec<(EntityKey, &Written)> =
+                written.iter().map(|w| (w.key.clone(), w)).collect();
+            self.update_records(&written, Durability::None, |_, record, w| {
+                Self::acknowledge(record, run, w, now)
+            })?;
+            self.update_records(refused, Durability::None, |_, slot, hash| {
+                let Some(record) = slot else { return };
+                let lifted = record.refused(run);
+                if lifted && record.written_run == 0 {
+                    // Port never had it: nothing to own.
+                    *slot = None;
+                } else {
+                    record.seen(run, hash);
+                }
+            })
         })
     }
 
@@ -502,13 +595,15 @@ impl StateStore {
         gone: &[EntityKey],
         refused: &[EntityKey],
     ) -> Result<(), StateError> {
-        let gone: Vec<(EntityKey, ())> = gone.iter().map(|k| (k.clone(), ())).collect();
-        self.update_records(&gone, Durability::None, |_, slot, ()| *slot = None)?;
-        let refused: Vec<(EntityKey, ())> = refused.iter().map(|k| (k.clone(), ())).collect();
-        self.update_records(&refused, Durability::None, |_, slot, ()| {
-            if let Some(record) = slot {
-                record.refused(run);
-            }
+        shield(&self.path, || {
+            let gone: Vec<(EntityKey, ())> = gone.iter().map(|k| (k.clone(), ())).collect();
+            self.update_records(&gone, Durability::None, |_, slot, ()| *slot = None)?;
+            let refused: Vec<(EntityKey, ())> = refused.iter().map(|k| (k.clone(), ())).collect();
+            self.update_records(&refused, Durability::None, |_, slot, ()| {
+                if let Some(record) = slot {
+                    record.refused(run);
+                }
+            })
         })
     }
 
@@ -541,7 +636,7 @@ impl StateStore {
         if entries.is_empty() {
             return Ok(());
         }
-        let mut txn = self.db.begin_write().map_err(|e| self.storage(e))?;
+        let mut txn = self.write()?;
         txn.set_durability(durability)
             .map_err(|e| self.storage(e))?;
         {
@@ -574,11 +669,13 @@ impl StateStore {
     /// Records entities Port acknowledged in `run`. Durable before it returns (for records
     /// made without sending anything: `state rebuild`, `state verify --repair`).
     pub fn record_written(&self, run: u64, written: &[Written]) -> Result<(), StateError> {
-        let now = now_ms();
-        let written: Vec<(EntityKey, &Written)> =
-            written.iter().map(|w| (w.key.clone(), w)).collect();
-        self.update_records(&written, Durability::Immediate, |_, record, w| {
-            Self::acknowledge(record, run, w, now)
+        shield(&self.path, || {
+            let now = now_ms();
+            let written: Vec<(EntityKey, &Written)> =
+                written.iter().map(|w| (w.key.clone(), w)).collect();
+            self.update_records(&written, Durability::Immediate, |_, record, w| {
+                Self::acknowledge(record, run, w, now)
+            })
         })
     }
 
@@ -589,13 +686,15 @@ impl StateStore {
         run: u64,
         in_scope: impl Fn(&EntityRecord) -> bool,
     ) -> Result<(usize, Vec<(EntityKey, EntityRecord)>), StateError> {
-        let mut total = 0;
-        let unseen = self.entities(|_, record| {
-            let counted = in_scope(record);
-            total += usize::from(counted);
-            counted && record.last_seen_run != run
-        })?;
-        Ok((total, unseen))
+        shield(&self.path, || {
+            let mut total = 0;
+            let unseen = self.entities(|_, record| {
+                let counted = in_scope(record);
+                total += usize::from(counted);
+                counted && record.last_seen_run != run
+            })?;
+            Ok((total, unseen))
+        })
     }
 
     /// Every record that `keep` accepts.
@@ -603,15 +702,17 @@ impl StateStore {
         &self,
         mut keep: impl FnMut(&EntityKey, &EntityRecord) -> bool,
     ) -> Result<Vec<(EntityKey, EntityRecord)>, StateError> {
-        let mut out = Vec::new();
-        self.each_entity(|key, record| {
-            if keep(&key, &record) {
-                out.push((key, record));
-            }
-            Ok::<(), std::convert::Infallible>(())
-        })?
-        .unwrap_or_else(|never| match never {});
-        Ok(out)
+        shield(&self.path, || {
+            let mut out = Vec::new();
+            self.each_entity(|key, record| {
+                if keep(&key, &record) {
+                    out.push((key, record));
+                }
+                Ok::<(), std::convert::Infallible>(())
+            })?
+            .unwrap_or_else(|never| match never {});
+            Ok(out)
+        })
     }
 
     /// Hands each record to `visit` in key order without holding them all (a million records
@@ -621,34 +722,40 @@ impl StateStore {
         &self,
         mut visit: impl FnMut(EntityKey, EntityRecord) -> Result<(), E>,
     ) -> Result<Result<(), E>, StateError> {
-        let txn = self.db.begin_read().map_err(|e| self.storage(e))?;
-        let table = txn.open_table(ENTITIES).map_err(|e| self.storage(e))?;
-        for entry in table.iter().map_err(|e| self.storage(e))? {
-            let (key, value) = entry.map_err(|e| self.storage(e))?;
-            let (bp, id) = key.value();
-            let Some(record) = EntityRecord::decode(value.value()) else {
-                return Err(StateError::Corrupt {
-                    path: self.path.clone(),
-                    detail: format!("unreadable record for {bp}/{id}"),
-                });
-            };
-            if let Err(stop) = visit((bp.to_owned(), id.to_owned()), record) {
-                return Ok(Err(stop));
+        shield(&self.path, || {
+            let txn = self.read()?;
+            let table = txn.open_table(ENTITIES).map_err(|e| self.storage(e))?;
+            for entry in table.iter().map_err(|e| self.storage(e))? {
+                let (key, value) = entry.map_err(|e| self.storage(e))?;
+                let (bp, id) = key.value();
+                let Some(record) = EntityRecord::decode(value.value()) else {
+                    return Err(StateError::Corrupt {
+                        path: self.path.clone(),
+                        detail: format!("unreadable record for {bp}/{id}"),
+                    });
+                };
+                if let Err(stop) = visit((bp.to_owned(), id.to_owned()), record) {
+                    return Ok(Err(stop));
+                }
             }
-        }
-        Ok(Ok(()))
+            Ok(Ok(()))
+        })
     }
 
     pub fn entity_count(&self) -> Result<u64, StateError> {
-        let txn = self.db.begin_read().map_err(|e| self.storage(e))?;
-        let table = txn.open_table(ENTITIES).map_err(|e| self.storage(e))?;
-        table.len().map_err(|e| self.storage(e))
+        shield(&self.path, || {
+            let txn = self.read()?;
+            let table = txn.open_table(ENTITIES).map_err(|e| self.storage(e))?;
+            table.len().map_err(|e| self.storage(e))
+        })
     }
 
     /// Forgets records (`state verify --repair`). Durable before it returns.
     pub fn remove(&self, keys: &[EntityKey]) -> Result<(), StateError> {
-        let keys: Vec<(EntityKey, ())> = keys.iter().map(|k| (k.clone(), ())).collect();
-        self.update_records(&keys, Durability::Immediate, |_, slot, ()| *slot = None)
+        shield(&self.path, || {
+            let keys: Vec<(EntityKey, ())> = keys.iter().map(|k| (k.clone(), ())).collect();
+            self.update_records(&keys, Durability::Immediate, |_, slot, ()| *slot = None)
+        })
     }
 
     /// What each raw-item fingerprint produced last time, where known.
@@ -656,126 +763,148 @@ impl StateStore {
         &self,
         fingerprints: &[[u8; 32]],
     ) -> Result<Vec<Option<Produced>>, StateError> {
-        let txn = self.db.begin_read().map_err(|e| self.storage(e))?;
-        let table = match txn.open_table(RAW_ITEMS) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => {
-                return Ok(vec![None; fingerprints.len()]);
-            }
-            Err(e) => return Err(self.storage(e)),
-        };
-        fingerprints
-            .iter()
-            .map(|f| {
-                Ok(table
-                    .get(f.as_slice())
-                    .map_err(|e| self.storage(e))?
-                    .and_then(|v| decode_produced(v.value())))
-            })
-            .collect()
+        shield(&self.path, || {
+            let txn = self.read()?;
+            let table = match txn.open_table(RAW_ITEMS) {
+                Ok(table) => table,
+                Err(redb::TableError::TableDoesNotExist(_)) => {
+                    return Ok(vec![None; fingerprints.len()]);
+                }
+                Err(e) => return Err(self.storage(e)),
+            };
+            fingerprints
+                .iter()
+                .map(|f| {
+                    Ok(table
+                        .get(f.as_slice())
+                        .map_err(|e| self.storage(e))?
+                        .and_then(|v| decode_produced(v.value())))
+                })
+                .collect()
+        })
     }
 
     /// Remembers what raw items produced. Call only once their entities are recorded.
     pub fn raw_remember(&self, entries: &[([u8; 32], Produced)]) -> Result<(), StateError> {
-        if entries.is_empty() {
-            return Ok(());
-        }
-        let mut txn = self.db.begin_write().map_err(|e| self.storage(e))?;
-        txn.set_durability(Durability::None)
-            .map_err(|e| self.storage(e))?;
-        {
-            let mut table = txn.open_table(RAW_ITEMS).map_err(|e| self.storage(e))?;
-            for (fingerprint, produced) in entries {
-                table
-                    .insert(fingerprint.as_slice(), encode_produced(produced).as_slice())
-                    .map_err(|e| self.storage(e))?;
+        shield(&self.path, || {
+            if entries.is_empty() {
+                return Ok(());
             }
-        }
-        txn.commit().map_err(|e| self.storage(e))
+            let mut txn = self.write()?;
+            txn.set_durability(Durability::None)
+                .map_err(|e| self.storage(e))?;
+            {
+                let mut table = txn.open_table(RAW_ITEMS).map_err(|e| self.storage(e))?;
+                for (fingerprint, produced) in entries {
+                    table
+                        .insert(fingerprint.as_slice(), encode_produced(produced).as_slice())
+                        .map_err(|e| self.storage(e))?;
+                }
+            }
+            txn.commit().map_err(|e| self.storage(e))
+        })
     }
 
     /// Old raw-item versions pile up: past twice the entities (plus slack) the cache is dropped
     /// whole and rebuilt by the next run.
     pub fn raw_prune(&self) -> Result<bool, StateError> {
-        let entities = self.entity_count()?;
-        let txn = self.db.begin_write().map_err(|e| self.storage(e))?;
-        let pruned = {
-            let table = txn.open_table(RAW_ITEMS).map_err(|e| self.storage(e))?;
-            table.len().map_err(|e| self.storage(e))? > 2 * entities + 1000
-        };
-        if pruned {
-            txn.delete_table(RAW_ITEMS).map_err(|e| self.storage(e))?;
-        }
-        txn.commit().map_err(|e| self.storage(e))?;
-        Ok(pruned)
+        shield(&self.path, || {
+            let entities = self.entity_count()?;
+            let txn = self.write()?;
+            let pruned = {
+                let table = txn.open_table(RAW_ITEMS).map_err(|e| self.storage(e))?;
+                table.len().map_err(|e| self.storage(e))? > 2 * entities + 1000
+            };
+            if pruned {
+                txn.delete_table(RAW_ITEMS).map_err(|e| self.storage(e))?;
+            }
+            txn.commit().map_err(|e| self.storage(e))?;
+            Ok(pruned)
+        })
     }
 
     /// Rewrites the file without its free pages (redb keeps freed pages for reuse and rarely
     /// shrinks the file). Safe against a crash: redb compacts through ordinary commits.
     /// Returns the file's size before and after.
     pub fn compact(&mut self) -> Result<(u64, u64), StateError> {
-        let size = |path: &Path| std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-        let before = size(&self.path);
-        self.db.compact().map_err(|e| self.storage(e))?;
-        Ok((before, size(&self.path)))
+        let path = self.path.clone();
+        shield(&path, || {
+            let size = |path: &Path| std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+            let before = size(&self.path);
+            match &mut self.db {
+                Handle::Writer(db) => db.compact().map_err(|e| self.storage(e))?,
+                Handle::Reader(_) => {
+                    return Err(StateError::ReadOnly {
+                        path: self.path.clone(),
+                    });
+                }
+            };
+            Ok((before, size(&self.path)))
+        })
     }
 
     /// Where the file's bytes go, table by table (`state stats`).
     pub fn usage(&self) -> Result<Vec<TableUsage>, StateError> {
-        fn usage_of(
-            table: &'static str,
-            opened: Result<impl ReadableTableMetadata, redb::TableError>,
-        ) -> Result<Option<TableUsage>, redb::Error> {
-            let opened = match opened {
-                Ok(opened) => opened,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-                Err(e) => return Err(e.into()),
-            };
-            let stats = opened.stats()?;
-            Ok(Some(TableUsage {
-                table,
-                entries: opened.len()?,
-                stored_bytes: stats.stored_bytes(),
-                metadata_bytes: stats.metadata_bytes(),
-                fragmented_bytes: stats.fragmented_bytes(),
-            }))
-        }
-        let txn = self.db.begin_read().map_err(|e| self.storage(e))?;
-        let usage = [
-            usage_of("entities", txn.open_table(ENTITIES)),
-            usage_of("raw_items", txn.open_table(RAW_ITEMS)),
-            usage_of("runs", txn.open_table(RUNS)),
-            usage_of("checkpoints", txn.open_table(CHECKPOINTS)),
-            usage_of("meta", txn.open_table(META)),
-        ];
-        let mut out = Vec::new();
-        for table in usage {
-            if let Some(table) = table.map_err(|e| self.storage(e))? {
-                out.push(table);
+        shield(&self.path, || {
+            fn usage_of(
+                table: &'static str,
+                opened: Result<impl ReadableTableMetadata, redb::TableError>,
+            ) -> Result<Option<TableUsage>, redb::Error> {
+                let opened = match opened {
+                    Ok(opened) => opened,
+                    Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                    Err(e) => return Err(e.into()),
+                };
+                let stats = opened.stats()?;
+                Ok(Some(TableUsage {
+                    table,
+                    entries: opened.len()?,
+                    stored_bytes: stats.stored_bytes(),
+                    metadata_bytes: stats.metadata_bytes(),
+                    fragmented_bytes: stats.fragmented_bytes(),
+                }))
             }
-        }
-        Ok(out)
+            let txn = self.read()?;
+            let usage = [
+                usage_of("entities", txn.open_table(ENTITIES)),
+                usage_of("raw_items", txn.open_table(RAW_ITEMS)),
+                usage_of("runs", txn.open_table(RUNS)),
+                usage_of("checkpoints", txn.open_table(CHECKPOINTS)),
+                usage_of("meta", txn.open_table(META)),
+            ];
+            let mut out = Vec::new();
+            for table in usage {
+                if let Some(table) = table.map_err(|e| self.storage(e))? {
+                    out.push(table);
+                }
+            }
+            Ok(out)
+        })
     }
 
     /// A per-kind checkpoint (free-form JSON text), e.g. how far the kind's last run got.
     pub fn set_checkpoint(&self, kind: &str, value: &str) -> Result<(), StateError> {
-        let txn = self.db.begin_write().map_err(|e| self.storage(e))?;
-        {
-            let mut table = txn.open_table(CHECKPOINTS).map_err(|e| self.storage(e))?;
-            table.insert(kind, value).map_err(|e| self.storage(e))?;
-        }
-        txn.commit().map_err(|e| self.storage(e))
+        shield(&self.path, || {
+            let txn = self.write()?;
+            {
+                let mut table = txn.open_table(CHECKPOINTS).map_err(|e| self.storage(e))?;
+                table.insert(kind, value).map_err(|e| self.storage(e))?;
+            }
+            txn.commit().map_err(|e| self.storage(e))
+        })
     }
 
     pub fn checkpoints(&self) -> Result<Vec<(String, String)>, StateError> {
-        let txn = self.db.begin_read().map_err(|e| self.storage(e))?;
-        let table = txn.open_table(CHECKPOINTS).map_err(|e| self.storage(e))?;
-        let mut out = Vec::new();
-        for entry in table.iter().map_err(|e| self.storage(e))? {
-            let (k, v) = entry.map_err(|e| self.storage(e))?;
-            out.push((k.value().to_owned(), v.value().to_owned()));
-        }
-        Ok(out)
+        shield(&self.path, || {
+            let txn = self.read()?;
+            let table = txn.open_table(CHECKPOINTS).map_err(|e| self.storage(e))?;
+            let mut out = Vec::new();
+            for entry in table.iter().map_err(|e| self.storage(e))? {
+                let (k, v) = entry.map_err(|e| self.storage(e))?;
+                out.push((k.value().to_owned(), v.value().to_owned()));
+            }
+            Ok(out)
+        })
     }
 }
 
@@ -785,6 +914,42 @@ fn describe(identity: &Identity) -> String {
         "{}/{} at {}",
         identity.integration_type, identity.integration_identifier, identity.port_base_url
     )
+}
+
+/// How every handle on a state file is opened. redb's exclusive-writer mode: its shared-writer
+/// modes refuse commits without fsync, which the write path relies on; a running agent answers
+/// `state inspect` itself instead.
+fn builder() -> redb::Builder {
+    let mut builder = Database::builder();
+    // redb caches up to 1 GiB by default; the agent's working set is far smaller, and its
+    // memory budget is 150 MB at a million entities.
+    builder.set_cache_size(CACHE_BYTES);
+    builder
+}
+
+fn exists(path: &Path) -> Result<(), StateError> {
+    if path.exists() {
+        return Ok(());
+    }
+    Err(StateError::Storage {
+        path: path.to_owned(),
+        source: redb::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no such file",
+        )),
+    })
+}
+
+/// An empty file at the state's path is not a new state: something truncated it, and taking it
+/// as new would re-send everything and leave the old entities undeletable.
+fn refuse_empty(path: &Path) -> Result<(), StateError> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.len() == 0 => Err(StateError::Corrupt {
+            path: path.to_owned(),
+            detail: "the file is empty".to_owned(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Opens or creates the redb file, telling lock, corruption and plain I/O failures apart.
@@ -798,40 +963,75 @@ fn open_database(path: &Path) -> Result<Database, StateError> {
     let existed_with_data = std::fs::metadata(path)
         .map(|m| m.len() > 0)
         .unwrap_or(false);
-    // redb caches up to 1 GiB by default; the agent's working set is far smaller, and its
-    // memory budget is 150 MB at a million entities.
-    Database::builder()
-        .set_cache_size(CACHE_BYTES)
+    builder()
         .create(path)
-        .map_err(|error| match error {
-            DatabaseError::DatabaseAlreadyOpen => StateError::Locked {
+        .map_err(|error| open_error(path, error, existed_with_data))
+}
+
+fn open_error(path: &Path, error: DatabaseError, existed_with_data: bool) -> StateError {
+    match error {
+        DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => {
+            StateError::Locked {
                 path: path.to_owned(),
-            },
-            DatabaseError::Storage(StorageError::Corrupted(detail)) => StateError::Corrupt {
-                path: path.to_owned(),
-                detail,
-            },
-            DatabaseError::Storage(StorageError::Io(io))
-                if existed_with_data
-                    && !matches!(
-                        io.kind(),
-                        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::NotFound
-                    ) =>
-            {
-                StateError::Corrupt {
-                    path: path.to_owned(),
-                    detail: io.to_string(),
-                }
             }
-            DatabaseError::UpgradeRequired(version) => StateError::Corrupt {
+        }
+        DatabaseError::Storage(StorageError::Corrupted(detail)) => StateError::Corrupt {
+            path: path.to_owned(),
+            detail,
+        },
+        DatabaseError::Storage(StorageError::Io(io))
+            if existed_with_data
+                && !matches!(
+                    io.kind(),
+                    std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::NotFound
+                ) =>
+        {
+            StateError::Corrupt {
                 path: path.to_owned(),
-                detail: format!("redb file format {version} needs an upgrade"),
-            },
-            other => StateError::Storage {
-                path: path.to_owned(),
-                source: other.into(),
-            },
+                detail: io.to_string(),
+            }
+        }
+        DatabaseError::UpgradeRequired(version) => StateError::Corrupt {
+            path: path.to_owned(),
+            detail: format!("redb file format {version} needs an upgrade"),
+        },
+        other => StateError::Storage {
+            path: path.to_owned(),
+            source: other.into(),
+        },
+    }
+}
+
+thread_local! {
+    /// Depth of shielded calls on this thread: the panic hook stays silent inside them.
+    static SHIELDED: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs `work`; a panic inside it (redb meeting a corrupt page) becomes [`StateError::Corrupt`].
+fn shield<T>(path: &Path, work: impl FnOnce() -> Result<T, StateError>) -> Result<T, StateError> {
+    static QUIET: std::sync::Once = std::sync::Once::new();
+    QUIET.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if SHIELDED.with(std::cell::Cell::get) == 0 {
+                previous(info);
+            }
+        }));
+    });
+    SHIELDED.with(|depth| depth.set(depth.get() + 1));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+    SHIELDED.with(|depth| depth.set(depth.get() - 1));
+    outcome.unwrap_or_else(|payload| {
+        let detail = payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_else(|| "the storage engine failed".to_owned());
+        Err(StateError::Corrupt {
+            path: path.to_owned(),
+            detail: format!("reading it failed ({detail})"),
         })
+    })
 }
 
 #[cfg(test)]

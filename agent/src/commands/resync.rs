@@ -12,6 +12,7 @@ use port_agent_core::resync::{IntegrationSetup, Progress, Resync, ResyncOptions,
 use port_agent_integrations::json::JsonIntegration;
 use port_agent_state::{Identity, RunCounters, RunStatus, StateStore};
 use serde_json::{Value, json};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::Failure;
@@ -91,6 +92,10 @@ pub(crate) struct Prepared {
     pub(crate) scheduled_resync_interval: Option<f64>,
     /// Where the service's HTTP server listens.
     pub(crate) http_listen: String,
+    /// `POST /resync` needs it, when set.
+    pub(crate) resync_token: Option<port_agent_core::Secret>,
+    /// Least time between two requested runs.
+    pub(crate) min_resync_interval: std::time::Duration,
     pub(crate) client: PortClient,
     port_app_config: PortAppConfig,
     compiled: CompiledMapping,
@@ -148,6 +153,10 @@ pub(crate) async fn prepare(config_path: &Path, kinds: &[String]) -> Result<Prep
         listener: config.event_listener.clone(),
         scheduled_resync_interval: config.scheduled_resync_interval,
         http_listen: config.http.listen.clone(),
+        resync_token: config.http.resync_token.clone(),
+        min_resync_interval: std::time::Duration::from_secs(
+            config.http.min_resync_interval.unwrap_or(10),
+        ),
         client,
         port_app_config,
         compiled,
@@ -344,7 +353,7 @@ pub async fn run(args: &ResyncArgs) -> Result<(), Failure> {
     let progress =
         (!args.json && std::io::stderr().is_terminal()).then(|| Arc::new(Progress::default()));
     let stop = CancellationToken::new();
-    let signals = tokio::spawn(stop_on_signal(stop.clone()));
+    let signals = tokio::spawn(stop_on_signal(stop.clone(), None));
     let options = ResyncOptions {
         kinds: (!args.kind.is_empty()).then(|| args.kind.clone()),
         dry_run: args.dry_run,
@@ -376,18 +385,30 @@ pub async fn run(args: &ResyncArgs) -> Result<(), Failure> {
 
 /// SIGTERM (systemd, docker stop) or SIGINT (Ctrl-C) cancels `stop`: the run ends cleanly as
 /// aborted. A second signal ends the process at once; the next run resumes either way.
-pub(crate) async fn stop_on_signal(stop: CancellationToken) {
+pub(crate) async fn stop_on_signal(stop: CancellationToken, reload: Option<Arc<Notify>>) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut terminate), Ok(mut interrupt)) = (
+    let (Ok(mut terminate), Ok(mut interrupt), Ok(mut hangup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         tracing::warn!("cannot listen for stop signals; a signal ends the process at once");
         return;
     };
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+            // A service reads its configuration again (a resync starts with it); anything
+            // else stops as for SIGTERM (its terminal went away).
+            _ = hangup.recv() => match &reload {
+                Some(reload) => {
+                    tracing::info!("SIGHUP: reading the configuration again; a resync starts with it");
+                    reload.notify_one();
+                }
+                None => break,
+            },
+        }
     }
     tracing::warn!(
         "asked to stop: finishing the Port requests in flight, then ending the run as aborted (signal again to stop at once)"
@@ -396,6 +417,7 @@ pub(crate) async fn stop_on_signal(stop: CancellationToken) {
     tokio::select! {
         _ = terminate.recv() => {}
         _ = interrupt.recv() => {}
+        _ = hangup.recv() => {}
     }
     std::process::exit(130);
 }

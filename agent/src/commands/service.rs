@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::Failure;
 use crate::commands::resync::{open_state, prepare, print, stop_on_signal};
 use crate::config::ListenerType;
-use crate::http::{self, Metrics};
+use crate::http::{self, Metrics, SharedState};
 
 /// Ocean's default POLLING interval.
 const DEFAULT_POLL_SECONDS: u64 = 60;
@@ -34,6 +34,8 @@ enum Trigger {
     PortRequest,
     Webhook,
     Schedule,
+    /// SIGHUP: the configuration was changed.
+    Reload,
 }
 
 impl Trigger {
@@ -43,6 +45,7 @@ impl Trigger {
             Trigger::PortRequest => "port-request",
             Trigger::Webhook => "webhook",
             Trigger::Schedule => "schedule",
+            Trigger::Reload => "reload",
         }
     }
 }
@@ -50,9 +53,10 @@ impl Trigger {
 /// What the service shares between its loop, its runs and its HTTP server.
 struct Service<'a> {
     config_path: &'a Path,
-    /// The open state file. `None` after a run could not write it (a full disk): redb refuses
-    /// every write after an I/O error, so the next run opens it again.
-    state: std::sync::Mutex<Option<Arc<StateStore>>>,
+    /// The open state file, also read by `/state/inspect`. `None` after a run could not write
+    /// it (a full disk): redb refuses every write after an I/O error, so the next run opens it
+    /// again.
+    state: SharedState,
     stop: CancellationToken,
     metrics: Arc<Metrics>,
 }
@@ -72,11 +76,12 @@ pub async fn serve(config_path: &Path) -> Result<(), Failure> {
     let state = open_state(&first.state_path, &first.identity).await?;
     let service = Service {
         config_path,
-        state: std::sync::Mutex::new(Some(state)),
+        state: Arc::new(std::sync::Mutex::new(Some(state))),
         stop: CancellationToken::new(),
         metrics: Arc::new(Metrics::default()),
     };
-    let signals = tokio::spawn(stop_on_signal(service.stop.clone()));
+    let reload = Arc::new(Notify::new());
+    let signals = tokio::spawn(stop_on_signal(service.stop.clone(), Some(reload.clone())));
     let outcome = if listener == ListenerType::Once {
         match service.run_once(Trigger::Start).await {
             Some(RunStatus::Completed) => Ok(()),
@@ -93,9 +98,16 @@ pub async fn serve(config_path: &Path) -> Result<(), Failure> {
             .local_addr()
             .map_or_else(|_| address.clone(), |a| a.to_string());
         tracing::info!(address = %serving, "serving /health/live, /health/ready, /metrics");
+        // Where `state inspect` finds this agent while it holds the state file.
+        let beacon = http::Beacon::write(&first.state_path, &serving);
         let server = tokio::spawn(http::serve(
             bound,
-            http::router(service.metrics.clone(), webhook.clone()),
+            http::router(http::Routes {
+                metrics: service.metrics.clone(),
+                resync: webhook.clone(),
+                resync_token: first.resync_token.clone(),
+                state: service.state.clone(),
+            }),
             service.stop.clone(),
         ));
         // What the loop needs from the config it started with; the rest (its mapping pool
@@ -115,9 +127,13 @@ pub async fn serve(config_path: &Path) -> Result<(), Failure> {
         let schedule = first
             .scheduled_resync_interval
             .map(|minutes| Duration::from_secs_f64(minutes * 60.0));
+        let min_interval = first.min_resync_interval;
         drop(first);
-        service.serve(&polling, schedule, webhook).await;
+        service
+            .serve(&polling, schedule, webhook, &reload, min_interval)
+            .await;
         let _ = server.await;
+        drop(beacon);
         Ok(())
     };
     signals.abort();
@@ -126,12 +142,15 @@ pub async fn serve(config_path: &Path) -> Result<(), Failure> {
 
 impl Service<'_> {
     /// Resyncs at start, then whenever a resync is requested (in Port, or on `/resync`) or the
-    /// schedule is due, until asked to stop.
+    /// schedule is due, until asked to stop. Requested runs start `min_interval` apart at
+    /// least: requests meanwhile make one run when the time is up.
     async fn serve(
         &self,
         polling: &Polling,
         schedule: Option<Duration>,
         webhook: Option<Arc<Notify>>,
+        reload: &Notify,
+        min_interval: Duration,
     ) {
         let poll_every = polling.every;
         // The request standing at start is served by the start run.
@@ -143,10 +162,19 @@ impl Service<'_> {
         let mut pending = Some(Trigger::Start);
         let mut next_scheduled = schedule.map(|every| Instant::now() + every);
         let mut next_poll = Instant::now() + poll_every;
+        let mut last_requested: Option<Instant> = None;
+        // A requested run waiting for `min_interval` to pass, and when it may start.
+        let mut deferred: Option<(Trigger, Instant)> = None;
         loop {
             if let Some(trigger) = pending.take() {
                 self.run_once(trigger).await;
                 next_scheduled = schedule.map(|every| Instant::now() + every);
+                if matches!(
+                    trigger,
+                    Trigger::Webhook | Trigger::PortRequest | Trigger::Reload
+                ) {
+                    last_requested = Some(Instant::now());
+                }
             }
             if self.stop.is_cancelled() {
                 return;
@@ -170,17 +198,29 @@ impl Service<'_> {
                     std::future::pending::<()>().await;
                 }
             };
+            let due = async {
+                match deferred {
+                    Some((_, at)) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let defer = |trigger: Trigger, deferred: &mut Option<(Trigger, Instant)>| {
+                let at = last_requested.map_or_else(Instant::now, |last| last + min_interval);
+                deferred.get_or_insert((trigger, at));
+            };
             tokio::select! {
                 () = self.stop.cancelled() => return,
                 () = scheduled => pending = Some(Trigger::Schedule),
-                () = requested => pending = Some(Trigger::Webhook),
+                () = requested => defer(Trigger::Webhook, &mut deferred),
+                () = reload.notified() => defer(Trigger::Reload, &mut deferred),
+                () = due => pending = deferred.take().map(|(trigger, _)| trigger),
                 () = polled => {
                     next_poll = Instant::now() + poll_every;
                     let latest = polling.latest_request().await;
                     if latest.is_some() && latest != handled {
                         tracing::info!(request = ?latest, "a resync was requested in Port");
                         handled = latest;
-                        pending = Some(Trigger::PortRequest);
+                        defer(Trigger::PortRequest, &mut deferred);
                     }
                 }
             }
@@ -194,7 +234,7 @@ impl Service<'_> {
         let mut open_failed = false;
         let outcome = async {
             let prepared = prepare(self.config_path, &[]).await?;
-            let opened = match self.open_state() {
+            let opened = match self.current_state() {
                 Some(open) => open,
                 None => open_state(&prepared.state_path, &prepared.identity)
                     .await
@@ -231,9 +271,8 @@ impl Service<'_> {
                 });
                 // Kept open for the next run, unless it failed: redb refuses writes after an
                 // I/O error until the file is opened again.
-                if unready.is_none() {
-                    *self.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
-                }
+                *self.state.lock().unwrap_or_else(|e| e.into_inner()) =
+                    if unready.is_none() { state } else { None };
                 self.metrics.run_ended(Some(&report), entities, unready);
                 Some(report.run.status)
             }
@@ -254,9 +293,9 @@ impl Service<'_> {
         }
     }
 
-    /// The state left open by the last run, taken for this one.
-    fn open_state(&self) -> Option<Arc<StateStore>> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).take()
+    /// The state the last run left open, if it did.
+    fn current_state(&self) -> Option<Arc<StateStore>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 

@@ -1,14 +1,16 @@
 //! `port-agent state inspect`: what the agent believes is in Port, and why.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::anyhow;
-use port_agent_state::{EntityRecord, RunRecord, StateStore};
+use port_agent_core::text::printable;
+use port_agent_state::{EntityRecord, Intent, RunRecord, StateError, StateStore};
 use serde_json::{Value, json};
 
 use crate::Failure;
 use crate::config;
+use crate::http::{Beacon, loopback_side};
 
 #[derive(Debug)]
 pub struct InspectArgs {
@@ -31,11 +33,20 @@ fn iso(ms: i64) -> String {
 }
 
 fn entity_json(key: &(String, String), r: &EntityRecord) -> Value {
-    json!({
+    let mut value = json!({
         "blueprint": key.0, "identifier": key.1, "hash": hex(&r.hash),
         "later_hashes": r.later.iter().map(hex).collect::<Vec<_>>(), "kind": r.kind, "resource": r.resource,
         "last_seen_run": r.last_seen_run, "written_run": r.written_run, "written_at": iso(r.written_at_ms),
-    })
+    });
+    if let Some(doubt) = &r.doubt {
+        value["in_doubt"] = match doubt.intent {
+            Intent::Upsert(hash) => {
+                json!({"write": "upsert", "hash": hex(&hash), "since_run": doubt.since_run})
+            }
+            Intent::Delete => json!({"write": "deletion", "since_run": doubt.since_run}),
+        };
+    }
+    value
 }
 
 fn run_json(run: &RunRecord) -> Value {
@@ -94,7 +105,13 @@ pub fn state_path(
     }
 }
 
-fn open(path: &std::path::Path) -> Result<StateStore, Failure> {
+/// Opens the file to read it.
+fn open(path: &Path) -> Result<StateStore, Failure> {
+    StateStore::open_read_only(path).map_err(|e| Failure::Run(e.into()))
+}
+
+/// Opens the file to change it (no agent may be running on it).
+fn open_to_write(path: &Path) -> Result<StateStore, Failure> {
     StateStore::open_existing(path).map_err(|e| Failure::Run(e.into()))
 }
 
@@ -187,7 +204,7 @@ pub fn stats(
 /// `state compact`: the file without its free pages.
 pub fn compact(config_file: &Option<PathBuf>, state: &Option<PathBuf>) -> Result<(), Failure> {
     let path = state_path(config_file, state)?;
-    let mut store = open(&path)?;
+    let mut store = open_to_write(&path)?;
     let started = std::time::Instant::now();
     let (before, after) = store.compact().map_err(|e| Failure::Run(e.into()))?;
     let mib = |bytes: u64| bytes as f64 / 1048576.0;
@@ -228,7 +245,7 @@ pub fn reset(
         )));
     }
     // Opening proves no agent holds the file (redb locks it) and that it is a state file.
-    let store = open(&path)?;
+    let store = open_to_write(&path)?;
     let identifier = store.identity().integration_identifier.clone();
     let count = store.entity_count().map_err(|e| Failure::Run(e.into()))?;
     drop(store);
@@ -265,92 +282,172 @@ pub fn reset(
     ))
 }
 
-pub fn inspect(args: &InspectArgs) -> Result<(), Failure> {
-    let path = state_path(&args.config, &args.state)?;
-    let store = open(&path)?;
-    let entities = store
-        .entities(|(bp, id), r| {
-            args.blueprint.as_ref().is_none_or(|b| b == bp)
-                && args.identifier.as_ref().is_none_or(|i| i == id)
-                && args.kind.as_ref().is_none_or(|k| *k == r.kind)
-        })
-        .map_err(|e| Failure::Run(e.into()))?;
-    let runs = store.runs(10).map_err(|e| Failure::Run(e.into()))?;
-    let checkpoints = store.checkpoints().map_err(|e| Failure::Run(e.into()))?;
+/// Which records `state inspect` shows.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct InspectFilter {
+    pub blueprint: Option<String>,
+    pub identifier: Option<String>,
+    pub kind: Option<String>,
+}
+
+/// What `state inspect --json` prints: the integration, the records `filter` selects (with any
+/// write in doubt), the last runs and the checkpoints. Also what a running agent serves on
+/// `/state/inspect`.
+pub fn inspect_report(store: &StateStore, filter: &InspectFilter) -> Result<Value, StateError> {
+    let entities = store.entities(|(bp, id), r| {
+        filter.blueprint.as_ref().is_none_or(|b| b == bp)
+            && filter.identifier.as_ref().is_none_or(|i| i == id)
+            && filter.kind.as_ref().is_none_or(|k| *k == r.kind)
+    })?;
+    let runs = store.runs(10)?;
+    let checkpoints = store.checkpoints()?;
     let identity = store.identity();
+    Ok(json!({
+        "state": store.path().display().to_string(),
+        "integration": {"type": identity.integration_type, "identifier": identity.integration_identifier, "port_base_url": identity.port_base_url},
+        "entities": entities.iter().map(|(k, r)| entity_json(k, r)).collect::<Vec<_>>(),
+        "runs": runs.iter().map(run_json).collect::<Vec<_>>(),
+        "checkpoints": checkpoints.into_iter().map(|(k, v)| {
+            let value = serde_json::from_str(&v).unwrap_or(Value::String(v));
+            (k, value)
+        }).collect::<serde_json::Map<_, _>>(),
+    }))
+}
+
+pub async fn inspect(args: &InspectArgs) -> Result<(), Failure> {
+    let path = state_path(&args.config, &args.state)?;
+    let filter = InspectFilter {
+        blueprint: args.blueprint.clone(),
+        identifier: args.identifier.clone(),
+        kind: args.kind.clone(),
+    };
+    let report = match StateStore::open_read_only(&path) {
+        Ok(store) => inspect_report(&store, &filter).map_err(|e| Failure::Run(e.into()))?,
+        // An agent runs on it: it answers for its state.
+        Err(StateError::Locked { .. }) => ask_the_running_agent(&path, args, &filter).await?,
+        Err(e) => return Err(Failure::Run(e.into())),
+    };
     let mut out = std::io::stdout().lock();
-    let result = if args.json {
+    finish_output(if args.json {
+        writeln!(out, "{report}")
+    } else {
+        write_inspect_text(&mut out, &report)
+    })
+}
+
+/// The running agent's `/state/inspect`: at the address it noted beside the state, else on
+/// the loopback side of the config's `http.listen`.
+async fn ask_the_running_agent(
+    state: &Path,
+    args: &InspectArgs,
+    filter: &InspectFilter,
+) -> Result<Value, Failure> {
+    let noted = Beacon::read(state);
+    let configured = match &args.config {
+        Some(config) => loopback_side(&config::load(config)?.config.http.listen),
+        None => None,
+    };
+    let Some(address) = noted.or(configured) else {
+        return Err(Failure::Run(anyhow!(
+            "{} is held by a running agent; give --config so that its HTTP address is known",
+            state.display()
+        )));
+    };
+    let mut query: Vec<(&str, &str)> = Vec::new();
+    for (name, value) in [
+        ("blueprint", &filter.blueprint),
+        ("identifier", &filter.identifier),
+        ("kind", &filter.kind),
+    ] {
+        if let Some(value) = value {
+            query.push((name, value));
+        }
+    }
+    let unreachable = |e: reqwest::Error| {
+        Failure::Run(anyhow!(
+            "the state file is held by a running agent, which did not answer on {address} ({}); stop it to read the file directly",
+            e.without_url()
+        ))
+    };
+    let answer = reqwest::Client::new()
+        .get(format!("http://{address}/state/inspect"))
+        .query(&query)
+        .timeout(std::time::Duration::from_secs(30))
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(unreachable)?;
+    answer.json().await.map_err(unreachable)
+}
+
+fn write_inspect_text(out: &mut impl Write, report: &Value) -> std::io::Result<()> {
+    let text = |v: &Value| printable(v.as_str().unwrap_or_default()).into_owned();
+    let integration = &report["integration"];
+    writeln!(
+        out,
+        "state {} of integration {}/{} at {}",
+        text(&report["state"]),
+        text(&integration["type"]),
+        text(&integration["identifier"]),
+        text(&integration["port_base_url"])
+    )?;
+    let entities = report["entities"].as_array().cloned().unwrap_or_default();
+    writeln!(out, "{} entities believed in Port:", entities.len())?;
+    for e in &entities {
+        let later = e["later_hashes"].as_array().map_or(0, Vec::len);
         writeln!(
             out,
-            "{}",
-            json!({
-                "state": path.display().to_string(),
-                "integration": {"type": identity.integration_type, "identifier": identity.integration_identifier, "port_base_url": identity.port_base_url},
-                "entities": entities.iter().map(|(k, r)| entity_json(k, r)).collect::<Vec<_>>(),
-                "runs": runs.iter().map(run_json).collect::<Vec<_>>(),
-                "checkpoints": checkpoints.into_iter().map(|(k, v)| {
-                    let value = serde_json::from_str(&v).unwrap_or(Value::String(v));
-                    (k, value)
-                }).collect::<serde_json::Map<_, _>>(),
-            })
-        )
-    } else {
-        (|| {
-            writeln!(
-                out,
-                "state {} of integration {}/{} at {}",
-                path.display(),
-                identity.integration_type,
-                identity.integration_identifier,
-                identity.port_base_url
-            )?;
-            writeln!(out, "{} entities believed in Port:", entities.len())?;
-            for ((bp, id), r) in &entities {
-                writeln!(
-                    out,
-                    "  {bp}/{id}  hash {}{}  kind {} (resources[{}])  seen in run {}  written in run {} at {}",
-                    &hex(&r.hash)[..16],
-                    match r.later.len() {
-                        0 => String::new(),
-                        n => format!(" (+{n} later contributions)"),
-                    },
-                    r.kind,
-                    r.resource,
-                    r.last_seen_run,
-                    r.written_run,
-                    iso(r.written_at_ms)
-                )?;
+            "  {}/{}  hash {}{}  kind {} (resources[{}])  seen in run {}  written in run {} at {}{}",
+            text(&e["blueprint"]),
+            text(&e["identifier"]),
+            text(&e["hash"]).get(..16).unwrap_or_default(),
+            match later {
+                0 => String::new(),
+                n => format!(" (+{n} later contributions)"),
+            },
+            text(&e["kind"]),
+            e["resource"],
+            e["last_seen_run"],
+            e["written_run"],
+            text(&e["written_at"]),
+            match e.get("in_doubt") {
+                Some(doubt) => format!(
+                    "  IN DOUBT since run {}: a {} Port has not answered (re-sent next run)",
+                    doubt["since_run"],
+                    text(&doubt["write"])
+                ),
+                None => String::new(),
             }
-            writeln!(out, "runs (newest first):")?;
-            for run in &runs {
-                let t = &run.totals;
-                writeln!(
-                    out,
-                    "  run {} {:?} ({}) started {}: fetched {} mapped {} unchanged {} upserted {} failed {} deleted {}",
-                    run.id,
-                    run.status,
-                    run.trigger,
-                    iso(run.started_at_ms),
-                    t.fetched,
-                    t.mapped,
-                    t.unchanged,
-                    t.upserted,
-                    t.failed,
-                    t.deleted
-                )?;
-                for note in &run.notes {
-                    writeln!(out, "    note: {note}")?;
-                }
-            }
-            for (kind, checkpoint) in &checkpoints {
-                writeln!(
-                    out,
-                    "checkpoint {kind}: {}",
-                    describe_checkpoint(checkpoint)
-                )?;
-            }
-            Ok(())
-        })()
-    };
-    finish_output(result)
+        )?;
+    }
+    writeln!(out, "runs (newest first):")?;
+    for run in report["runs"].as_array().into_iter().flatten() {
+        let t = &run["totals"];
+        writeln!(
+            out,
+            "  run {} {} ({}) started {}: fetched {} mapped {} unchanged {} upserted {} failed {} deleted {}",
+            run["id"],
+            text(&run["status"]),
+            text(&run["trigger"]),
+            text(&run["started_at"]),
+            t["fetched"],
+            t["mapped"],
+            t["unchanged"],
+            t["upserted"],
+            t["failed"],
+            t["deleted"]
+        )?;
+        for note in run["notes"].as_array().into_iter().flatten() {
+            writeln!(out, "    note: {}", text(note))?;
+        }
+    }
+    for (kind, checkpoint) in report["checkpoints"].as_object().into_iter().flatten() {
+        writeln!(
+            out,
+            "checkpoint {}: {}",
+            printable(kind),
+            describe_checkpoint(&checkpoint.to_string())
+        )?;
+    }
+    Ok(())
 }

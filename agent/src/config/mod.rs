@@ -75,12 +75,21 @@ pub struct HttpSettings {
     /// Address and port to serve on (Ocean serves on port 8000).
     #[serde(default = "default_listen", deserialize_with = "string_like")]
     pub listen: String,
+    /// When set, `POST /resync` needs `Authorization: Bearer TOKEN`.
+    #[serde(default)]
+    pub resync_token: Option<Secret>,
+    /// Seconds at least between two runs that requests started (`/resync`, Port's request);
+    /// requests meanwhile make one run when the time is up (default 10).
+    #[serde(default)]
+    pub min_resync_interval: Option<u64>,
 }
 
 impl Default for HttpSettings {
     fn default() -> Self {
         Self {
             listen: default_listen(),
+            resync_token: None,
+            min_resync_interval: None,
         }
     }
 }
@@ -320,7 +329,7 @@ fn validate(config: &AgentConfig) -> Vec<String> {
         problems.push("port.client_secret: is empty (OCEAN__PORT__CLIENT_SECRET)".to_owned());
     }
     // Every number is bounded here, so that none can overflow a duration or a pool later.
-    let counts: [(&str, Option<u64>, u64, u64); 4] = [
+    let counts: [(&str, Option<u64>, u64, u64); 5] = [
         (
             "port.max_concurrency",
             port.max_concurrency.map(|n| n as u64),
@@ -339,6 +348,12 @@ fn validate(config: &AgentConfig) -> Vec<String> {
             config.state.verify_every,
             1,
             1_000_000,
+        ),
+        (
+            "http.min_resync_interval",
+            config.http.min_resync_interval,
+            0,
+            86_400,
         ),
     ];
     for (key, value, low, high) in counts {

@@ -307,14 +307,17 @@ pub fn assert_same_content(
 }
 
 /// Sets the event listener (`event_listener: ...` and any more top-level YAML) and has the
-/// service's HTTP server listen on a port the system picks (the agent logs which).
+/// service's HTTP server listen on a port the system picks (the agent logs which), unless the
+/// YAML has its own `http` section.
 pub fn use_listener(project: &Project, listener: &str) {
     let path = project.root().join("agent.yaml");
     let config = std::fs::read_to_string(&path).unwrap();
-    let changed = config.replace(
-        "event_listener: {type: ONCE}",
-        &format!("{listener}\nhttp: {{listen: '127.0.0.1:0'}}"),
-    );
+    let http = if listener.contains("http:") {
+        ""
+    } else {
+        "\nhttp: {listen: '127.0.0.1:0'}"
+    };
+    let changed = config.replace("event_listener: {type: ONCE}", &format!("{listener}{http}"));
     assert_ne!(config, changed);
     std::fs::write(path, changed).unwrap();
 }
@@ -385,6 +388,10 @@ impl RunningService {
 
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// One plain HTTP/1.1 request to the service: the status and the body.

@@ -117,13 +117,14 @@ fn iso_now() -> String {
         .to_string()
 }
 
-/// Runs `work` on the state off the async runtime (redb blocks).
+/// Runs `work` on the state off the async runtime (redb blocks), shielded: a corrupt page that
+/// makes redb panic is the "state file is corrupt" error.
 pub(crate) async fn with_state<T: Send + 'static>(
     state: &Arc<StateStore>,
     work: impl FnOnce(&StateStore) -> Result<T, StateError> + Send + 'static,
 ) -> Result<T, ResyncError> {
     let state = state.clone();
-    tokio::task::spawn_blocking(move || work(&state))
+    tokio::task::spawn_blocking(move || state.shield(work))
         .await
         .map_err(|e| ResyncError::Blocking(e.to_string()))?
         .map_err(ResyncError::from)
