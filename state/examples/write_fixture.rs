@@ -1,7 +1,9 @@
 //! Writes `migrations/fixtures/v{SCHEMA_VERSION}.redb`, the file a later schema's migration is
 //! tested on: `cargo run -p port-agent-state --example write_fixture`.
 
-use port_agent_state::{Identity, RunRecord, RunStatus, SCHEMA_VERSION, StateStore, Written};
+use port_agent_state::{
+    Identity, Intent, RunRecord, RunStatus, SCHEMA_VERSION, Sending, StateStore, Written,
+};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -34,6 +36,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             kind: "service".into(),
             resource: 1,
         }],
+    )?;
+    // Writes whose answers never came: an update of svc-1, a deletion of svc-2, a new svc-3.
+    store.mark_sending(
+        run.id,
+        &[
+            ("svc-1", Intent::Upsert([11; 32])),
+            ("svc-2", Intent::Delete),
+            ("svc-3", Intent::Upsert([13; 32])),
+        ]
+        .map(|(id, intent)| Sending {
+            key: ("service".into(), id.into()),
+            intent,
+            kind: "service".into(),
+            resource: 0,
+        }),
     )?;
     store.set_checkpoint("service", r#"{"done": true}"#)?;
     store.finish_run(&RunRecord {

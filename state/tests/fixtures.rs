@@ -67,3 +67,35 @@ fn a_migrated_file_is_marked_and_opens_again_without_migrating() {
         port_agent_state::SCHEMA_VERSION
     );
 }
+
+#[test]
+fn a_schema_2_file_has_nothing_in_doubt_after_migration() {
+    let (_dir, path) = fixture_copy("v2.redb");
+    let store = StateStore::open(&path, &fixture_identity()).unwrap();
+    let records = store.entities(|_, _| true).unwrap();
+    assert!(records.iter().all(|(_, r)| r.doubt.is_none()));
+    // Migrated records compare as before: nothing is re-sent because of the upgrade.
+    assert!(records[1].1.unchanged_in(5, &[1; 32]));
+}
+
+#[test]
+fn a_schema_3_file_keeps_its_writes_in_doubt() {
+    use port_agent_state::Intent;
+    let (_dir, path) = fixture_copy("v3.redb");
+    let store = StateStore::open(&path, &fixture_identity()).unwrap();
+    let records: std::collections::BTreeMap<String, _> = store
+        .entities(|_, _| true)
+        .unwrap()
+        .into_iter()
+        .map(|((_, id), r)| (id, r))
+        .collect();
+    assert_eq!(records.len(), 4);
+    assert_eq!(records["svc-0"].doubt, None);
+    let intent = |id: &str| records[id].doubt.map(|d| d.intent);
+    assert_eq!(intent("svc-1"), Some(Intent::Upsert([11; 32])));
+    assert_eq!(intent("svc-2"), Some(Intent::Delete));
+    assert_eq!(intent("svc-3"), Some(Intent::Upsert([13; 32])));
+    // svc-1 held [1; 32] before its update was sent: in doubt, it is not taken as unchanged.
+    assert!(!records["svc-1"].unchanged_in(9, &[1; 32]));
+    assert_eq!(records["svc-3"].written_run, 0, "never acknowledged");
+}
