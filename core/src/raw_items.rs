@@ -157,6 +157,13 @@ impl<R: BufRead> RawItemReader<R> {
             Some(b']') => {
                 self.take()?;
                 self.shape = Shape::Done;
+                // JSON lines whose first item is an array read as an array: what follows it
+                // must not be dropped unread.
+                if self.skip_whitespace()?.is_some() {
+                    return Err(self.error(
+                        "more follows the array that began the file (one JSON array, or JSON lines of objects)",
+                    ));
+                }
                 return Ok(None);
             }
             Some(_) => {}
@@ -290,6 +297,10 @@ mod tests {
                 .message
                 .contains("expected , or ]")
         );
+        // Lines of arrays would read as one array and drop the rest: refused instead.
+        let error = parse_raw_items("[1]\n[2]\n").unwrap_err();
+        assert_eq!(error.line, 2);
+        assert!(error.message.contains("more follows"), "{error}");
     }
 
     #[test]
@@ -310,5 +321,76 @@ mod tests {
             .unwrap()
             .unwrap_err();
         assert!(error.message.contains("larger than 50 bytes"), "{error}");
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+        use serde_json::Value;
+
+        use super::super::*;
+
+        fn json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                // Integers only: floats would test serde_json's float parsing, not the reader,
+                // which keeps each item's text as written.
+                any::<i64>().prop_map(Value::from),
+                ".{0,8}".prop_map(Value::from),
+            ];
+            leaf.prop_recursive(4, 32, 4, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                    proptest::collection::btree_map(".{0,6}", inner, 0..4)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn any_bytes_give_items_or_an_error_naming_a_line(
+                bytes in proptest::collection::vec(any::<u8>(), 0..400)
+            ) {
+                let mut reader = RawItemReader::new(bytes.as_slice());
+                let mut items = 0;
+                for item in reader.by_ref() {
+                    match item {
+                        Ok(_) => items += 1,
+                        Err(e) => prop_assert!(e.line >= 1),
+                    }
+                    prop_assert!(items <= bytes.len());
+                }
+                prop_assert!(reader.next().is_none(), "a finished reader stays finished");
+            }
+
+            /// Raw items are objects (a line starting with `[` would begin an array file).
+            #[test]
+            fn items_come_back_as_written_as_lines_or_as_an_array(
+                values in proptest::collection::vec(
+                    proptest::collection::btree_map(".{0,6}", json(), 0..4)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                    0..8,
+                ),
+                as_array in any::<bool>(),
+                pretty in any::<bool>(),
+            ) {
+                let text = if as_array {
+                    if pretty {
+                        serde_json::to_string_pretty(&values).unwrap()
+                    } else {
+                        serde_json::to_string(&values).unwrap()
+                    }
+                } else {
+                    values.iter().map(|v| format!("{v}\n\n")).collect()
+                };
+                let read: Vec<Value> = parse_raw_items(&text)
+                    .unwrap()
+                    .iter()
+                    .map(|raw| serde_json::from_str(raw.get()).unwrap())
+                    .collect();
+                prop_assert_eq!(read, values);
+            }
+        }
     }
 }

@@ -493,4 +493,71 @@ mod tests {
         assert_eq!((record.hash, record.later.clone()), (a2, vec![b]));
         assert!(record.unchanged_in(3, &a2));
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        fn record() -> impl Strategy<Value = EntityRecord> {
+            let doubt = prop_oneof![
+                Just(None),
+                (any::<[u8; 32]>(), any::<u64>()).prop_map(|(hash, since_run)| Some(Doubt {
+                    intent: Intent::Upsert(hash),
+                    since_run
+                })),
+                any::<u64>().prop_map(|since_run| Some(Doubt {
+                    intent: Intent::Delete,
+                    since_run
+                })),
+            ];
+            (
+                any::<[u8; 32]>(),
+                proptest::collection::vec(any::<[u8; 32]>(), 0..4),
+                ".{0,20}",
+                any::<u32>(),
+                (any::<u64>(), any::<u32>(), any::<u64>(), any::<i64>()),
+                doubt,
+            )
+                .prop_map(
+                    |(hash, later, kind, resource, (seen, seen_in, written, at), doubt)| {
+                        EntityRecord {
+                            hash,
+                            later,
+                            kind,
+                            resource,
+                            last_seen_run: seen,
+                            seen_in_run: seen_in,
+                            written_run: written,
+                            written_at_ms: at,
+                            doubt,
+                        }
+                    },
+                )
+        }
+
+        proptest! {
+            #[test]
+            fn any_bytes_decode_to_a_record_or_to_nothing_never_a_panic(
+                bytes in proptest::collection::vec(any::<u8>(), 0..300)
+            ) {
+                let _ = EntityRecord::decode(&bytes);
+            }
+
+            #[test]
+            fn every_record_survives_its_encoding(record in record()) {
+                prop_assert_eq!(EntityRecord::decode(&record.encode()), Some(record));
+            }
+
+            #[test]
+            fn a_damaged_encoding_never_panics(record in record(), at in any::<usize>(), bit in 0u8..8) {
+                let mut bytes = record.encode();
+                let at = at % bytes.len();
+                bytes[at] ^= 1 << bit;
+                let _ = EntityRecord::decode(&bytes);
+                bytes.truncate(at);
+                let _ = EntityRecord::decode(&bytes);
+            }
+        }
+    }
 }

@@ -722,4 +722,129 @@ scheduled_resync_interval: 60
             .to_string();
         assert!(message.contains("/no/such/agent.yaml"), "{message}");
     }
+
+    mod properties {
+        use proptest::prelude::*;
+        use serde_json::{Value, json};
+
+        use super::*;
+
+        /// Marks a value that must never come back in an error.
+        const MARK: &str = "Zq7-never-echo";
+
+        /// A value of any shape, sometimes carrying the mark.
+        fn value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<u64>().prop_map(Value::from),
+                (-1e30f64..1e30).prop_map(Value::from),
+                "[a-z0-9:/.@ ]{0,12}".prop_map(Value::from),
+                Just(Value::from(format!("https://user:{MARK}@x"))),
+                Just(Value::from(MARK)),
+            ];
+            leaf.prop_recursive(2, 8, 3, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
+                    proptest::collection::btree_map("[a-z_]{1,8}", inner, 0..3)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// Config keys, and values of any shape under them.
+        fn config() -> impl Strategy<Value = Value> {
+            let keys = [
+                "port.base_url",
+                "port.client_id",
+                "port.client_secret",
+                "port.max_concurrency",
+                "port.requests_per_second",
+                "port.max_retries",
+                "integration.identifier",
+                "integration.type",
+                "integration.config",
+                "mapping",
+                "state.path",
+                "state.verify_every",
+                "event_listener.type",
+                "event_listener.interval",
+                "scheduled_resync_interval",
+                "http.listen",
+                "http.resync_token",
+                "http.min_resync_interval",
+                "limits.item_time_ms",
+                "limits.item_memory_mib",
+                "limits.item_nesting",
+            ];
+            proptest::collection::vec((proptest::sample::select(keys.to_vec()), value()), 0..8)
+                .prop_map(|pairs| {
+                    let mut config = json!({
+                        "port": {"client_id": "id", "client_secret": MARK},
+                        "integration": {"identifier": "i", "type": "json"},
+                    });
+                    for (key, value) in pairs {
+                        let (section, field) = key.split_once('.').unwrap_or((key, ""));
+                        if field.is_empty() {
+                            config[section] = value;
+                        } else if config[section].is_object() || config[section].is_null() {
+                            config[section][field] = value;
+                        }
+                    }
+                    config
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(200))]
+
+            /// Whatever the file and the environment hold: no panic, and an error names the
+            /// file and never a value.
+            #[test]
+            fn any_config_loads_or_is_refused_without_echoing_a_value(
+                config in config(),
+                variable in proptest::option::of(("port|http|state|limits|event_listener", value())),
+            ) {
+                let file = write(&serde_yaml_ng::to_string(&config).unwrap());
+                let vars: Vec<(String, String)> = variable
+                    .map(|(section, value)| {
+                        let text = match value {
+                            Value::String(s) => s,
+                            other => other.to_string(),
+                        };
+                        vec![(format!("OCEAN__{}", section.to_uppercase()), text)]
+                    })
+                    .unwrap_or_default();
+                match load_with(file.path(), vars) {
+                    Ok(loaded) => {
+                        // Accepted numbers are usable: the durations the service builds fit.
+                        let c = &loaded.config;
+                        let _ = c.mapping_limits();
+                        if let Some(minutes) = c.scheduled_resync_interval {
+                            let _ = std::time::Instant::now()
+                                + std::time::Duration::from_secs_f64(minutes * 60.0);
+                        }
+                        if let Some(seconds) = c.event_listener.interval {
+                            let _ = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+                        }
+                        let _ = c.port_client_config();
+                    }
+                    Err(e) => {
+                        let message = e.to_string();
+                        prop_assert!(message.contains(&file.path().display().to_string()), "{}", message);
+                        prop_assert!(!message.contains(MARK), "{}", message);
+                    }
+                }
+            }
+
+            #[test]
+            fn any_text_as_a_config_file_is_refused_clearly(text in "\\PC{0,200}") {
+                let file = write(&text);
+                if let Err(e) = load_with(file.path(), Vec::new()) {
+                    prop_assert!(e.to_string().contains(&file.path().display().to_string()));
+                }
+            }
+        }
+    }
 }
