@@ -480,6 +480,11 @@ async fn a_stop_signal_ends_the_run_as_aborted_and_nothing_is_sent_twice() {
     let out = support::terminate(child).await;
     let sent = interrupted_run(&out, dir.path(), &emulator, "aborted", "asked to stop");
     assert_eq!(emulator.stats()["entities_total"], sent);
+    assert_eq!(
+        emulator.integration("crashy").unwrap()["resyncState"]["status"],
+        "aborted",
+        "Port is told the run was aborted"
+    );
     the_next_run_sends_the_rest(dir.path(), &emulator, sent).await;
     let per_entity = emulator.stats()["upserts_per_entity"].clone();
     assert!(

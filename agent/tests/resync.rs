@@ -41,6 +41,10 @@ async fn only_what_changed_reaches_port() {
     assert_eq!(third["totals"]["upserted"], 1);
     assert_eq!(project.stats()["upserts_per_entity"]["service/svc-0042"], 2);
     assert_eq!(project.stats()["upserts_per_entity"]["service/svc-0043"], 1);
+    assert_eq!(
+        project.port_entity("svc-0042")["properties"]["language"],
+        "zig"
+    );
 
     // One removed: exactly one delete.
     services.remove(7);
@@ -62,6 +66,9 @@ async fn only_what_changed_reaches_port() {
             .iter()
             .any(|e| e["identifier"] == "svc-0007")
     );
+
+    // Port holds what one run of the final data on a fresh Port would leave.
+    support::assert_same_content(&project.port_content(), &fresh_run(&services).await);
 
     // `state inspect` agrees with Port.
     let inspect = project
@@ -88,6 +95,71 @@ async fn a_mapping_change_resends_only_the_entities_it_changes() {
     assert_eq!(
         summary["totals"]["unchanged"].as_u64(),
         Some(305 - affected)
+    );
+    // Values, not counts: every entity carries the new mapping's tier.
+    let reference = Project::new(300).await;
+    std::fs::write(reference.root().join("port-app-config.yaml"), mapping(200)).unwrap();
+    assert_eq!(reference.resync(&[]).await.0, 0);
+    support::assert_same_content(&project.port_content(), &reference.port_content());
+}
+
+/// Port's content after one run of `services` (and the default teams) on a fresh Port.
+async fn fresh_run(services: &[Value]) -> std::collections::BTreeMap<(String, String), Value> {
+    let reference = Project::new(0).await;
+    reference.write_services(services);
+    let (code, _, stderr) = reference.resync(&[]).await;
+    assert_eq!(code, 0, "{stderr}");
+    reference.port_content()
+}
+
+/// The raw-item cache: an unchanged item is not even mapped (`totals.mapped` counts the items
+/// jq ran on), and a changed one is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unchanged_items_are_not_mapped_again() {
+    let project = Project::new(100).await;
+    let (_, first, _) = project.resync(&[]).await;
+    assert_eq!(first["totals"]["mapped"], 105);
+    let (_, second, _) = project.resync(&[]).await;
+    assert_eq!(second["totals"]["mapped"], 0, "{second}");
+    assert_eq!(second["totals"]["unchanged"], 105, "{second}");
+    let mut services: Vec<Value> = (0..100).map(service).collect();
+    services[5]["stars"] = json!(1);
+    project.write_services(&services);
+    let (_, third, _) = project.resync(&[]).await;
+    assert_eq!(third["totals"]["mapped"], 1, "{third}");
+    assert_eq!(third["totals"]["upserted"], 1, "{third}");
+    assert_eq!(project.port_entity("svc-0005")["properties"]["stars"], 1);
+}
+
+/// `--kind` limits the deletions to that kind, even after a full run recorded other kinds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kind_scoped_run_deletes_only_its_own_kind() {
+    let project = Project::new(30).await;
+    assert_eq!(project.resync(&[]).await.0, 0);
+    let services: Vec<Value> = (1..30).map(service).collect();
+    project.write_services(&services);
+    project.write_lines(
+        "teams.jsonl",
+        &(0..4)
+            .map(|t| json!({"id": format!("team-{t}"), "size": t}))
+            .collect::<Vec<_>>(),
+    );
+    let (code, summary, stderr) = project.resync(&["--kind", "team"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(summary["totals"]["deleted"], 1, "{summary}");
+    let content = project.port_content();
+    assert!(!content.contains_key(&("team".to_owned(), "team-4".to_owned())));
+    assert!(
+        content.contains_key(&("service".to_owned(), "svc-0000".to_owned())),
+        "a team-scoped run deleted a service"
+    );
+    let (code, summary, _) = project.resync(&[]).await;
+    assert_eq!(code, 0);
+    assert_eq!(summary["totals"]["deleted"], 1, "{summary}");
+    assert!(
+        !project
+            .port_content()
+            .contains_key(&("service".to_owned(), "svc-0000".to_owned()))
     );
 }
 

@@ -248,3 +248,48 @@ async fn sighup_reads_the_configuration_again_and_resyncs() {
     assert_eq!(state["runs"][0]["trigger"], "reload");
     assert_eq!(state["runs"][0]["status"], "completed");
 }
+
+/// A run that cannot start (Port down) is logged and counted; the service carries on, and the
+/// next run, with the configuration as it is then, works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_carries_on_when_a_run_cannot_start() {
+    let project = Project::new(10).await;
+    project.set_port_settings("max_retries: 0");
+    project
+        .emulator
+        .set_faults(port_emulator::FaultSpec {
+            status: Some(503),
+            ..Default::default()
+        })
+        .unwrap();
+    use_listener(&project, "event_listener: {type: WEBHOOK}");
+    let agent = RunningService::start(project.root()).await;
+    agent
+        .wait_for_metric("port_agent_runs_total{status=\"not_started\"}", 1.0)
+        .await;
+    assert_eq!(
+        agent.http("GET", "/health/live").await.map(|r| r.0),
+        Some(200)
+    );
+    // Port is back, and the mapping changed meanwhile: the next run reads it.
+    project
+        .emulator
+        .set_faults(port_emulator::FaultSpec::default())
+        .unwrap();
+    std::fs::write(
+        project.root().join("port-app-config.yaml"),
+        support::mapping(0),
+    )
+    .unwrap();
+    assert_eq!(agent.http("POST", "/resync").await.map(|r| r.0), Some(202));
+    agent
+        .wait_for_metric("port_agent_runs_total{status=\"completed\"}", 1.0)
+        .await;
+    assert_eq!(
+        project.port_entity("svc-0001")["properties"]["tier"],
+        "high"
+    );
+    let (code, _, stderr) = agent.terminate().await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("the resync could not run"), "{stderr}");
+}

@@ -114,6 +114,29 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// The digest of one entity, pinned: a change to the canonical form would re-send every
+    /// entity of every user after an upgrade. If this fails, the change needs a state
+    /// migration that rehashes (or a very good reason).
+    #[test]
+    fn the_digest_of_a_known_entity_never_changes() {
+        let mut entity = Entity::new("service", "payments-api");
+        entity.title = Some(json!("Payments API"));
+        entity.team = Some(json!(["payments", "core"]));
+        entity.properties = json!({"language": "rust", "stars": 42, "ratio": 0.5, "tags": ["a", "b"], "meta": {"z": 1, "a": null}})
+            .as_object()
+            .unwrap()
+            .clone();
+        entity.relations = json!({"team": "payments"}).as_object().unwrap().clone();
+        let hex: String = hash_entity(&entity)
+            .0
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(hex, PINNED);
+    }
+
+    const PINNED: &str = "eec55f2876384b47c8631b59cd4a2b44e966c3bf60b7dea43a00aeaf1951ac8a";
+
     fn entity(properties: Value) -> Entity {
         let mut e = Entity::new("service", "api");
         e.title = Some(json!("API"));
