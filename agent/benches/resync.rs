@@ -3,7 +3,10 @@
 //!
 //! `cargo bench -p port-agent --bench resync` (BENCH_ENTITIES, default 100000). Prints, for the
 //! first resync, an unchanged resync and one with 1% of items changed: wall time, the agent's
-//! CPU time, its peak RSS, and the entity writes Port received.
+//! CPU time, its peak RSS, the entity writes Port received and the bulk requests they took
+//! (against the fewest possible). Then a first resync of BENCH_QUOTA_ENTITIES (default 20000)
+//! against an emulator at Port's distance (250 ms a request) and quota (116 requests a second):
+//! the share of the quota the agent used, and the entities Port refused.
 
 use std::io::Write;
 use std::path::Path;
@@ -34,6 +37,10 @@ resources:
             owners: '.collaborators | map(.login) | join(",")'
             visibility: if .private then "private" else "public" end
 "#;
+
+const BLUEPRINTS: &str = r#"[{"identifier": "repository", "schema": {"properties": {"url": {"type": "string"}, "description": {"type": "string"},
+    "stars": {"type": "string"}, "language": {"type": "string"}, "topics": {"type": "array"}, "createdDay": {"type": "string"},
+    "owners": {"type": "string"}, "visibility": {"type": "string"}}}}]"#;
 
 fn item(i: usize, version: usize) -> String {
     json!({
@@ -132,13 +139,7 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     std::fs::create_dir_all(root.join(".port/resources")).unwrap();
-    std::fs::write(
-        root.join(".port/resources/blueprints.json"),
-        r#"[{"identifier": "repository", "schema": {"properties": {"url": {"type": "string"}, "description": {"type": "string"},
-            "stars": {"type": "string"}, "language": {"type": "string"}, "topics": {"type": "array"}, "createdDay": {"type": "string"},
-            "owners": {"type": "string"}, "visibility": {"type": "string"}}}}]"#,
-    )
-    .unwrap();
+    std::fs::write(root.join(".port/resources/blueprints.json"), BLUEPRINTS).unwrap();
     std::fs::write(root.join("port-app-config.yaml"), MAPPING).unwrap();
     std::fs::write(
         root.join("agent.yaml"),
@@ -156,23 +157,28 @@ fn main() {
         "resync of {count} entities (agent process vs the emulator, redb state):"
     )
     .unwrap();
+    let bulk = "POST /v1/blueprints/{bp}/entities/bulk";
     for (label, changed_every) in [
         ("first", None),
         ("unchanged", None),
         ("1% changed", Some(100)),
     ] {
         write_items(root, count, changed_every);
+        let requests_before = requests(&base_url, bulk);
         let m = measure(root, &["resync", "--config", "agent.yaml", "--json"], true);
         let summary: Value = serde_json::from_slice(&m.stdout).unwrap();
         let totals = &summary["totals"];
+        let sent = totals["upserted"].as_u64().unwrap_or(0);
         writeln!(
             out,
-            "  {label:<11} wall {:>6.2} s  agent CPU {:>6.2} s  peak RSS {:>5.0} MiB  upserted {:>7}  unchanged {:>7}",
+            "  {label:<11} wall {:>6.2} s  agent CPU {:>6.2} s  peak RSS {:>5.0} MiB  upserted {:>7}  unchanged {:>7}  bulk requests {} (fewest possible {})",
             m.wall.as_secs_f64(),
             m.cpu,
             m.rss_mib,
             totals["upserted"],
-            totals["unchanged"]
+            totals["unchanged"],
+            requests(&base_url, bulk) - requests_before,
+            sent.div_ceil(20),
         )
         .unwrap();
     }
@@ -217,4 +223,88 @@ fn main() {
         .output()
         .unwrap();
     write!(out, "  {}", String::from_utf8_lossy(&compact.stdout)).unwrap();
+    at_ports_distance(&mut out);
+}
+
+/// Requests the emulator at `base_url` has counted for `route`.
+fn requests(base_url: &str, route: &str) -> u64 {
+    emulator_call(base_url, "GET", "/_emulator/stats", None)["requests"][route]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// One call to the emulator's controls, with a blocking client of this thread.
+fn emulator_call(base_url: &str, method: &str, path: &str, body: Option<&Value>) -> Value {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let url = format!("{base_url}{path}");
+        let request = match method {
+            "POST" => client.post(url).json(body.unwrap_or(&Value::Null)),
+            _ => client.get(url),
+        };
+        request.send().await.unwrap().json().await.unwrap()
+    })
+}
+
+/// A first resync at Port's distance and quota: the agent must keep enough requests in flight
+/// (and pace them) to use the quota, and lose no entity to it.
+fn at_ports_distance(out: &mut impl Write) {
+    const QUOTA: u32 = 116;
+    let count: usize = std::env::var("BENCH_QUOTA_ENTITIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let config = EmulatorConfig {
+        rate_limit: Some(QUOTA),
+        ..EmulatorConfig::default()
+    };
+    let emulator = EmulatorThread::start(config, Vec::new()).unwrap();
+    let base_url = emulator.base_url().to_owned();
+    emulator_call(
+        &base_url,
+        "POST",
+        "/_emulator/faults",
+        Some(&json!({"latency_ms": 250})),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join(".port/resources")).unwrap();
+    std::fs::write(root.join(".port/resources/blueprints.json"), BLUEPRINTS).unwrap();
+    std::fs::write(root.join("port-app-config.yaml"), MAPPING).unwrap();
+    // Paced just under the quota, with enough requests in flight to cover 250 ms each.
+    std::fs::write(
+        root.join("agent.yaml"),
+        format!(
+            "port: {{base_url: '{base_url}', client_id: emulator-client, client_secret: emulator-secret, max_concurrency: 40, requests_per_second: 115}}\n\
+             integration: {{identifier: bench, type: json, config: {{kinds: {{repository: ./repos.jsonl}}}}}}\n\
+             mapping: ./port-app-config.yaml\nstate: {{path: ./state.redb}}\n"
+        ),
+    )
+    .unwrap();
+    write_items(root, count, None);
+    let bulk = "POST /v1/blueprints/{bp}/entities/bulk";
+    let m = measure(root, &["resync", "--config", "agent.yaml", "--json"], true);
+    let summary: Value = serde_json::from_slice(&m.stdout).unwrap();
+    let stats = emulator.stop();
+    // Requests Port served: those the quota turned away (429, retried) do not count.
+    let over_quota = stats["over_quota"].as_u64().unwrap_or(0);
+    let sent = stats["requests"][bulk].as_u64().unwrap_or(0) - over_quota;
+    // The rate while entities flow: from Port's first entity write to its last (the run's
+    // start, a dozen sequential setup calls at 250 ms each, is not the write path's).
+    let span = stats["writes_span_ms"].as_u64().unwrap_or(1).max(1) as f64 / 1000.0;
+    let per_second = (sent - 1) as f64 / span;
+    writeln!(
+        out,
+        "at Port's distance (250 ms a request, quota {QUOTA}/s): first resync of {count} in {:.1} s, writes over {span:.1} s: {sent} bulk requests, {:.1}/s = {:.0}% of the quota; {} entities/s; {over_quota} requests over quota (retried), {} entities failed",
+        m.wall.as_secs_f64(),
+        per_second,
+        per_second / f64::from(QUOTA) * 100.0,
+        (summary["totals"]["upserted"].as_u64().unwrap_or(0) as f64 / span) as u64,
+        summary["totals"]["failed"],
+    )
+    .unwrap();
 }

@@ -643,20 +643,19 @@ impl StateStore {
             let mut table = txn.open_table(ENTITIES).map_err(|e| self.storage(e))?;
             for (key, value) in entries {
                 let at = (key.0.as_str(), key.1.as_str());
-                let before = match table.get(at).map_err(|e| self.storage(e))? {
+                let mut record = match table.get(at).map_err(|e| self.storage(e))? {
                     Some(v) => Some(self.decode(at, v.value())?),
                     None => None,
                 };
-                let mut after = before.clone();
-                change(key, &mut after, value);
-                match after {
-                    Some(record) if Some(&record) != before.as_ref() => {
+                let existed = record.is_some();
+                change(key, &mut record, value);
+                match record {
+                    Some(record) => {
                         table
                             .insert(at, record.encode().as_slice())
                             .map_err(|e| self.storage(e))?;
                     }
-                    Some(_) => {}
-                    None if before.is_some() => {
+                    None if existed => {
                         table.remove(at).map_err(|e| self.storage(e))?;
                     }
                     None => {}

@@ -89,6 +89,8 @@ struct Budget {
     deadline: Instant,
     /// The stack address when the item began; the stack grows down from it.
     stack_base: usize,
+    /// Resident memory at the item's first memory check (read then, not at every item's
+    /// start: most items never reach one).
     resident_at_start: Option<u64>,
     ticks: u32,
 }
@@ -122,7 +124,7 @@ pub fn for_item<T>(limits: &Limits, work: impl FnOnce() -> T) -> T {
         limits: *limits,
         deadline: Instant::now() + limits.time,
         stack_base: stack_address(),
-        resident_at_start: resident_bytes(),
+        resident_at_start: None,
         ticks: 0,
     };
     let _reset = Reset(BUDGET.with(|b| b.replace(Some(budget))));
@@ -143,6 +145,9 @@ pub(crate) fn check() {
             return;
         };
         budget.ticks = budget.ticks.wrapping_add(1);
+        if budget.ticks % (64 * 1024) == 0 && budget.resident_at_start.is_none() {
+            budget.resident_at_start = resident_bytes();
+        }
         cell.set(Some(budget));
         let used = budget.stack_base.saturating_sub(stack_address());
         if used > budget.limits.stack_bytes {
@@ -155,7 +160,8 @@ pub(crate) fn check() {
             exceed(Exceeded::Time(budget.limits.time));
         }
         if budget.ticks % (64 * 1024) == 0
-            && let (Some(start), Some(now)) = (budget.resident_at_start, resident_bytes())
+            && let Some(start) = budget.resident_at_start
+            && let Some(now) = resident_bytes()
             && now.saturating_sub(start) > budget.limits.memory_bytes
         {
             exceed(Exceeded::Memory(budget.limits.memory_bytes));

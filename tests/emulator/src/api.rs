@@ -121,6 +121,7 @@ async fn gate(State(state): State<AppState>, request: Request, next: Next) -> Re
     if let Some(quota) = &state.quota
         && let Some(wait) = lock(quota).take()
     {
+        lock(&state.counters).over_quota += 1;
         let mut response = refuse(Refusal::new(
             429,
             "rate_limit_exceeded",

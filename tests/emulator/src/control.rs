@@ -39,6 +39,10 @@ pub fn stats_json(state: &Shared) -> Value {
         entities_total,
         by_blueprint,
         upserts_per_entity: &counters.upserts_per_entity,
+        over_quota: counters.over_quota,
+        writes_span_ms: counters.writes_between.map_or(0, |(first, last)| {
+            last.duration_since(first).as_millis() as u64
+        }),
     })
     .expect("stats are plain JSON")
 }

@@ -12,6 +12,10 @@ pub struct Counters {
     pub entities_deleted: u64,
     /// `"blueprint/identifier"` → accepted writes of that entity.
     pub upserts_per_entity: BTreeMap<String, u64>,
+    /// Requests answered 429 by the quota (`--rate-limit`).
+    pub over_quota: u64,
+    /// When the first and the last entity write were served.
+    pub writes_between: Option<(std::time::Instant, std::time::Instant)>,
 }
 
 impl Counters {
@@ -20,6 +24,9 @@ impl Counters {
     }
 
     pub fn count_upsert(&mut self, blueprint: &str, identifier: &str) {
+        let now = std::time::Instant::now();
+        let (first, _) = self.writes_between.unwrap_or((now, now));
+        self.writes_between = Some((first, now));
         self.entities_upserted += 1;
         *self
             .upserts_per_entity
@@ -37,4 +44,7 @@ pub struct StatsReport<'a> {
     pub entities_total: u64,
     pub by_blueprint: BTreeMap<String, u64>,
     pub upserts_per_entity: &'a BTreeMap<String, u64>,
+    pub over_quota: u64,
+    /// Milliseconds from the first entity write to the last.
+    pub writes_span_ms: u64,
 }
