@@ -751,3 +751,41 @@ resources:
         (&serde_json::json!("go"), &serde_json::json!(3))
     );
 }
+
+/// An entity the raw-item cache vouched for that a second resource starts producing in the
+/// same run: the cached contribution counts first, so the new one is sent once and the next
+/// run sends nothing (not both again, as a comparison from the wrong position would).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entity_gaining_a_second_producer_is_sent_once() {
+    let project = Project::new(20).await;
+    assert_eq!(project.resync(&["--kind", "service"]).await.0, 0);
+    let (_, cached, _) = project.resync(&["--kind", "service"]).await;
+    assert_eq!(
+        cached["totals"]["mapped"], 0,
+        "the cache vouches for every item: {cached}"
+    );
+    let second = r#"
+  - kind: service
+    selector: {query: 'true'}
+    port:
+      entity:
+        mappings:
+          identifier: .name
+          blueprint: '"service"'
+          properties: {tier: '"from the second resource"'}
+"#;
+    let path = project.root().join("port-app-config.yaml");
+    let mapping = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("{}{second}", mapping.trim_end())).unwrap();
+    let (code, third, stderr) = project.resync(&["--kind", "service"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(third["totals"]["upserted"], 20, "{third}");
+    assert_eq!(
+        project.port_entity("svc-0003")["properties"]["tier"],
+        "from the second resource"
+    );
+    let writes = project.writes();
+    let (_, fourth, _) = project.resync(&["--kind", "service"]).await;
+    assert_eq!(fourth["totals"]["upserted"], 0, "{fourth}");
+    assert_eq!(project.writes(), writes);
+}

@@ -678,19 +678,20 @@ impl StateStore {
         })
     }
 
-    /// How many records `in_scope` accepts, and those of them `run` did not see; reads the
-    /// records once and keeps only the unseen ones.
+    /// How many records `in_scope` accepts, and those of them `run` did not see (neither
+    /// marked seen nor `seen_elsewhere`); reads the records once and keeps only the unseen ones.
     pub fn scoped_unseen(
         &self,
         run: u64,
         in_scope: impl Fn(&EntityRecord) -> bool,
+        seen_elsewhere: impl Fn(&EntityKey) -> bool,
     ) -> Result<(usize, Vec<(EntityKey, EntityRecord)>), StateError> {
         shield(&self.path, || {
             let mut total = 0;
-            let unseen = self.entities(|_, record| {
+            let unseen = self.entities(|key, record| {
                 let counted = in_scope(record);
                 total += usize::from(counted);
-                counted && record.last_seen_run != run
+                counted && record.last_seen_run != run && !seen_elsewhere(key)
             })?;
             Ok((total, unseen))
         })
@@ -1086,7 +1087,7 @@ mod tests {
             .mark_seen(run.id, &[(keys[0].clone(), [1; 32])])
             .unwrap();
         let unseen: Vec<String> = store
-            .scoped_unseen(run.id, |_| true)
+            .scoped_unseen(run.id, |_| true, |_| false)
             .unwrap()
             .1
             .into_iter()

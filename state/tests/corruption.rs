@@ -60,7 +60,7 @@ fn use_it(path: &Path) -> Result<(), StateError> {
     let store = StateStore::open(path, &identity())?;
     let run = store.start_run("after damage")?;
     store.mark_seen(run.id, &[(("service".into(), "svc-00007".into()), [7; 32])])?;
-    store.scoped_unseen(run.id, |_| true)?;
+    store.scoped_unseen(run.id, |_| true, |_| false)?;
     Ok(())
 }
 

@@ -549,8 +549,11 @@ impl Resync<'_> {
             move |record: &EntityRecord| scope.as_ref().is_none_or(|s| s.contains(&record.kind));
         // In a dry run nothing was marked seen: "unseen" is then every record, filtered below by
         // what the data produced.
-        let (total, vanished) =
-            with_state(state, move |s| s.scoped_unseen(run_id, in_scope)).await?;
+        let vouched = writer.take_vouched();
+        let (total, vanished) = with_state(state, move |s| {
+            s.scoped_unseen(run_id, in_scope, |key| vouched.contains(key))
+        })
+        .await?;
         let vanished: Vec<(EntityKey, EntityRecord)> = match writer.plan() {
             Some(plan) => vanished
                 .into_iter()

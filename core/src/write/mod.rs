@@ -31,6 +31,46 @@ use crate::port::{Entity, PortClient, PortError, UpsertOptions, UpsertOutcome};
 use crate::resync::{Progress, ResyncError, with_state};
 use crate::text::printable;
 
+/// A key's 64-bit fingerprint, for the run's set of vouched entities (8 bytes a key where the
+/// key itself takes dozens). A collision can only make a vanished entity look produced, so it
+/// is kept one more run: never a wrong deletion.
+fn key_fingerprint(key: &EntityKey) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(key, &mut hasher);
+    std::hash::Hasher::finish(&hasher)
+}
+
+/// The fingerprints are hashes already: hashing them again would only cost.
+#[derive(Debug, Default, Clone, Copy)]
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type BuildKeyHasher = std::hash::BuildHasherDefault<KeyHasher>;
+
+/// The entities the raw-item cache vouched for in a run.
+#[derive(Debug, Default)]
+pub struct Vouched(HashSet<u64, BuildKeyHasher>);
+
+impl Vouched {
+    /// Whether the data produced `key` in this run through an item the cache vouched for.
+    pub fn contains(&self, key: &EntityKey) -> bool {
+        self.0.contains(&key_fingerprint(key))
+    }
+}
+
 /// Which resource produced the entities handed to [`Writer::submit`].
 #[derive(Debug, Clone)]
 pub struct Source {
@@ -76,6 +116,11 @@ pub struct Writer<'a> {
     buffers: BTreeMap<String, Vec<Pending>>,
     /// Keys buffered or in flight: a later contribution to one of them waits until it settles.
     busy: HashSet<EntityKey>,
+    /// Entities the raw-item cache vouched for in this run, by key fingerprint. They are not
+    /// written to the state (a million records rewritten each run would cost most of an
+    /// unchanged resync): the deletions read this set, and a key met again in the run gets
+    /// its mark written first.
+    vouched: Vouched,
     in_flight: FuturesUnordered<InFlight<'a>>,
     counters: RunCounters,
     /// Kinds with an entity Port refused in this run.
@@ -119,6 +164,7 @@ impl<'a> Writer<'a> {
             window: config.max_concurrency.max(1),
             buffers: BTreeMap::new(),
             busy: HashSet::new(),
+            vouched: Vouched::default(),
             in_flight: FuturesUnordered::new(),
             counters: RunCounters::default(),
             refused_kinds: BTreeMap::new(),
@@ -169,9 +215,23 @@ impl<'a> Writer<'a> {
         }
     }
 
-    /// Entities unchanged without being mapped (the raw-item cache vouches for them).
+    /// Entities unchanged without being mapped (the raw-item cache vouches for them): counted,
+    /// and remembered for this run's deletions, without a state write.
     pub async fn cached(&mut self, seen: Vec<(EntityKey, [u8; 32])>) -> Result<(), ResyncError> {
-        self.mark_unchanged(seen).await
+        self.counters.unchanged += seen.len() as u64;
+        if let Some(live) = &self.progress {
+            Progress::add(&live.unchanged, seen.len() as u64);
+        }
+        self.vouched
+            .0
+            .extend(seen.iter().map(|(key, _)| key_fingerprint(key)));
+        Ok(())
+    }
+
+    /// The entities the cache vouched for in this run, for its deletions (taken: the run's
+    /// writes are over by then).
+    pub fn take_vouched(&mut self) -> Vouched {
+        std::mem::take(&mut self.vouched)
     }
 
     async fn mark_unchanged(
@@ -230,14 +290,35 @@ impl<'a> Writer<'a> {
         round: Vec<(Entity, EntityHash)>,
     ) -> Result<Vec<Pending>, ResyncError> {
         let keys: Vec<EntityKey> = round.iter().map(|(e, _)| key_of(e)).collect();
-        let known: Vec<Option<EntityRecord>> = match &self.state {
+        let run = self.run_id;
+        let mut known: Vec<Option<EntityRecord>> = match &self.state {
             Some(state) => {
                 let keys = keys.clone();
                 with_state(state, move |s| s.get_many(&keys)).await?
             }
             None => vec![None; keys.len()],
         };
-        let run = self.run_id;
+        // A key the cache vouched for earlier in this run: its contribution counts before this
+        // one, so its mark is written now (this one is compared from the next position).
+        let deferred: Vec<(EntityKey, [u8; 32])> = keys
+            .iter()
+            .zip(&mut known)
+            .filter_map(|(key, record)| {
+                let record = record.as_mut()?;
+                if record.position_in(run) > 0 || !self.vouched.contains(key) {
+                    return None;
+                }
+                let hash = record.hash;
+                record.advance(run, hash);
+                Some((key.clone(), hash))
+            })
+            .collect();
+        if !deferred.is_empty()
+            && !self.dry_run()
+            && let Some(state) = &self.state
+        {
+            with_state(state, move |s| s.mark_seen(run, &deferred)).await?;
+        }
         let mut unchanged = Vec::new();
         let mut changed = Vec::new();
         for (((entity, hash), record), key) in round.into_iter().zip(known).zip(keys) {
