@@ -136,20 +136,8 @@ fn main() {
         .unwrap_or(100_000);
     let emulator = EmulatorThread::start(EmulatorConfig::default(), Vec::new()).unwrap();
     let base_url = emulator.base_url().to_owned();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = project(&base_url, "");
     let root = dir.path();
-    std::fs::create_dir_all(root.join(".port/resources")).unwrap();
-    std::fs::write(root.join(".port/resources/blueprints.json"), BLUEPRINTS).unwrap();
-    std::fs::write(root.join("port-app-config.yaml"), MAPPING).unwrap();
-    std::fs::write(
-        root.join("agent.yaml"),
-        format!(
-            "port: {{base_url: '{base_url}', client_id: emulator-client, client_secret: emulator-secret}}\n\
-             integration: {{identifier: bench, type: json, config: {{kinds: {{repository: ./repos.jsonl}}}}}}\n\
-             mapping: ./port-app-config.yaml\nstate: {{path: ./state.redb}}\n"
-        ),
-    )
-    .unwrap();
 
     let mut out = std::io::stdout();
     writeln!(
@@ -226,6 +214,26 @@ fn main() {
     at_ports_distance(&mut out);
 }
 
+/// A project folder: blueprints, the mapping and an agent config for the emulator at
+/// `base_url`, with `port_settings` added to its `port` section.
+fn project(base_url: &str, port_settings: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join(".port/resources")).unwrap();
+    std::fs::write(root.join(".port/resources/blueprints.json"), BLUEPRINTS).unwrap();
+    std::fs::write(root.join("port-app-config.yaml"), MAPPING).unwrap();
+    std::fs::write(
+        root.join("agent.yaml"),
+        format!(
+            "port: {{base_url: '{base_url}', client_id: emulator-client, client_secret: emulator-secret{port_settings}}}\n\
+             integration: {{identifier: bench, type: json, config: {{kinds: {{repository: ./repos.jsonl}}}}}}\n\
+             mapping: ./port-app-config.yaml\nstate: {{path: ./state.redb}}\n"
+        ),
+    )
+    .unwrap();
+    dir
+}
+
 /// Requests the emulator at `base_url` has counted for `route`.
 fn requests(base_url: &str, route: &str) -> u64 {
     emulator_call(base_url, "GET", "/_emulator/stats", None)["requests"][route]
@@ -270,21 +278,9 @@ fn at_ports_distance(out: &mut impl Write) {
         "/_emulator/faults",
         Some(&json!({"latency_ms": 250})),
     );
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    std::fs::create_dir_all(root.join(".port/resources")).unwrap();
-    std::fs::write(root.join(".port/resources/blueprints.json"), BLUEPRINTS).unwrap();
-    std::fs::write(root.join("port-app-config.yaml"), MAPPING).unwrap();
     // Paced just under the quota, with enough requests in flight to cover 250 ms each.
-    std::fs::write(
-        root.join("agent.yaml"),
-        format!(
-            "port: {{base_url: '{base_url}', client_id: emulator-client, client_secret: emulator-secret, max_concurrency: 40, requests_per_second: 115}}\n\
-             integration: {{identifier: bench, type: json, config: {{kinds: {{repository: ./repos.jsonl}}}}}}\n\
-             mapping: ./port-app-config.yaml\nstate: {{path: ./state.redb}}\n"
-        ),
-    )
-    .unwrap();
+    let dir = project(&base_url, ", max_concurrency: 40, requests_per_second: 115");
+    let root = dir.path();
     write_items(root, count, None);
     let bulk = "POST /v1/blueprints/{bp}/entities/bulk";
     let m = measure(root, &["resync", "--config", "agent.yaml", "--json"], true);

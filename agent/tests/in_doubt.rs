@@ -36,16 +36,6 @@ fn heal(project: &Project) {
     project.emulator.set_faults(FaultSpec::default()).unwrap();
 }
 
-/// Port's content after one uninterrupted run of `services` (and the default teams), on a
-/// fresh Port and a fresh state.
-async fn uninterrupted(services: &[Value]) -> std::collections::BTreeMap<(String, String), Value> {
-    let reference = Project::new(0).await;
-    reference.write_services(services);
-    let (code, _, stderr) = reference.resync(&[]).await;
-    assert_eq!(code, 0, "{stderr}");
-    reference.port_content()
-}
-
 /// The state agrees with Port afterwards: `state verify` finds nothing.
 async fn verify_is_clean(project: &Project) {
     let out = project
@@ -88,7 +78,10 @@ async fn an_update_whose_answer_was_lost_is_sent_again_when_the_item_goes_back()
         project.port_entity("svc-0004")["properties"]["language"],
         original
     );
-    support::assert_same_content(&project.port_content(), &uninterrupted(&services).await);
+    support::assert_same_content(
+        &project.port_content(),
+        &support::uninterrupted_run(&services).await,
+    );
     verify_is_clean(&project).await;
 
     // Once settled, nothing is in doubt: the next run sends nothing.
@@ -124,7 +117,10 @@ async fn a_deletion_whose_answer_was_lost_is_not_forgotten_when_the_item_comes_b
     project.write_services(&services);
     let (code, _, stderr) = project.resync(&[]).await;
     assert_eq!(code, 0, "{stderr}");
-    support::assert_same_content(&project.port_content(), &uninterrupted(&services).await);
+    support::assert_same_content(
+        &project.port_content(),
+        &support::uninterrupted_run(&services).await,
+    );
     verify_is_clean(&project).await;
 }
 
@@ -147,7 +143,10 @@ async fn a_new_entity_whose_answer_was_lost_is_deleted_once_no_item_produces_it(
     let (code, summary, stderr) = project.resync(&[]).await;
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(summary["totals"]["deleted"], 1, "{summary}");
-    support::assert_same_content(&project.port_content(), &uninterrupted(&services).await);
+    support::assert_same_content(
+        &project.port_content(),
+        &support::uninterrupted_run(&services).await,
+    );
     verify_is_clean(&project).await;
 }
 
@@ -185,6 +184,9 @@ async fn an_update_applied_just_before_a_kill_is_sent_again_when_the_item_goes_b
     project.write_services(&services);
     let (code, _, stderr) = project.resync(&[]).await;
     assert_eq!(code, 0, "{stderr}");
-    support::assert_same_content(&project.port_content(), &uninterrupted(&services).await);
+    support::assert_same_content(
+        &project.port_content(),
+        &support::uninterrupted_run(&services).await,
+    );
     verify_is_clean(&project).await;
 }

@@ -68,7 +68,10 @@ async fn only_what_changed_reaches_port() {
     );
 
     // Port holds what one run of the final data on a fresh Port would leave.
-    support::assert_same_content(&project.port_content(), &fresh_run(&services).await);
+    support::assert_same_content(
+        &project.port_content(),
+        &support::uninterrupted_run(&services).await,
+    );
 
     // `state inspect` agrees with Port.
     let inspect = project
@@ -101,15 +104,6 @@ async fn a_mapping_change_resends_only_the_entities_it_changes() {
     std::fs::write(reference.root().join("port-app-config.yaml"), mapping(200)).unwrap();
     assert_eq!(reference.resync(&[]).await.0, 0);
     support::assert_same_content(&project.port_content(), &reference.port_content());
-}
-
-/// Port's content after one run of `services` (and the default teams) on a fresh Port.
-async fn fresh_run(services: &[Value]) -> std::collections::BTreeMap<(String, String), Value> {
-    let reference = Project::new(0).await;
-    reference.write_services(services);
-    let (code, _, stderr) = reference.resync(&[]).await;
-    assert_eq!(code, 0, "{stderr}");
-    reference.port_content()
 }
 
 /// The raw-item cache: an unchanged item is not even mapped (`totals.mapped` counts the items

@@ -150,11 +150,6 @@ impl EntityRecord {
     /// answers, and already owned (a deletion candidate once no item produces it).
     pub fn sending_new(run: u64, hash: [u8; 32], kind: &str, resource: u32) -> Self {
         Self {
-            hash,
-            later: Vec::new(),
-            kind: kind.to_owned(),
-            resource,
-            last_seen_run: run,
             seen_in_run: 0,
             written_run: 0,
             written_at_ms: 0,
@@ -162,6 +157,7 @@ impl EntityRecord {
                 intent: Intent::Upsert(hash),
                 since_run: run,
             }),
+            ..Self::first_written(run, hash, kind, resource, 0)
         }
     }
 

@@ -418,7 +418,7 @@ impl StateStore {
                 let mut interrupted = Vec::new();
                 // Each start closes the runs before it, so only the newest ones can still be open.
                 for entry in runs.iter().map_err(|e| self.storage(e))?.rev() {
-                    let (id, json) = entry.map_err(|e| self.storage(e))?;
+                    let (_, json) = entry.map_err(|e| self.storage(e))?;
                     let Ok(mut run) = serde_json::from_str::<RunRecord>(json.value()) else {
                         continue;
                     };
@@ -428,16 +428,10 @@ impl StateStore {
                     run.status = RunStatus::Aborted;
                     run.notes
                         .push("interrupted: the agent stopped before the run finished".to_owned());
-                    interrupted.push((id.value(), run));
+                    interrupted.push(run);
                 }
-                for (id, run) in interrupted {
-                    runs.insert(
-                        id,
-                        serde_json::to_string(&run)
-                            .expect("runs are plain JSON")
-                            .as_str(),
-                    )
-                    .map_err(|e| self.storage(e))?;
+                for run in &interrupted {
+                    self.put_run(&mut runs, run)?;
                 }
                 let id = runs
                     .last()
@@ -454,13 +448,7 @@ impl StateStore {
                     totals: Default::default(),
                     notes: Vec::new(),
                 };
-                runs.insert(
-                    id,
-                    serde_json::to_string(&run)
-                        .expect("runs are plain JSON")
-                        .as_str(),
-                )
-                .map_err(|e| self.storage(e))?;
+                self.put_run(&mut runs, &run)?;
                 if id > RUNS_KEPT {
                     runs.retain_in(..=id - RUNS_KEPT, |_, _| false)
                         .map_err(|e| self.storage(e))?;
@@ -480,16 +468,22 @@ impl StateStore {
             let txn = self.write()?;
             {
                 let mut runs = txn.open_table(RUNS).map_err(|e| self.storage(e))?;
-                runs.insert(
-                    run.id,
-                    serde_json::to_string(&run)
-                        .expect("runs are plain JSON")
-                        .as_str(),
-                )
-                .map_err(|e| self.storage(e))?;
+                self.put_run(&mut runs, &run)?;
             }
             txn.commit().map_err(|e| self.storage(e))
         })
+    }
+
+    /// Writes `run` into the runs table as JSON.
+    fn put_run(
+        &self,
+        runs: &mut redb::Table<u64, &str>,
+        run: &RunRecord,
+    ) -> Result<(), StateError> {
+        let json = serde_json::to_string(run).expect("runs are plain JSON");
+        runs.insert(run.id, json.as_str())
+            .map_err(|e| self.storage(e))?;
+        Ok(())
     }
 
     /// The most recent runs, newest first.

@@ -178,6 +178,18 @@ impl Project {
     }
 }
 
+/// Port's content after one uninterrupted run of `services` (and the default teams) on a fresh
+/// Port and a fresh state: what any sequence of runs ending on the same data must leave.
+pub async fn uninterrupted_run(
+    services: &[Value],
+) -> std::collections::BTreeMap<(String, String), Value> {
+    let reference = Project::new(0).await;
+    reference.write_services(services);
+    let (code, _, stderr) = reference.resync(&[]).await;
+    assert_eq!(code, 0, "{stderr}");
+    reference.port_content()
+}
+
 /// See [`Project::port_content`].
 pub fn port_content(emulator: &Emulator) -> std::collections::BTreeMap<(String, String), Value> {
     emulator
