@@ -36,6 +36,24 @@ fn heal(project: &Project) {
     project.emulator.set_faults(FaultSpec::default()).unwrap();
 }
 
+/// With Port healthy again and the data at `services`, one run completes, Port then holds what
+/// one uninterrupted run of the same data leaves, and `state verify` finds nothing. Returns the
+/// run's summary.
+async fn the_next_clean_run_leaves_port_as_one_run_would(
+    project: &Project,
+    services: &[Value],
+) -> Value {
+    project.write_services(services);
+    let (code, summary, stderr) = project.resync(&[]).await;
+    assert_eq!(code, 0, "{stderr}");
+    support::assert_same_content(
+        &project.port_content(),
+        &support::uninterrupted_run(services).await,
+    );
+    verify_is_clean(project).await;
+    summary
+}
+
 /// The state agrees with Port afterwards: `state verify` finds nothing.
 async fn verify_is_clean(project: &Project) {
     let out = project
@@ -71,18 +89,11 @@ async fn an_update_whose_answer_was_lost_is_sent_again_when_the_item_goes_back()
 
     heal(&project);
     services[4]["lang"] = original.clone();
-    project.write_services(&services);
-    let (code, _, stderr) = project.resync(&[]).await;
-    assert_eq!(code, 0, "{stderr}");
+    the_next_clean_run_leaves_port_as_one_run_would(&project, &services).await;
     assert_eq!(
         project.port_entity("svc-0004")["properties"]["language"],
         original
     );
-    support::assert_same_content(
-        &project.port_content(),
-        &support::uninterrupted_run(&services).await,
-    );
-    verify_is_clean(&project).await;
 
     // Once settled, nothing is in doubt: the next run sends nothing.
     let writes = project.writes();
@@ -114,14 +125,7 @@ async fn a_deletion_whose_answer_was_lost_is_not_forgotten_when_the_item_comes_b
     );
 
     heal(&project);
-    project.write_services(&services);
-    let (code, _, stderr) = project.resync(&[]).await;
-    assert_eq!(code, 0, "{stderr}");
-    support::assert_same_content(
-        &project.port_content(),
-        &support::uninterrupted_run(&services).await,
-    );
-    verify_is_clean(&project).await;
+    the_next_clean_run_leaves_port_as_one_run_would(&project, &services).await;
 }
 
 /// Regression: a new entity Port created without the agent hearing of it, then removed from
@@ -139,15 +143,8 @@ async fn a_new_entity_whose_answer_was_lost_is_deleted_once_no_item_produces_it(
     project.port_entity(&format!("svc-{SERVICES:04}"));
 
     heal(&project);
-    project.write_services(&services);
-    let (code, summary, stderr) = project.resync(&[]).await;
-    assert_eq!(code, 0, "{stderr}");
+    let summary = the_next_clean_run_leaves_port_as_one_run_would(&project, &services).await;
     assert_eq!(summary["totals"]["deleted"], 1, "{summary}");
-    support::assert_same_content(
-        &project.port_content(),
-        &support::uninterrupted_run(&services).await,
-    );
-    verify_is_clean(&project).await;
 }
 
 /// The same story with a kill: Port applied the update, the agent was killed (SIGKILL) before
@@ -181,12 +178,5 @@ async fn an_update_applied_just_before_a_kill_is_sent_again_when_the_item_goes_b
 
     heal(&project);
     services[2]["lang"] = original.clone();
-    project.write_services(&services);
-    let (code, _, stderr) = project.resync(&[]).await;
-    assert_eq!(code, 0, "{stderr}");
-    support::assert_same_content(
-        &project.port_content(),
-        &support::uninterrupted_run(&services).await,
-    );
-    verify_is_clean(&project).await;
+    the_next_clean_run_leaves_port_as_one_run_would(&project, &services).await;
 }
