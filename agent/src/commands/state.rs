@@ -397,7 +397,7 @@ fn write_inspect_text(out: &mut impl Write, report: &Value) -> std::io::Result<(
         let later = e["later_hashes"].as_array().map_or(0, Vec::len);
         writeln!(
             out,
-            "  {}/{}  hash {}{}  kind {} (resources[{}])  seen in run {}  written in run {} at {}{}",
+            "  {}/{}  hash {}{}  kind {} (resources[{}])  last compared in run {}  written in run {} at {}{}",
             text(&e["blueprint"]),
             text(&e["identifier"]),
             text(&e["hash"]).get(..16).unwrap_or_default(),
