@@ -67,6 +67,13 @@ fn decode_produced(mut bytes: &[u8]) -> Option<Produced> {
     Some(out)
 }
 
+/// The positions of `items`, in the order of the items.
+fn sorted_positions<T: Ord>(items: &[T]) -> Vec<usize> {
+    let mut positions: Vec<usize> = (0..items.len()).collect();
+    positions.sort_unstable_by(|&a, &b| items[a].cmp(&items[b]));
+    positions
+}
+
 /// How much of the file one table takes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableUsage {
@@ -507,15 +514,16 @@ impl StateStore {
         shield(&self.path, || {
             let txn = self.read()?;
             let table = txn.open_table(ENTITIES).map_err(|e| self.storage(e))?;
-            keys.iter()
-                .map(|(bp, id)| {
-                    let key = (bp.as_str(), id.as_str());
-                    match table.get(key).map_err(|e| self.storage(e))? {
-                        Some(v) => self.decode(key, v.value()).map(Some),
-                        None => Ok(None),
-                    }
-                })
-                .collect()
+            // In key order: neighbours share the b-tree's branch pages, which stay cached.
+            let mut found = vec![None; keys.len()];
+            for at in sorted_positions(keys) {
+                let (bp, id) = &keys[at];
+                let key = (bp.as_str(), id.as_str());
+                if let Some(v) = table.get(key).map_err(|e| self.storage(e))? {
+                    found[at] = Some(self.decode(key, v.value())?);
+                }
+            }
+            Ok(found)
         })
     }
 
@@ -766,15 +774,15 @@ impl StateStore {
                 }
                 Err(e) => return Err(self.storage(e)),
             };
-            fingerprints
-                .iter()
-                .map(|f| {
-                    Ok(table
-                        .get(f.as_slice())
-                        .map_err(|e| self.storage(e))?
-                        .and_then(|v| decode_produced(v.value())))
-                })
-                .collect()
+            // In key order: neighbours share the b-tree's branch pages, which stay cached.
+            let mut found = vec![None; fingerprints.len()];
+            for at in sorted_positions(fingerprints) {
+                found[at] = table
+                    .get(fingerprints[at].as_slice())
+                    .map_err(|e| self.storage(e))?
+                    .and_then(|v| decode_produced(v.value()));
+            }
+            Ok(found)
         })
     }
 
