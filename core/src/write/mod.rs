@@ -11,6 +11,7 @@
 mod delete;
 mod order;
 mod plan;
+mod vouched;
 
 use std::collections::{BTreeMap, HashSet};
 use std::pin::Pin;
@@ -25,51 +26,12 @@ use port_agent_state::{
 pub use delete::{DeletionOutcome, Vanished};
 pub(crate) use order::key_of;
 pub use plan::{Plan, PlannedChange};
+pub use vouched::Vouched;
 
 use crate::entity_hash::EntityHash;
 use crate::port::{Entity, PortClient, PortError, UpsertOptions, UpsertOutcome};
 use crate::resync::{Progress, ResyncError, with_state};
 use crate::text::printable;
-
-/// A key's 64-bit fingerprint, for the run's set of vouched entities (8 bytes a key where the
-/// key itself takes dozens). A collision can only make a vanished entity look produced, so it
-/// is kept one more run: never a wrong deletion.
-fn key_fingerprint(key: &EntityKey) -> u64 {
-    let mut hasher = std::hash::DefaultHasher::new();
-    std::hash::Hash::hash(key, &mut hasher);
-    std::hash::Hasher::finish(&hasher)
-}
-
-/// The fingerprints are hashes already: hashing them again would only cost.
-#[derive(Debug, Default, Clone, Copy)]
-struct KeyHasher(u64);
-
-impl std::hash::Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-type BuildKeyHasher = std::hash::BuildHasherDefault<KeyHasher>;
-
-/// The entities the raw-item cache vouched for in a run.
-#[derive(Debug, Default)]
-pub struct Vouched(HashSet<u64, BuildKeyHasher>);
-
-impl Vouched {
-    /// Whether the data produced `key` in this run through an item the cache vouched for.
-    pub fn contains(&self, key: &EntityKey) -> bool {
-        self.0.contains(&key_fingerprint(key))
-    }
-}
 
 /// Which resource produced the entities handed to [`Writer::submit`].
 #[derive(Debug, Clone)]
@@ -222,9 +184,7 @@ impl<'a> Writer<'a> {
         if let Some(live) = &self.progress {
             Progress::add(&live.unchanged, seen.len() as u64);
         }
-        self.vouched
-            .0
-            .extend(seen.iter().map(|(key, _)| key_fingerprint(key)));
+        self.vouched.extend(seen.iter().map(|(key, _)| key));
         Ok(())
     }
 
