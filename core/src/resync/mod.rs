@@ -511,7 +511,7 @@ impl Resync<'_> {
             fingerprints,
             cached,
         } = mapped;
-        writer.cached(cached).await?;
+        writer.cached(&cached);
         let mut produced: Vec<port_agent_state::Produced> = vec![Vec::new(); fingerprints.len()];
         for ((entity, hash), &item) in entities.iter().zip(&entity_items) {
             if let Some(slot) = produced.get_mut(item) {

@@ -179,13 +179,16 @@ impl<'a> Writer<'a> {
 
     /// Entities unchanged without being mapped (the raw-item cache vouches for them): counted,
     /// and remembered for this run's deletions, without a state write.
-    pub async fn cached(&mut self, seen: Vec<(EntityKey, [u8; 32])>) -> Result<(), ResyncError> {
-        self.counters.unchanged += seen.len() as u64;
-        if let Some(live) = &self.progress {
-            Progress::add(&live.unchanged, seen.len() as u64);
-        }
+    pub fn cached(&mut self, seen: &[(EntityKey, [u8; 32])]) {
+        self.count_unchanged(seen.len());
         self.vouched.extend(seen.iter().map(|(key, _)| key));
-        Ok(())
+    }
+
+    fn count_unchanged(&mut self, n: usize) {
+        self.counters.unchanged += n as u64;
+        if let Some(live) = &self.progress {
+            Progress::add(&live.unchanged, n as u64);
+        }
     }
 
     /// The entities the cache vouched for in this run, for its deletions (taken: the run's
@@ -198,10 +201,7 @@ impl<'a> Writer<'a> {
         &mut self,
         seen: Vec<(EntityKey, [u8; 32])>,
     ) -> Result<(), ResyncError> {
-        self.counters.unchanged += seen.len() as u64;
-        if let Some(live) = &self.progress {
-            Progress::add(&live.unchanged, seen.len() as u64);
-        }
+        self.count_unchanged(seen.len());
         if !self.dry_run()
             && let Some(state) = &self.state
         {
