@@ -484,10 +484,7 @@ impl Resync<'_> {
         match settled {
             Ok(()) => {}
             Err(ResyncError::Port(e)) => {
-                outcome.failed = Some(format!(
-                    "resources[{index}] (kind {kind}): Port failed: {e}"
-                ));
-                outcome.port_failed = true;
+                outcome.port_failed_with(index, kind, &e);
                 writer.stop().await?;
             }
             Err(other) => return Err(other),

@@ -11,7 +11,7 @@ use super::{Progress, Resync, ResyncError};
 use crate::entity_hash::EntityHash;
 use crate::integration::RawBatch;
 use crate::mapping::PendingBatch;
-use crate::port::Entity;
+use crate::port::{Entity, PortError};
 
 /// One batch after mapping.
 pub(crate) struct Mapped {
@@ -35,6 +35,16 @@ pub(crate) struct ResourceRun {
     /// Items that failed to map, and the first one's error (with its item number).
     pub(crate) item_errors: u64,
     pub(crate) first_item_error: Option<String>,
+}
+
+impl ResourceRun {
+    /// Port failed for good (after the client's retries): the resource, and the run, stop.
+    pub(crate) fn port_failed_with(&mut self, index: usize, kind: &str, error: &PortError) {
+        self.failed = Some(format!(
+            "resources[{index}] (kind {kind}): Port failed: {error}"
+        ));
+        self.port_failed = true;
+    }
 }
 
 /// A batch on the pool: its mapping, and what the pipeline keeps beside it.
@@ -61,6 +71,9 @@ impl Resync<'_> {
         cache_run: Option<u64>,
         mut on_batch: impl AsyncFnMut(Mapped, &mut RunCounters) -> Result<(), ResyncError>,
     ) -> Result<ResourceRun, ResyncError> {
+        // Which run the cache serves and the resource's fingerprint: worked out once.
+        let cache = cache_run
+            .and_then(|run| Some((run, resource_fingerprint(&self.setup.mapping, index)?)));
         let (sink, batches) = mpsc::channel::<RawBatch>(4);
         let fetch = self.integration.fetch(kind, sink);
         let consume = async move {
@@ -89,7 +102,7 @@ impl Resync<'_> {
                 let draining = next.is_none();
                 if let Some(batch) = next {
                     match self
-                        .submit_to_pool(index, cache_run, batch, &mut progress)
+                        .submit_to_pool(index, cache, batch, &mut progress)
                         .await?
                     {
                         Some(on_pool) => in_flight.push_back(on_pool),
@@ -115,10 +128,7 @@ impl Resync<'_> {
                     Ok(()) => {}
                     // What Port acknowledged before is recorded; the rest waits for the next run.
                     Err(ResyncError::Port(e)) => {
-                        progress.failed = Some(format!(
-                            "resources[{index}] (kind {kind}): Port failed: {e}"
-                        ));
-                        progress.port_failed = true;
+                        progress.port_failed_with(index, kind, &e);
                         break;
                     }
                     Err(other) => return Err(other),
@@ -147,7 +157,7 @@ impl Resync<'_> {
     async fn submit_to_pool(
         &self,
         index: usize,
-        cache_run: Option<u64>,
+        cache: Option<(u64, [u8; 32])>,
         batch: RawBatch,
         progress: &mut ResourceRun,
     ) -> Result<Option<OnPool>, ResyncError> {
@@ -156,9 +166,7 @@ impl Resync<'_> {
         if let Some(live) = &self.progress {
             Progress::add(&live.fetched, batch.len() as u64);
         }
-        let fingerprint = cache_run
-            .and_then(|run| Some((run, resource_fingerprint(&self.setup.mapping, index)?)));
-        let (batch, fingerprints, cached, positions) = match (&fingerprint, &self.state) {
+        let (batch, fingerprints, cached, positions) = match (&cache, &self.state) {
             (Some((run, resource)), Some(state)) => {
                 split_cached(state, *run, resource, batch).await?
             }
