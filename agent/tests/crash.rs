@@ -208,6 +208,10 @@ fn state_never_claims_more_than_port_has(
 /// Changes the data as a source would between runs: values going back and forth, items
 /// removed and coming back, new items.
 fn change_data(rng: &mut Lcg, present: &mut BTreeMap<usize, u64>) {
+    // Some cycles change nothing: the raw-item cache then vouches for whole batches.
+    if rng.below(4) == 0 {
+        return;
+    }
     for _ in 0..rng.below(40) {
         let i = rng.below(ITEMS as u64 + 200) as usize;
         match rng.below(3) {

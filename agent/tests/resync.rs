@@ -783,3 +783,34 @@ async fn an_entity_gaining_a_second_producer_is_sent_once() {
     assert_eq!(fourth["totals"]["upserted"], 0, "{fourth}");
     assert_eq!(project.writes(), writes);
 }
+
+/// Regression: a fetched batch's block (the raw-item cache's entry for a whole batch) was looked
+/// up before the batches ahead of it were written. When one of those changed an entity this
+/// batch also produces, the block still vouched for it: its later contribution was not re-sent
+/// after the changed first one, and Port kept the first one's value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_does_not_vouch_for_an_entity_an_earlier_batch_changed() {
+    let project = Project::new(0).await;
+    let mut services: Vec<Value> = (0..600).map(service).collect();
+    // svc-0003 again in the second batch (items 500 on): Port keeps this later language.
+    services[550] = json!({"name": "svc-0003", "lang": "zig", "stars": 1, "team": "team-0"});
+    project.write_services(&services);
+    for _ in 0..2 {
+        let (code, _, stderr) = project.resync(&[]).await;
+        assert_eq!(code, 0, "{stderr}");
+    }
+    services[3]["lang"] = json!("ocaml");
+    services[3]["stars"] = json!(7);
+    project.write_services(&services);
+    let (code, report, stderr) = project.resync(&[]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        project.port_entity("svc-0003")["properties"]["language"],
+        "zig",
+        "{report}"
+    );
+    support::assert_same_content(
+        &project.port_content(),
+        &support::uninterrupted_run(&services).await,
+    );
+}

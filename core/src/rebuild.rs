@@ -104,7 +104,7 @@ impl Resync<'_> {
             }
             let kind = resource.kind.clone();
             let progress = self
-                .map_resource(index, &resource.kind, None, async |mapped, _counters| {
+                .map_resource(index, &resource.kind, None, async |mapped| {
                     let mut written = Vec::new();
                     for (entity, hash) in mapped.entities {
                         let key = (entity.blueprint.clone(), entity.identifier_label());
@@ -124,7 +124,7 @@ impl Resync<'_> {
                     }
                     let run_id = run.id;
                     with_state(&state, move |s| s.record_written(run_id, &written)).await?;
-                    Ok(())
+                    Ok(None)
                 })
                 .await?;
             if let Some(reason) = progress.failed {

@@ -64,7 +64,7 @@ impl Resync<'_> {
                 continue;
             }
             let progress = self
-                .map_resource(index, &resource.kind, None, async |mapped, _counters| {
+                .map_resource(index, &resource.kind, None, async |mapped| {
                     for (entity, hash) in mapped.entities {
                         let key = (entity.blueprint.clone(), entity.identifier_label());
                         if records
@@ -76,7 +76,7 @@ impl Resync<'_> {
                             report.drift.push(drift(&key, "content differs"));
                         }
                     }
-                    Ok(())
+                    Ok(None)
                 })
                 .await?;
             if let Some(reason) = progress.failed {

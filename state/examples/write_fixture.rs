@@ -53,6 +53,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }),
     )?;
     store.set_checkpoint("service", r#"{"done": true}"#)?;
+    // A confirmed block of the raw-item cache (schema 4), naming two entities' key fingerprints.
+    store.raw_remember(run.id, &[], &[([4; 32], vec![1, 2])])?;
+    store.confirm_blocks(run.id)?;
     store.finish_run(&RunRecord {
         status: RunStatus::Completed,
         ..run

@@ -11,15 +11,21 @@
 //! this run" marks are committed without fsync: a crash that loses them leaves the entities in
 //! doubt (sent again) or unseen (compared again), never claiming what Port may not hold.
 //!
+//! The raw-item cache (`raw_cache`) lets a resync skip mapping items whose bytes are unchanged;
+//! a whole batch's entry is trusted only while no record was written since the clean run that
+//! confirmed it, which is why every record write goes through one function that says so.
+//!
 //! redb calls block; async callers run them on a blocking thread.
 
 mod error;
 mod migrations;
+mod raw_cache;
 mod record;
 mod store;
 
 pub use error::StateError;
+pub use raw_cache::{Block, Produced};
 pub use record::{
     Doubt, EntityKey, EntityRecord, Identity, Intent, RunCounters, RunRecord, RunStatus, Written,
 };
-pub use store::{Produced, RUNS_KEPT, Refused, SCHEMA_VERSION, Sending, StateStore, TableUsage};
+pub use store::{RUNS_KEPT, Refused, SCHEMA_VERSION, Sending, StateStore, TableUsage};

@@ -27,6 +27,10 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         from: 2,
         apply: v2_to_v3_writes_in_doubt,
     },
+    Migration {
+        from: 3,
+        apply: v3_to_v4_record_generation,
+    },
 ];
 
 /// Rewrites every entity record with `rewrite` (`None`: left as it is, so that reading it later
@@ -61,6 +65,14 @@ fn v1_one_hash_per_entity_to_v2_one_per_contribution(
 /// Schema 3 records writes whose answer never arrived ("in doubt"). No v2 write was in doubt.
 fn v2_to_v3_writes_in_doubt(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
     rewrite_records(txn, |bytes| decode_v2(bytes).map(|r| r.encode()))
+}
+
+/// Schema 4 trusts a fetched batch's block of the raw-item cache while no record was written
+/// since the run that confirmed it, which every record write now says. Nothing to convert; the
+/// version changes so that a schema-3 agent, which writes records without saying so, refuses
+/// the file instead of leaving blocks that vouch for what it changed.
+fn v3_to_v4_record_generation(_txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
+    Ok(())
 }
 
 /// Schema 1's entity record: hash, last seen run, written run, written at, resource, kind.

@@ -6,10 +6,11 @@ use redb::{
 };
 
 use crate::error::StateError;
+use crate::raw_cache::{RAW_BLOCKS, RAW_ITEMS};
 use crate::record::{EntityKey, EntityRecord, Identity, Intent, RunRecord, RunStatus, Written};
 
 /// The layout this build writes. Opening a newer one is refused; older ones are migrated on open.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// Runs kept in the history; older ones are dropped as new ones start (a scheduled agent starts
 /// thousands a year).
@@ -18,57 +19,12 @@ pub const RUNS_KEPT: u64 = 1000;
 /// Page cache of the state file.
 const CACHE_BYTES: usize = 32 * 1024 * 1024;
 
-const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+pub(crate) const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 pub(crate) const ENTITIES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("entities");
 const RUNS: TableDefinition<u64, &str> = TableDefinition::new("runs");
 const CHECKPOINTS: TableDefinition<&str, &str> = TableDefinition::new("checkpoints");
-/// Raw-item fingerprint → the entities that item produced, so an unchanged item is not mapped
-/// again. A cache: rebuilt when lost, never fsynced on its own.
-const RAW_ITEMS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("raw_items");
-
-/// What one raw item produced: each entity's key and hash.
-pub type Produced = Vec<(EntityKey, [u8; 32])>;
-
-fn encode_produced(produced: &Produced) -> Vec<u8> {
-    let mut out = Vec::with_capacity(4 + produced.len() * 64);
-    out.extend_from_slice(&(produced.len() as u32).to_le_bytes());
-    for ((bp, id), hash) in produced {
-        out.extend_from_slice(hash);
-        out.extend_from_slice(&(bp.len() as u32).to_le_bytes());
-        out.extend_from_slice(bp.as_bytes());
-        out.extend_from_slice(&(id.len() as u32).to_le_bytes());
-        out.extend_from_slice(id.as_bytes());
-    }
-    out
-}
-
-fn decode_produced(mut bytes: &[u8]) -> Option<Produced> {
-    fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-        if bytes.len() < n {
-            return None;
-        }
-        let (head, tail) = bytes.split_at(n);
-        *bytes = tail;
-        Some(head)
-    }
-    let len = |bytes: &mut &[u8]| {
-        take(bytes, 4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
-    };
-    let count = len(&mut bytes)?;
-    let mut out = Vec::with_capacity(count.min(1024));
-    for _ in 0..count {
-        let hash: [u8; 32] = take(&mut bytes, 32)?.try_into().ok()?;
-        let n = len(&mut bytes)?;
-        let bp = String::from_utf8(take(&mut bytes, n)?.to_vec()).ok()?;
-        let n = len(&mut bytes)?;
-        let id = String::from_utf8(take(&mut bytes, n)?.to_vec()).ok()?;
-        out.push(((bp, id), hash));
-    }
-    Some(out)
-}
-
 /// The positions of `items`, in the order of the items.
-fn sorted_positions<T: Ord>(items: &[T]) -> Vec<usize> {
+pub(crate) fn sorted_positions<T: Ord>(items: &[T]) -> Vec<usize> {
     let mut positions: Vec<usize> = (0..items.len()).collect();
     positions.sort_unstable_by(|&a, &b| items[a].cmp(&items[b]));
     positions
@@ -132,7 +88,11 @@ pub type Refused = (EntityKey, [u8; 32]);
 
 impl StateStore {
     /// The record stored under `key`, or the corruption error naming it.
-    fn decode(&self, key: (&str, &str), bytes: &[u8]) -> Result<EntityRecord, StateError> {
+    pub(crate) fn decode(
+        &self,
+        key: (&str, &str),
+        bytes: &[u8],
+    ) -> Result<EntityRecord, StateError> {
         EntityRecord::decode(bytes).ok_or_else(|| StateError::Corrupt {
             path: self.path.clone(),
             detail: format!("unreadable record for {}/{}", key.0, key.1),
@@ -141,7 +101,7 @@ impl StateStore {
 
     /// A redb failure: what says the file's structure is not what this program wrote is
     /// corruption; the rest (I/O, locks) is told as it is.
-    fn storage(&self, source: impl Into<redb::Error>) -> StateError {
+    pub(crate) fn storage(&self, source: impl Into<redb::Error>) -> StateError {
         let source = source.into();
         match source {
             redb::Error::Corrupted(_)
@@ -149,7 +109,10 @@ impl StateStore {
             | redb::Error::TableIsMultimap(_)
             | redb::Error::TableIsNotMultimap(_)
             | redb::Error::TypeDefinitionChanged { .. }
-            | redb::Error::UnorderedKey => StateError::Corrupt {
+            | redb::Error::UnorderedKey
+            // Tables that may be missing are looked for before this; the others are always
+            // created, so one gone means a damaged file.
+            | redb::Error::TableDoesNotExist(_) => StateError::Corrupt {
                 path: self.path.clone(),
                 detail: source.to_string(),
             },
@@ -313,7 +276,7 @@ impl StateStore {
         shield(&self.path, || work(self))
     }
 
-    fn read(&self) -> Result<redb::ReadTransaction, StateError> {
+    pub(crate) fn read(&self) -> Result<redb::ReadTransaction, StateError> {
         match &self.db {
             Handle::Writer(db) => db.begin_read(),
             Handle::Reader(db) => db.begin_read(),
@@ -321,7 +284,7 @@ impl StateStore {
         .map_err(|e| self.storage(e))
     }
 
-    fn write(&self) -> Result<redb::WriteTransaction, StateError> {
+    pub(crate) fn write(&self) -> Result<redb::WriteTransaction, StateError> {
         match &self.db {
             Handle::Writer(db) => db.begin_write().map_err(|e| self.storage(e)),
             Handle::Reader(_) => Err(StateError::ReadOnly {
@@ -628,7 +591,8 @@ impl StateStore {
     }
 
     /// Reads each entry's record (`None`: none yet), lets `change` edit it (setting `None`
-    /// removes it) and commits them all in one transaction.
+    /// removes it) and commits them all in one transaction, which bumps the record generation.
+    /// Every record write goes through here (the raw-item cache's blocks depend on it).
     fn update_records<T>(
         &self,
         entries: &[(EntityKey, T)],
@@ -664,6 +628,7 @@ impl StateStore {
                 }
             }
         }
+        crate::raw_cache::bump_record_generation(&txn).map_err(|e| self.storage(e))?;
         txn.commit().map_err(|e| self.storage(e))
     }
 
@@ -760,71 +725,6 @@ impl StateStore {
         })
     }
 
-    /// What each raw-item fingerprint produced last time, where known.
-    pub fn raw_lookup(
-        &self,
-        fingerprints: &[[u8; 32]],
-    ) -> Result<Vec<Option<Produced>>, StateError> {
-        shield(&self.path, || {
-            let txn = self.read()?;
-            let table = match txn.open_table(RAW_ITEMS) {
-                Ok(table) => table,
-                Err(redb::TableError::TableDoesNotExist(_)) => {
-                    return Ok(vec![None; fingerprints.len()]);
-                }
-                Err(e) => return Err(self.storage(e)),
-            };
-            // In key order: neighbours share the b-tree's branch pages, which stay cached.
-            let mut found = vec![None; fingerprints.len()];
-            for at in sorted_positions(fingerprints) {
-                found[at] = table
-                    .get(fingerprints[at].as_slice())
-                    .map_err(|e| self.storage(e))?
-                    .and_then(|v| decode_produced(v.value()));
-            }
-            Ok(found)
-        })
-    }
-
-    /// Remembers what raw items produced. Call only once their entities are recorded.
-    pub fn raw_remember(&self, entries: &[([u8; 32], Produced)]) -> Result<(), StateError> {
-        shield(&self.path, || {
-            if entries.is_empty() {
-                return Ok(());
-            }
-            let mut txn = self.write()?;
-            txn.set_durability(Durability::None)
-                .map_err(|e| self.storage(e))?;
-            {
-                let mut table = txn.open_table(RAW_ITEMS).map_err(|e| self.storage(e))?;
-                for (fingerprint, produced) in entries {
-                    table
-                        .insert(fingerprint.as_slice(), encode_produced(produced).as_slice())
-                        .map_err(|e| self.storage(e))?;
-                }
-            }
-            txn.commit().map_err(|e| self.storage(e))
-        })
-    }
-
-    /// Old raw-item versions pile up: past twice the entities (plus slack) the cache is dropped
-    /// whole and rebuilt by the next run.
-    pub fn raw_prune(&self) -> Result<bool, StateError> {
-        shield(&self.path, || {
-            let entities = self.entity_count()?;
-            let txn = self.write()?;
-            let pruned = {
-                let table = txn.open_table(RAW_ITEMS).map_err(|e| self.storage(e))?;
-                table.len().map_err(|e| self.storage(e))? > 2 * entities + 1000
-            };
-            if pruned {
-                txn.delete_table(RAW_ITEMS).map_err(|e| self.storage(e))?;
-            }
-            txn.commit().map_err(|e| self.storage(e))?;
-            Ok(pruned)
-        })
-    }
-
     /// Rewrites the file without its free pages (redb keeps freed pages for reuse and rarely
     /// shrinks the file). Safe against a crash: redb compacts through ordinary commits.
     /// Returns the file's size before and after.
@@ -870,6 +770,7 @@ impl StateStore {
             let usage = [
                 usage_of("entities", txn.open_table(ENTITIES)),
                 usage_of("raw_items", txn.open_table(RAW_ITEMS)),
+                usage_of("raw_blocks", txn.open_table(RAW_BLOCKS)),
                 usage_of("runs", txn.open_table(RUNS)),
                 usage_of("checkpoints", txn.open_table(CHECKPOINTS)),
                 usage_of("meta", txn.open_table(META)),
@@ -1010,7 +911,10 @@ thread_local! {
 }
 
 /// Runs `work`; a panic inside it (redb meeting a corrupt page) becomes [`StateError::Corrupt`].
-fn shield<T>(path: &Path, work: impl FnOnce() -> Result<T, StateError>) -> Result<T, StateError> {
+pub(crate) fn shield<T>(
+    path: &Path,
+    work: impl FnOnce() -> Result<T, StateError>,
+) -> Result<T, StateError> {
     static QUIET: std::sync::Once = std::sync::Once::new();
     QUIET.call_once(|| {
         let previous = std::panic::take_hook();
@@ -1098,35 +1002,6 @@ mod tests {
         assert_eq!(unseen, ["b"]);
         store.remove(&[("service".into(), "b".into())]).unwrap();
         assert_eq!(store.entity_count().unwrap(), 1);
-    }
-
-    #[test]
-    fn raw_item_fingerprints_round_trip_and_prune() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::open(&dir.path().join("state.redb"), &identity("svc")).unwrap();
-        assert_eq!(store.raw_lookup(&[[1; 32]]).unwrap(), vec![None]);
-        let produced: Produced = vec![
-            (("service".into(), "a/b é".into()), [9; 32]),
-            (("team".into(), "t".into()), [8; 32]),
-        ];
-        store
-            .raw_remember(&[([1; 32], produced.clone()), ([2; 32], Vec::new())])
-            .unwrap();
-        assert_eq!(
-            store.raw_lookup(&[[1; 32], [2; 32], [3; 32]]).unwrap(),
-            vec![Some(produced), Some(Vec::new()), None]
-        );
-        assert!(!store.raw_prune().unwrap());
-        let many: Vec<([u8; 32], Produced)> = (0..1100u32)
-            .map(|i| {
-                let mut f = [0; 32];
-                f[..4].copy_from_slice(&i.to_le_bytes());
-                (f, Vec::new())
-            })
-            .collect();
-        store.raw_remember(&many).unwrap();
-        assert!(store.raw_prune().unwrap());
-        assert_eq!(store.raw_lookup(&[[1; 32]]).unwrap(), vec![None]);
     }
 
     #[test]

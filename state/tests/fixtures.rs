@@ -99,3 +99,22 @@ fn a_schema_3_file_keeps_its_writes_in_doubt() {
     assert!(!records["svc-1"].unchanged_in(9, &[1; 32]));
     assert_eq!(records["svc-3"].written_run, 0, "never acknowledged");
 }
+
+#[test]
+fn a_schema_3_file_migrates_with_no_block_vouching() {
+    let (_dir, path) = fixture_copy("v3.redb");
+    let store = StateStore::open(&path, &fixture_identity()).unwrap();
+    assert_eq!(store.schema_version().unwrap(), 4);
+    // Its item entries are kept (checked against the records on use); it has no blocks.
+    assert_eq!(store.raw_block(&[4; 32]).unwrap(), None);
+    assert_eq!(store.entities(|_, _| true).unwrap().len(), 4);
+}
+
+#[test]
+fn a_schema_4_file_keeps_its_confirmed_block_until_a_record_is_written() {
+    let (_dir, path) = fixture_copy("v4.redb");
+    let store = StateStore::open(&path, &fixture_identity()).unwrap();
+    assert_eq!(store.raw_block(&[4; 32]).unwrap(), Some(vec![1, 2]));
+    store.remove(&[("service".into(), "svc-0".into())]).unwrap();
+    assert_eq!(store.raw_block(&[4; 32]).unwrap(), None);
+}

@@ -19,7 +19,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::write::PlannedChange;
-pub(crate) use pipeline::{Mapped, ResourceRun};
+pub(crate) use pipeline::{Mapped, Recheck, ResourceRun};
 
 use crate::integration::Integration;
 use crate::mapping::{CompiledMapping, MappingPool, PortAppConfig};
@@ -351,12 +351,7 @@ impl Resync<'_> {
         } else if let Some(state) = &self.state {
             deletion_failed = self.delete_vanished(state, run, options, writer).await?;
         }
-        if !options.dry_run
-            && let Some(state) = &self.state
-        {
-            with_state(state, |s| s.raw_prune().map(drop)).await?;
-        }
-        Ok(if stopped {
+        let status = if stopped {
             RunStatus::Aborted
         } else if ran.failed || deletion_failed {
             RunStatus::Failed
@@ -364,7 +359,22 @@ impl Resync<'_> {
             RunStatus::CompletedWithErrors
         } else {
             RunStatus::Completed
-        })
+        };
+        if !options.dry_run
+            && let Some(state) = &self.state
+        {
+            // The run's blocks vouch from now on only if every entity they name is recorded as
+            // Port acknowledged it: a clean run, whose deletions did not make the state forget
+            // dependents Port deleted with them.
+            let cascaded = self.mapping.delete_dependent_entities && run.totals.deleted > 0;
+            let confirm = (status == RunStatus::Completed && !cascaded).then_some(run.id);
+            with_state(state, move |s| {
+                s.raw_prune()?;
+                confirm.map_or(Ok(()), |run| s.confirm_blocks(run))
+            })
+            .await?;
+        }
+        Ok(status)
     }
 
     /// Runs every resource in scope through the writer, recording counters, checkpoints and
@@ -472,7 +482,7 @@ impl Resync<'_> {
             resource: index as u32,
         };
         let mut outcome = self
-            .map_resource(index, kind, cache_run, async |mapped, _counters| {
+            .map_resource(index, kind, cache_run, async |mapped| {
                 self.apply(&source, mapped, writer).await
             })
             .await?;
@@ -494,20 +504,35 @@ impl Resync<'_> {
     }
 
     /// Hands one mapped batch to the writer and remembers, for the raw-item cache, what each
-    /// item produced. (A cache entry is trusted only while the state holds those entities,
-    /// settled, with those hashes: remembering before Port answers is safe.)
+    /// item and the whole batch produced. (An item entry is trusted only while the state holds
+    /// its entities, settled, with those hashes, and a block only once the run completes: both
+    /// are safe to remember before Port answers.)
+    ///
+    /// A batch its block vouched for is handed back, to map, if the block no longer holds.
     async fn apply(
         &self,
         source: &Source,
         mapped: Mapped,
         writer: &mut Writer<'_>,
-    ) -> Result<(), ResyncError> {
+    ) -> Result<Option<Recheck>, ResyncError> {
         let Mapped {
             entities,
             entity_items,
             fingerprints,
-            cached,
+            mut cached,
+            block,
+            recheck,
         } = mapped;
+        if let (Some(recheck), Some(state)) = (recheck, &self.state) {
+            let block = recheck.block;
+            let holds = !writer.has_unsettled()
+                && with_state(state, move |s| s.raw_block(&block))
+                    .await?
+                    .is_some();
+            if !holds {
+                return Ok(Some(recheck));
+            }
+        }
         writer.cached(&cached);
         let mut produced: Vec<port_agent_state::Produced> = vec![Vec::new(); fingerprints.len()];
         for ((entity, hash), &item) in entities.iter().zip(&entity_items) {
@@ -516,17 +541,34 @@ impl Resync<'_> {
             }
         }
         writer.submit(source, entities).await?;
-        if !writer.dry_run()
-            && let Some(state) = &self.state
-        {
-            let remember: Vec<([u8; 32], port_agent_state::Produced)> = fingerprints
-                .into_iter()
-                .zip(produced)
-                .filter_map(|(f, p)| Some((f?, p)))
-                .collect();
-            with_state(state, move |s| s.raw_remember(&remember)).await?;
+        if writer.dry_run() {
+            return Ok(None);
         }
-        Ok(())
+        let Some(state) = &self.state else {
+            return Ok(None);
+        };
+        // A batch with an item that failed or was skipped has no block: it is mapped again.
+        let whole = fingerprints.iter().all(Option::is_some);
+        let blocks: Vec<port_agent_state::Block> = match block {
+            Some(block) if whole => {
+                cached.extend(
+                    produced
+                        .iter()
+                        .flatten()
+                        .map(|(key, _)| crate::write::key_fingerprint(key)),
+                );
+                vec![(block, cached)]
+            }
+            _ => Vec::new(),
+        };
+        let items: Vec<([u8; 32], port_agent_state::Produced)> = fingerprints
+            .into_iter()
+            .zip(produced)
+            .filter_map(|(f, p)| Some((f?, p)))
+            .collect();
+        let run = writer.run_id();
+        with_state(state, move |s| s.raw_remember(run, &items, &blocks)).await?;
+        Ok(None)
     }
 
     /// Deletes what no item produced in this (complete) run, within the threshold and the

@@ -3,10 +3,11 @@
 
 use std::collections::VecDeque;
 
-use port_agent_state::{Produced, RunCounters};
+use port_agent_state::RunCounters;
 use tokio::sync::mpsc;
 
-use super::raw_cache::{Fingerprints, resource_fingerprint, split_cached};
+pub(crate) use super::raw_cache::Recheck;
+use super::raw_cache::{Fingerprints, Split, resource_fingerprint, split_cached};
 use super::{Progress, Resync, ResyncError};
 use crate::entity_hash::EntityHash;
 use crate::integration::RawBatch;
@@ -19,8 +20,12 @@ pub(crate) struct Mapped {
     /// For each entity, the position of the submitted item that produced it.
     pub(crate) entity_items: Vec<usize>,
     pub(crate) fingerprints: Fingerprints,
-    /// What unchanged items (not mapped again) produced.
-    pub(crate) cached: Produced,
+    /// Key fingerprints of what unchanged items (not mapped again) produced.
+    pub(crate) cached: Vec<u64>,
+    /// The fetched batch's block fingerprint, when the raw-item cache serves this run.
+    pub(crate) block: Option<[u8; 32]>,
+    /// When its block vouched for the whole batch: what to map if it no longer holds.
+    pub(crate) recheck: Option<Recheck>,
 }
 
 /// Per-resource progress while batches flow.
@@ -51,9 +56,22 @@ impl ResourceRun {
 struct OnPool {
     pending: PendingBatch,
     fingerprints: Fingerprints,
-    cached: Produced,
+    cached: Vec<u64>,
+    block: Option<[u8; 32]>,
+    /// A batch its block vouched for.
+    recheck: Option<Recheck>,
     /// Each submitted item's number in the kind's stream (1-based), for error messages.
     numbers: Vec<u64>,
+}
+
+impl OnPool {
+    fn vouching(self, cached: Vec<u64>, block: Option<[u8; 32]>) -> Self {
+        Self {
+            cached,
+            block,
+            ..self
+        }
+    }
 }
 
 impl Resync<'_> {
@@ -69,7 +87,7 @@ impl Resync<'_> {
         index: usize,
         kind: &str,
         cache_run: Option<u64>,
-        mut on_batch: impl AsyncFnMut(Mapped, &mut RunCounters) -> Result<(), ResyncError>,
+        mut on_batch: impl AsyncFnMut(Mapped) -> Result<Option<Recheck>, ResyncError>,
     ) -> Result<ResourceRun, ResyncError> {
         // Which run the cache serves and the resource's fingerprint: worked out once.
         let cache = cache_run
@@ -118,20 +136,26 @@ impl Resync<'_> {
                     }
                     continue;
                 };
-                let Some(batch) = self
+                let mut next = self
                     .take_from_pool(index, kind, on_pool, &mut progress)
-                    .await
-                else {
-                    continue;
-                };
-                match on_batch(batch, &mut progress.counters).await {
-                    Ok(()) => {}
-                    // What Port acknowledged before is recorded; the rest waits for the next run.
-                    Err(ResyncError::Port(e)) => {
-                        progress.port_failed_with(index, kind, &e);
-                        break;
+                    .await;
+                while let Some(batch) = next.take() {
+                    match on_batch(batch).await {
+                        Ok(None) => {}
+                        Ok(Some(recheck)) => {
+                            next = self.remap(index, kind, recheck, &mut progress).await;
+                        }
+                        // What Port acknowledged before is recorded; the rest waits for the next
+                        // run.
+                        Err(ResyncError::Port(e)) => {
+                            progress.port_failed_with(index, kind, &e);
+                            break;
+                        }
+                        Err(other) => return Err(other),
                     }
-                    Err(other) => return Err(other),
+                }
+                if progress.port_failed {
+                    break;
                 }
             }
             Ok::<_, ResyncError>(progress)
@@ -166,30 +190,81 @@ impl Resync<'_> {
         if let Some(live) = &self.progress {
             Progress::add(&live.fetched, batch.len() as u64);
         }
-        let (batch, fingerprints, cached, positions) = match (&cache, &self.state) {
-            (Some((run, resource)), Some(state)) => {
-                split_cached(state, *run, resource, batch).await?
-            }
-            _ => {
-                let n = batch.len();
-                (batch, vec![None; n], Vec::new(), (0..n).collect())
-            }
+        let (Some((run, resource)), Some(state)) = (cache, &self.state) else {
+            let n = batch.len();
+            let numbers = (first_number..).take(n).collect();
+            return Ok(self
+                .put_on_pool(index, batch, vec![None; n], numbers, progress)
+                .await);
         };
-        let numbers = positions.iter().map(|&p| first_number + p as u64).collect();
+        let split: Split = split_cached(state, run, &resource, batch, first_number).await?;
+        let numbers = split
+            .positions
+            .iter()
+            .map(|&p| first_number + p as u64)
+            .collect();
+        let on_pool = self
+            .put_on_pool(index, split.to_map, split.fingerprints, numbers, progress)
+            .await;
+        Ok(on_pool.map(|on_pool| OnPool {
+            recheck: split.recheck,
+            ..on_pool.vouching(split.cached, Some(split.block))
+        }))
+    }
+
+    /// Puts items on the mapping pool. `None` when the pool refused them (the resource failed).
+    async fn put_on_pool(
+        &self,
+        index: usize,
+        batch: RawBatch,
+        fingerprints: Fingerprints,
+        numbers: Vec<u64>,
+        progress: &mut ResourceRun,
+    ) -> Option<OnPool> {
         match self.pool.submit(index, batch).await {
-            Ok(pending) => Ok(Some(OnPool {
+            Ok(pending) => Some(OnPool {
                 pending,
                 fingerprints,
-                cached,
+                cached: Vec::new(),
+                block: None,
+                recheck: None,
                 numbers,
-            })),
+            }),
             Err(e) => {
                 progress
                     .failed
                     .get_or_insert(format!("resources[{index}]: {e}"));
-                Ok(None)
+                None
             }
         }
+    }
+
+    /// Maps, after all, a batch its block vouched for when it was fetched.
+    async fn remap(
+        &self,
+        index: usize,
+        kind: &str,
+        recheck: Recheck,
+        progress: &mut ResourceRun,
+    ) -> Option<Mapped> {
+        let Recheck {
+            batch,
+            fingerprints,
+            first_number,
+            block,
+        } = recheck;
+        let numbers = (first_number..).take(batch.len()).collect();
+        let fingerprints = fingerprints.into_iter().map(Some).collect();
+        let on_pool = self
+            .put_on_pool(index, batch, fingerprints, numbers, progress)
+            .await?;
+        self.take_from_pool(
+            index,
+            kind,
+            on_pool.vouching(Vec::new(), Some(block)),
+            progress,
+        )
+        .await
     }
 
     /// A batch back from the pool: item errors counted (named by item number), field warnings
@@ -205,7 +280,9 @@ impl Resync<'_> {
             pending,
             mut fingerprints,
             cached,
+            block,
             numbers,
+            recheck,
         } = on_pool;
         let mapped = match pending.result().await {
             Ok(mapped) => mapped,
@@ -237,6 +314,8 @@ impl Resync<'_> {
             entity_items: mapped.entity_items,
             fingerprints,
             cached,
+            block,
+            recheck,
         })
     }
 }

@@ -5,11 +5,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use port_agent_state::{EntityKey, Produced, StateStore};
+use port_agent_state::{EntityKey, StateStore};
 use serde_json::Value;
 
 use super::{ResyncError, with_state};
 use crate::integration::RawBatch;
+use crate::write::key_fingerprint;
 
 /// For each submitted item, its fingerprint when it may be remembered.
 pub(crate) type Fingerprints = Vec<Option<[u8; 32]>>;
@@ -47,21 +48,64 @@ fn item_fingerprint(resource: &[u8; 32], raw: &str) -> [u8; 32] {
     *hasher.finalize().as_bytes()
 }
 
-/// Splits a batch into items the cache vouches for (their entities are recorded with the same
-/// hashes) and items to map. Returns the items to map, their fingerprints, what the cached ones
-/// produced, and each item to map's position in `batch`.
+/// blake3 of a whole batch: its items' fingerprints, in order.
+fn block_fingerprint(resource: &[u8; 32], items: &[[u8; 32]]) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new_keyed(resource);
+    hasher.update(b"block");
+    for item in items {
+        hasher.update(item);
+    }
+    *hasher.finalize().as_bytes()
+}
+
+/// A batch after the cache: the items to map and what the cache vouched for.
+pub(super) struct Split {
+    pub(super) to_map: RawBatch,
+    /// Each item to map's fingerprint and its position in the fetched batch.
+    pub(super) fingerprints: Fingerprints,
+    pub(super) positions: Vec<usize>,
+    /// Key fingerprints of the entities the unchanged items produced.
+    pub(super) cached: Vec<u64>,
+    /// The batch's block fingerprint, to remember it by.
+    pub(super) block: [u8; 32],
+    /// When its block vouched for the whole batch: the batch and its items' fingerprints, kept
+    /// until it is applied (see [`Recheck`]).
+    pub(super) recheck: Option<Recheck>,
+}
+
+/// A batch its block vouched for when it was fetched. Batches are looked up ahead of the
+/// writes of the batches before them: if by the time this one is applied those wrote a record,
+/// or queued a change, the block may no longer hold (they may share an entity with it, whose
+/// later contributions must follow a changed first one) and the batch is mapped after all.
+pub(crate) struct Recheck {
+    pub(super) batch: RawBatch,
+    pub(super) fingerprints: Vec<[u8; 32]>,
+    /// The first item's number in the kind's stream (1-based), for error messages.
+    pub(super) first_number: u64,
+    pub(super) block: [u8; 32],
+}
+
+/// Splits a batch into items the cache vouches for and items to map. A whole batch unchanged
+/// since a completed run is vouched for by one lookup (its block); otherwise each item is looked
+/// up, and vouched for only if the state still holds its entities, settled, with the hashes it
+/// produced.
 pub(super) async fn split_cached(
     state: &Arc<StateStore>,
     run: u64,
     resource: &[u8; 32],
     batch: RawBatch,
-) -> Result<(RawBatch, Fingerprints, Produced, Vec<usize>), ResyncError> {
+    first_number: u64,
+) -> Result<Split, ResyncError> {
     let fingerprints: Vec<[u8; 32]> = batch
         .iter()
         .map(|raw| item_fingerprint(resource, raw.get()))
         .collect();
+    let block = block_fingerprint(resource, &fingerprints);
     let lookup = fingerprints.clone();
     let known = with_state(state, move |s| {
+        if let Some(keys) = s.raw_block(&block)? {
+            return Ok(Err(keys));
+        }
         let hits = s.raw_lookup(&lookup)?;
         let keys: Vec<EntityKey> = hits
             .iter()
@@ -82,31 +126,55 @@ pub(super) async fn split_cached(
             })
             .collect();
         // A hit counts only if the state still holds each entity with the hash the item produced.
-        Ok(hits
+        Ok(Ok(hits
             .into_iter()
             .map(|hit| {
                 hit.filter(|produced| produced.iter().all(|(k, h)| recorded.get(k) == Some(h)))
             })
-            .collect::<Vec<_>>())
+            .collect::<Vec<_>>()))
     })
     .await?;
-    let mut to_map = Vec::with_capacity(batch.len());
-    let mut to_map_fingerprints = Vec::with_capacity(batch.len());
-    let mut positions = Vec::with_capacity(batch.len());
-    let mut cached = Vec::new();
+    let known = match known {
+        Err(cached) => {
+            return Ok(Split {
+                to_map: Vec::new(),
+                fingerprints: Vec::new(),
+                positions: Vec::new(),
+                cached,
+                block,
+                recheck: Some(Recheck {
+                    batch,
+                    fingerprints,
+                    first_number,
+                    block,
+                }),
+            });
+        }
+        Ok(known) => known,
+    };
+    let mut split = Split {
+        to_map: Vec::with_capacity(batch.len()),
+        fingerprints: Vec::with_capacity(batch.len()),
+        positions: Vec::with_capacity(batch.len()),
+        cached: Vec::new(),
+        block,
+        recheck: None,
+    };
     for (position, ((raw, fingerprint), hit)) in
         batch.into_iter().zip(fingerprints).zip(known).enumerate()
     {
         match hit {
-            Some(produced) => cached.extend(produced),
+            Some(produced) => split
+                .cached
+                .extend(produced.iter().map(|(key, _)| key_fingerprint(key))),
             None => {
-                to_map.push(raw);
-                to_map_fingerprints.push(Some(fingerprint));
-                positions.push(position);
+                split.to_map.push(raw);
+                split.fingerprints.push(Some(fingerprint));
+                split.positions.push(position);
             }
         }
     }
-    Ok((to_map, to_map_fingerprints, cached, positions))
+    Ok(split)
 }
 
 /// What makes resource `index`'s output for an item: its mapping text and this engine.

@@ -26,7 +26,7 @@ use port_agent_state::{
 pub use delete::{DeletionOutcome, Vanished};
 pub(crate) use order::key_of;
 pub use plan::{Plan, PlannedChange};
-pub use vouched::Vouched;
+pub use vouched::{Vouched, key_fingerprint};
 
 use crate::entity_hash::EntityHash;
 use crate::port::{Entity, PortClient, PortError, UpsertOptions, UpsertOutcome};
@@ -179,9 +179,9 @@ impl<'a> Writer<'a> {
 
     /// Entities unchanged without being mapped (the raw-item cache vouches for them): counted,
     /// and remembered for this run's deletions, without a state write.
-    pub fn cached(&mut self, seen: &[(EntityKey, [u8; 32])]) {
-        self.count_unchanged(seen.len());
-        self.vouched.extend(seen.iter().map(|(key, _)| key));
+    pub fn cached(&mut self, keys: &[u64]) {
+        self.count_unchanged(keys.len());
+        self.vouched.extend(keys);
     }
 
     fn count_unchanged(&mut self, n: usize) {
@@ -189,6 +189,11 @@ impl<'a> Writer<'a> {
         if let Some(live) = &self.progress {
             Progress::add(&live.unchanged, n as u64);
         }
+    }
+
+    /// Whether changes of this run are queued or in flight (compared, not yet recorded).
+    pub fn has_unsettled(&self) -> bool {
+        !self.busy.is_empty()
     }
 
     /// The entities the cache vouched for in this run, for its deletions (taken: the run's

@@ -6,12 +6,16 @@ use std::collections::HashSet;
 use port_agent_state::EntityKey;
 
 /// A key's 64-bit fingerprint, for the run's set of vouched entities (8 bytes a key where the
-/// key itself takes dozens). A collision can only make a vanished entity look produced, so it
-/// is kept one more run: never a wrong deletion.
-fn key_fingerprint(key: &EntityKey) -> u64 {
-    let mut hasher = std::hash::DefaultHasher::new();
-    std::hash::Hash::hash(key, &mut hasher);
-    std::hash::Hasher::finish(&hasher)
+/// key itself takes dozens). Stored in the raw-item cache's blocks, so it is blake3, the same in
+/// every build. A collision can only make a vanished entity look produced, so it is kept one more
+/// run: never a wrong deletion.
+pub fn key_fingerprint((blueprint, identifier): &EntityKey) -> u64 {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&(blueprint.len() as u64).to_le_bytes());
+    hasher.update(blueprint.as_bytes());
+    hasher.update(identifier.as_bytes());
+    let bytes = hasher.finalize();
+    u64::from_le_bytes(bytes.as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
 /// The fingerprints are hashes already: hashing them again would only cost.
@@ -44,7 +48,7 @@ impl Vouched {
         self.0.contains(&key_fingerprint(key))
     }
 
-    pub(super) fn extend<'k>(&mut self, keys: impl Iterator<Item = &'k EntityKey>) {
-        self.0.extend(keys.map(key_fingerprint));
+    pub(super) fn extend(&mut self, fingerprints: &[u64]) {
+        self.0.extend(fingerprints);
     }
 }
