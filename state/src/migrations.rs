@@ -29,7 +29,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         from: 3,
-        apply: v3_to_v4_record_generation,
+        apply: v3_to_v4_raw_blocks,
     },
 ];
 
@@ -68,10 +68,10 @@ fn v2_to_v3_writes_in_doubt(txn: &redb::WriteTransaction) -> Result<(), redb::Er
 }
 
 /// Schema 4 trusts a fetched batch's block of the raw-item cache while no record was written
-/// since the run that confirmed it, which every record write now says. Nothing to convert; the
-/// version changes so that a schema-3 agent, which writes records without saying so, refuses
-/// the file instead of leaving blocks that vouch for what it changed.
-fn v3_to_v4_record_generation(_txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
+/// since the run that confirmed it: every record write now removes the confirmation. Nothing to
+/// convert; the version changes so that a schema-3 agent, which would write records and leave
+/// the confirmation, refuses the file instead.
+fn v3_to_v4_raw_blocks(_txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
     Ok(())
 }
 

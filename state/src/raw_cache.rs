@@ -4,9 +4,9 @@
 //! claim the caller checks against the records before trusting it. A *block* entry (a whole
 //! fetched batch → its entities' key fingerprints) is trusted with one lookup, which is what
 //! makes an unchanged resync of a million items cheap: it is valid only while the entity
-//! records are exactly as a completed run left them. Every transaction that writes records
-//! bumps the record generation; a run that completes cleanly confirms its blocks with the
-//! generation it leaves; any later record write, here or in another process, unconfirms them all.
+//! records are exactly as a completed run left them. A run that completes cleanly confirms its
+//! blocks; the next transaction that writes records, whatever writes it, removes the
+//! confirmation in the same commit.
 //!
 //! Both are caches: never fsynced on their own, dropped when they grow, rebuilt by the next run.
 
@@ -20,9 +20,7 @@ use crate::store::{META, StateStore, shield, sorted_positions};
 pub(crate) const RAW_ITEMS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("raw_items");
 /// Block fingerprint → the run that wrote it, then its entities' key fingerprints.
 pub(crate) const RAW_BLOCKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("raw_blocks");
-/// Bumped by every transaction that writes entity records.
-const RECORD_GENERATION: &str = "record_generation";
-/// "RUN GENERATION": the run whose blocks hold, and the record generation it left.
+/// The run whose blocks hold; removed by the next record write.
 const BLOCKS_CONFIRMED: &str = "raw_blocks_confirmed";
 
 /// What one raw item produced: each entity's key and hash.
@@ -91,24 +89,14 @@ fn decode_block(bytes: &[u8]) -> Option<(u64, Vec<u64>)> {
     Some((run, words.collect()))
 }
 
-/// A number kept in the meta table (absent or unreadable: `None`).
-fn meta_number(meta: &impl ReadableTable<&'static str, &'static str>, key: &str) -> Option<u64> {
-    meta.get(key).ok()??.value().parse().ok()
+/// The run whose blocks hold, if no record was written since it confirmed them.
+fn confirmed(meta: &impl ReadableTable<&'static str, &'static str>) -> Option<u64> {
+    meta.get(BLOCKS_CONFIRMED).ok()??.value().parse().ok()
 }
 
-/// The confirmed (run, generation), if any.
-fn confirmed(meta: &impl ReadableTable<&'static str, &'static str>) -> Option<(u64, u64)> {
-    let text = meta.get(BLOCKS_CONFIRMED).ok()??.value().to_owned();
-    let (run, generation) = text.split_once(' ')?;
-    Some((run.parse().ok()?, generation.parse().ok()?))
-}
-
-/// Bumps the record generation inside `txn`, which writes records: every confirmed block stops
-/// vouching from its commit on.
-pub(crate) fn bump_record_generation(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
-    let mut meta = txn.open_table(META)?;
-    let next = meta_number(&meta, RECORD_GENERATION).unwrap_or(0) + 1;
-    meta.insert(RECORD_GENERATION, next.to_string().as_str())?;
+/// Ends the blocks' confirmation inside `txn`, which writes records.
+pub(crate) fn unconfirm_blocks(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
+    txn.open_table(META)?.remove(BLOCKS_CONFIRMED)?;
     Ok(())
 }
 
@@ -140,18 +128,15 @@ impl StateStore {
         })
     }
 
-    /// The key fingerprints of the entities block `fingerprint` produced, if a completed run
-    /// wrote it and no record was written since. Trusted as it is.
+    /// The key fingerprints of the entities block `fingerprint` produced, if the run that
+    /// wrote it confirmed it and no record was written since. Trusted as it is.
     pub fn raw_block(&self, fingerprint: &[u8; 32]) -> Result<Option<Vec<u64>>, StateError> {
         shield(self.path(), || {
             let txn = self.read()?;
             let meta = txn.open_table(META).map_err(|e| self.storage(e))?;
-            let Some((run, generation)) = confirmed(&meta) else {
+            let Some(run) = confirmed(&meta) else {
                 return Ok(None);
             };
-            if meta_number(&meta, RECORD_GENERATION).unwrap_or(0) != generation {
-                return Ok(None);
-            }
             let table = match txn.open_table(RAW_BLOCKS) {
                 Ok(table) => table,
                 Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
@@ -208,11 +193,13 @@ impl StateStore {
                 .map_err(|e| self.storage(e))?;
             {
                 let mut meta = txn.open_table(META).map_err(|e| self.storage(e))?;
-                let generation = meta_number(&meta, RECORD_GENERATION).unwrap_or(0);
-                meta.insert(BLOCKS_CONFIRMED, format!("{run} {generation}").as_str())
+                meta.insert(BLOCKS_CONFIRMED, run.to_string().as_str())
                     .map_err(|e| self.storage(e))?;
             }
-            txn.commit().map_err(|e| self.storage(e))
+            txn.commit().map_err(|e| self.storage(e))?;
+            self.blocks_confirmed
+                .store(true, std::sync::atomic::Ordering::Release);
+            Ok(())
         })
     }
 

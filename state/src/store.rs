@@ -1,4 +1,5 @@
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use redb::{
     Database, DatabaseError, Durability, ReadOnlyDatabase, ReadableDatabase, ReadableTable,
@@ -50,6 +51,9 @@ pub struct StateStore {
     db: Handle,
     path: PathBuf,
     identity: Identity,
+    /// Whether the file may hold a confirmation of the raw-item cache's blocks, which the next
+    /// record write must remove (known false once removed: saves a meta write per commit).
+    pub(crate) blocks_confirmed: AtomicBool,
 }
 
 enum Handle {
@@ -140,6 +144,7 @@ impl StateStore {
             db,
             path: path.to_owned(),
             identity: identity.clone(),
+            blocks_confirmed: AtomicBool::new(true),
         };
         match store.read_identity()? {
             Some((found, version)) => {
@@ -184,6 +189,7 @@ impl StateStore {
             db: Handle::Writer(open_database(&creating)?),
             path: creating.clone(),
             identity: identity.clone(),
+            blocks_confirmed: AtomicBool::new(true),
         };
         store.initialize()?;
         drop(store);
@@ -245,6 +251,7 @@ impl StateStore {
                 integration_identifier: String::new(),
                 port_base_url: String::new(),
             },
+            blocks_confirmed: AtomicBool::new(true),
         };
         match store.read_identity()? {
             Some((identity, version)) if version <= SCHEMA_VERSION => {
@@ -591,8 +598,8 @@ impl StateStore {
     }
 
     /// Reads each entry's record (`None`: none yet), lets `change` edit it (setting `None`
-    /// removes it) and commits them all in one transaction, which bumps the record generation.
-    /// Every record write goes through here (the raw-item cache's blocks depend on it).
+    /// removes it) and commits them all in one transaction, which ends the raw-item cache's
+    /// confirmation of its blocks. Every record write goes through here (the blocks depend on it).
     fn update_records<T>(
         &self,
         entries: &[(EntityKey, T)],
@@ -628,8 +635,15 @@ impl StateStore {
                 }
             }
         }
-        crate::raw_cache::bump_record_generation(&txn).map_err(|e| self.storage(e))?;
-        txn.commit().map_err(|e| self.storage(e))
+        let unconfirming = self.blocks_confirmed.load(Ordering::Acquire);
+        if unconfirming {
+            crate::raw_cache::unconfirm_blocks(&txn).map_err(|e| self.storage(e))?;
+        }
+        txn.commit().map_err(|e| self.storage(e))?;
+        if unconfirming {
+            self.blocks_confirmed.store(false, Ordering::Release);
+        }
+        Ok(())
     }
 
     /// Records entities Port acknowledged in `run`. Durable before it returns (for records
