@@ -10,7 +10,7 @@ use super::budget::{self, Exceeded};
 use super::interpolation::route_through_text_format;
 use super::quotes::rewrite_single_quotes;
 use super::value::type_name;
-use super::{natives, regex};
+use super::{dates, natives, regex};
 
 /// The data every filter runs with: plain values, and the lookup table behind the budget
 /// check (see [`budget`]).
@@ -160,6 +160,7 @@ fn natives() -> impl Iterator<Item = jaq_core::native::Fun<Data>> {
         .chain(jaq_json::funs())
         .chain(regex::funs())
         .chain(natives::funs())
+        .chain(dates::funs())
 }
 
 /// Replaces each `$__loc__` with a variable of its own (`$__loc__N`) and returns the lines.

@@ -4,6 +4,7 @@
 pub mod budget;
 mod compiled;
 pub mod config;
+mod dates;
 mod interpolation;
 pub mod jq;
 mod natives;

@@ -21,6 +21,7 @@ pub fn funs() -> impl Iterator<Item = Fun<Data>> {
             let separator = cv.0.pop_var();
             bome(join(&cv.1, &separator))
         })),
+        run(("_tonumber", v(0), |cv: Cv<Data>| bome(to_number(&cv.1)))),
         run(("_tostring", v(0), |cv: Cv<Data>| {
             let text = match &cv.1 {
                 Val::TStr(_) => return bome(Ok(cv.1)),
@@ -198,6 +199,75 @@ fn decimal_text(literal: &str) -> String {
     }
 }
 
+/// jq's `tonumber`: a number as it is; a string only when the whole of it is a number as
+/// libjq reads one (a sign, digits with at most one point, an exponent; `nan`, `inf`,
+/// `infinity` in any case), kept as the literal it is (`"1.50" | tonumber | tostring` is
+/// `"1.50"`). No spaces, no hexadecimal, no thousands separators.
+fn to_number(value: &Val) -> ValR<Val> {
+    let text = match value {
+        Val::Num(_) => return Ok(value.clone()),
+        Val::TStr(bytes) | Val::BStr(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+        other => {
+            let mut shown = String::new();
+            write_json(&mut shown, other);
+            return Err(Error::str(format!(
+                "{} ({shown}) cannot be parsed as a number",
+                type_name(other)
+            )));
+        }
+    };
+    number_literal(&text).ok_or_else(|| {
+        Error::str(format!(
+            "string ({}) cannot be parsed as a number",
+            serde_json::Value::from(text.clone())
+        ))
+    })
+}
+
+/// The number `text` spells, in full, as libjq's strtod reads it.
+fn number_literal(text: &str) -> Option<Val> {
+    let (negative, body) = match text.as_bytes().first()? {
+        b'+' => (false, &text[1..]),
+        b'-' => (true, &text[1..]),
+        _ => (false, text),
+    };
+    let sign = if negative { -1.0 } else { 1.0 };
+    match body.to_ascii_lowercase().as_str() {
+        "nan" => return Some(Val::Num(Num::Float(f64::NAN))),
+        "inf" | "infinity" => return Some(Val::Num(Num::Float(sign * f64::INFINITY))),
+        _ => {}
+    }
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    let (mantissa, exponent) = match body.find(['e', 'E']) {
+        Some(at) => {
+            let exponent = &body[at + 1..];
+            let unsigned = exponent.strip_prefix(['+', '-']).unwrap_or(exponent);
+            if unsigned.is_empty() || !digits(unsigned) {
+                return None;
+            }
+            (&body[..at], Some(exponent))
+        }
+        None => (body, None),
+    };
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if whole.len() + fraction.len() == 0 || !digits(whole) || !digits(fraction) {
+        return None;
+    }
+    // The same number as a JSON literal, which jaq keeps as written.
+    let whole = whole.trim_start_matches('0');
+    let mut json = String::from(if negative { "-" } else { "" });
+    json.push_str(if whole.is_empty() { "0" } else { whole });
+    if !fraction.is_empty() {
+        json.push('.');
+        json.push_str(fraction);
+    }
+    if let Some(exponent) = exponent {
+        json.push('e');
+        json.push_str(exponent);
+    }
+    jaq_json::read::parse_single_num(json.as_bytes()).map(Val::Num)
+}
+
 /// jq's `join`: null is "", booleans and numbers print as `tostring` does, strings as they are;
 /// arrays and objects cannot be joined.
 fn join(input: &Val, separator: &Val) -> ValR<Val> {
@@ -316,6 +386,31 @@ mod tests {
         ];
         for (f, want) in cases {
             assert_eq!(double_text(f), want, "{f}");
+        }
+    }
+
+    #[test]
+    fn tonumber_reads_what_libjq_reads_and_nothing_else() {
+        for text in [
+            "3.2.1", "12abc", "1,000", " 12 ", "0x10", "", "-", "1e", "1_000", ".e1",
+        ] {
+            assert!(number_literal(text).is_none(), "{text:?}");
+        }
+        let cases = [
+            (".5", "0.5"),
+            ("5.", "5"),
+            ("+5", "5"),
+            ("0012", "12"),
+            ("1.50", "1.50"),
+            ("5.e2", "5E+2"),
+            ("nan", "null"),
+            ("-Infinity", "-1.7976931348623157e+308"),
+        ];
+        for (text, printed) in cases {
+            let Some(Val::Num(n)) = number_literal(text) else {
+                panic!("{text:?} is a number")
+            };
+            assert_eq!(number_text(&n), printed, "{text:?}");
         }
     }
 

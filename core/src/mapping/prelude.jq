@@ -7,6 +7,7 @@ def _jaq_setpath($p; $v): setpath($p; $v);
 # Text of values as jq prints it (numbers above all: `3`, not `3.0`; `1e-05`).
 def tojson: _tojson;
 def tostring: _tostring;
+def tonumber: _tonumber;
 def @json: tojson;
 def @text: tostring;
 def @base64d: tostring | _base64d;
@@ -42,6 +43,12 @@ def fromstream(f): {x: null, e: false} as $init
         else setpath(["e"]; $i[0] | length == 1) end;
       if .e then .x else empty end);
 def env: $ENV;
+
+# Dates as libjq on glibc: timegm rolls fields over, any year an int holds (dates.rs).
+def mktime: _mktime;
+def gmtime: _gmtime;
+def strftime($format): _strftime($format);
+def strptime($format): _strptime($format);
 
 # jq prints whole seconds and reads only "%Y-%m-%dT%H:%M:%SZ".
 def todateiso8601: strftime("%Y-%m-%dT%H:%M:%SZ");

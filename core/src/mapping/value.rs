@@ -1,7 +1,7 @@
 //! Conversions between jaq's values and `serde_json` values, and raw JSON text into jaq values.
 
 use jaq_json::{Num, Val};
-use serde_json::{Map, Number, Value};
+use serde_json::{Map, Value};
 
 /// jq's name for the type of `value`, as its error messages use it.
 pub(crate) fn type_name(value: &Val) -> &'static str {
@@ -44,29 +44,48 @@ pub fn from_json(value: &Value) -> Val {
     }
 }
 
-fn number_from_text(text: &str) -> Value {
-    match text.parse::<Number>() {
-        Ok(n) => Value::Number(n),
-        Err(_) => text
-            .parse::<f64>()
-            .ok()
-            .and_then(Number::from_f64)
-            .map(Value::Number)
-            .unwrap_or(Value::Null),
+/// A number's value as a double, as libjq reads it (a literal too big for a double is infinite).
+fn as_double(n: &Num) -> f64 {
+    match n {
+        Num::Int(i) => *i as f64,
+        Num::Float(f) => *f,
+        Num::Dec(text) => text.parse().unwrap_or(f64::NAN),
+        Num::BigInt(big) => big.to_string().parse().unwrap_or(f64::NAN),
     }
 }
 
-/// A jaq value as JSON, as jq prints it: NaN is null, infinities are the largest doubles.
+/// A number as Ocean's jq binding hands it over (`_jv_to_python`): its double, an integer when
+/// whole (`99.0` → `99`, `-0.0` → `0`, `1785612345678901234` → `1785612345678901248`), else a
+/// float; NaN is null and infinities are the largest doubles. Whole doubles beyond 64 bits stay
+/// floats here (the same double Port stores; Ocean prints all their digits).
+fn ocean_number(n: &Num) -> Value {
+    let f = as_double(n);
+    if f.is_nan() {
+        return Value::Null;
+    }
+    if f.is_infinite() {
+        return Value::from(f64::MAX.copysign(f));
+    }
+    if f.fract() == 0.0 {
+        // 2^63 and 2^64: whole doubles in these ranges convert exactly.
+        if (-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&f) {
+            return Value::from(f as i64);
+        }
+        if (0.0..1.844_674_407_370_955_2e19).contains(&f) {
+            return Value::from(f as u64);
+        }
+    }
+    Value::from(f)
+}
+
+/// A jaq value as JSON, as Ocean's jq binding hands a mapping's output over (and so as Ocean
+/// sends it): numbers as [`ocean_number`] says, at any depth. Inside jq nothing changes:
+/// `1.0 | tostring` is still `"1.0"`.
 pub fn to_json(value: &Val) -> Value {
     match value {
         Val::Null => Value::Null,
         Val::Bool(b) => Value::Bool(*b),
-        Val::Num(Num::Int(i)) => Value::from(*i as i64),
-        Val::Num(Num::Float(f)) if f.is_nan() => Value::Null,
-        Val::Num(Num::Float(f)) if f.is_infinite() => Value::from(f64::MAX.copysign(*f)),
-        Val::Num(Num::Float(f)) => Value::from(*f),
-        Val::Num(Num::Dec(text)) => number_from_text(text),
-        Val::Num(Num::BigInt(big)) => number_from_text(&big.to_string()),
+        Val::Num(n) => ocean_number(n),
         Val::TStr(bytes) | Val::BStr(bytes) => {
             Value::String(String::from_utf8_lossy(bytes).into_owned())
         }
@@ -98,7 +117,29 @@ mod tests {
         assert_eq!(to_json(&from_json(&value)), value);
         let raw = parse_raw(br#"{"n": 1.0, "big": 100000000000000000000}"#).unwrap();
         let back = to_json(&raw);
-        assert_eq!(back["n"].as_f64(), Some(1.0));
+        assert_eq!(back["n"], json!(1));
         assert_eq!(back["big"].as_f64(), Some(1e20));
+    }
+
+    #[test]
+    fn numbers_leave_as_oceans_binding_hands_them_over() {
+        let cases = [
+            ("99.0", json!(99)),
+            ("-0.0", json!(0)),
+            ("2.5", json!(2.5)),
+            ("1785612345678901234", json!(1785612345678901248u64)),
+            ("-9007199254740993", json!(-9007199254740992i64)),
+            ("12345678901234567890.0", json!(12345678901234567168u64)),
+            ("1e1000", json!(f64::MAX)),
+            ("-1e1000", json!(-f64::MAX)),
+            ("1e-300", json!(1e-300)),
+        ];
+        for (text, want) in cases {
+            assert_eq!(
+                to_json(&parse_raw(text.as_bytes()).unwrap()),
+                want,
+                "{text}"
+            );
+        }
     }
 }

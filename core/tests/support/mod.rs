@@ -2,11 +2,12 @@
 
 use serde_json::Value;
 
-/// JSON equality where numbers compare by value: jq has one number type, so `1` and `1.0` are
-/// the same output.
+/// JSON equality, numbers included: an integer equals only an integer (Ocean sends a whole
+/// double as an integer: `99`, never `99.0`, and the state's hash must agree), a float only a
+/// float of the same value (integers beyond 64 bits are read as floats on both sides).
 pub fn same(a: &Value, b: &Value) -> bool {
     match (a, b) {
-        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        (Value::Number(x), Value::Number(y)) => x == y,
         (Value::Array(x), Value::Array(y)) => {
             x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same(a, b))
         }
