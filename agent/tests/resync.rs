@@ -433,7 +433,7 @@ async fn verify_finds_hand_made_drift_and_repair_fixes_it() {
         .await
         .unwrap();
     let mut edited = port_agent_core::port::Entity::new("service", "svc-0006");
-    edited.properties.insert("language".into(), json!("cobol"));
+    edited.set_property("language", json!("cobol"));
     let options = port_agent_core::port::UpsertOptions {
         merge: true,
         create_missing_related_entities: true,

@@ -18,7 +18,7 @@ fn entity(i: usize) -> Entity {
     let mut e = Entity::new("service", format!("service-{i:07}"));
     e.title = Some(json!(format!("Service {i}")));
     e.team = Some(json!([format!("team-{}", i % 50)]));
-    let p = &mut e.properties;
+    let p = e.properties.get_or_insert_with(Default::default);
     p.insert(
         "url".into(),
         json!(format!("https://git.example.com/org/service-{i}")),

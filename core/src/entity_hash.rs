@@ -86,13 +86,15 @@ pub fn canonical(entity: &Entity) -> Value {
         }
         out.insert("team".to_owned(), team);
     }
+    // Declared empty or not declared: the same to Port, so the same hash (and an upgrade
+    // that now sends `properties: {}` re-sends nothing).
     out.insert(
         "properties".to_owned(),
-        canonical_value(&Value::Object(entity.properties.clone())),
+        canonical_value(&Value::Object(entity.properties().clone())),
     );
     out.insert(
         "relations".to_owned(),
-        canonical_value(&Value::Object(entity.relations.clone())),
+        canonical_value(&Value::Object(entity.relations().clone())),
     );
     canonical_value(&Value::Object(out))
 }
@@ -124,9 +126,8 @@ mod tests {
         entity.team = Some(json!(["payments", "core"]));
         entity.properties = json!({"language": "rust", "stars": 42, "ratio": 0.5, "tags": ["a", "b"], "meta": {"z": 1, "a": null}})
             .as_object()
-            .unwrap()
-            .clone();
-        entity.relations = json!({"team": "payments"}).as_object().unwrap().clone();
+            .cloned();
+        entity.relations = json!({"team": "payments"}).as_object().cloned();
         let hex: String = hash_entity(&entity)
             .0
             .iter()
@@ -141,7 +142,7 @@ mod tests {
         let mut e = Entity::new("service", "api");
         e.title = Some(json!("API"));
         e.team = Some(json!(["b", "a"]));
-        e.properties = properties.as_object().unwrap().clone();
+        e.properties = properties.as_object().cloned();
         e
     }
 
@@ -242,7 +243,7 @@ mod tests {
         e.team = Some(json!(["a"]));
         changes.push(e);
         let mut e = base.clone();
-        e.relations.insert("owner".into(), json!("t"));
+        e.set_relation("owner", json!("t"));
         changes.push(e);
         for _ in 0..300 {
             let mut e = base.clone();
@@ -250,7 +251,7 @@ mod tests {
             if v == json!(3) || v == json!(3.0) {
                 continue;
             }
-            e.properties.insert("stars".into(), v);
+            e.set_property("stars", v);
             changes.push(e);
         }
         for changed in &changes {

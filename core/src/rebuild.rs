@@ -71,7 +71,7 @@ pub fn port_holds(ours: &Entity, port: &Value) -> bool {
     }
     let properties = field("properties");
     if ours
-        .properties
+        .properties()
         .iter()
         .any(|(k, v)| !same(v, properties.get(k).unwrap_or(&Value::Null)))
     {
@@ -79,7 +79,7 @@ pub fn port_holds(ours: &Entity, port: &Value) -> bool {
     }
     let relations = field("relations");
     !ours
-        .relations
+        .relations()
         .iter()
         .any(|(k, v)| !plain(v) || !same(v, relations.get(k).unwrap_or(&Value::Null)))
 }
@@ -169,24 +169,22 @@ mod tests {
         let mut ours = Entity::new("service", "api");
         ours.title = Some(json!("API"));
         ours.team = Some(json!("core"));
-        ours.properties.insert("stars".into(), json!(3.0));
-        ours.relations.insert("owner".into(), json!("t1"));
+        ours.set_property("stars", json!(3.0));
+        ours.set_relation("owner", json!("t1"));
         let port = json!({"identifier": "api", "blueprint": "service", "title": "API", "team": ["core"],
             "properties": {"stars": 3, "extra": "set by someone else"}, "relations": {"owner": "t1"}, "icon": "Git"});
         assert!(port_holds(&ours, &port));
         let mut changed = ours.clone();
-        changed.properties.insert("stars".into(), json!(4));
+        changed.set_property("stars", json!(4));
         assert!(!port_holds(&changed, &port));
         let mut null_prop = ours.clone();
-        null_prop.properties.insert("missing".into(), Value::Null);
+        null_prop.set_property("missing", Value::Null);
         assert!(
             port_holds(&null_prop, &port),
             "an absent property is null in Port"
         );
         let mut search = ours;
-        search
-            .relations
-            .insert("owner".into(), json!({"combinator": "and", "rules": []}));
+        search.set_relation("owner", json!({"combinator": "and", "rules": []}));
         assert!(
             !port_holds(&search, &port),
             "search relations cannot be compared; send them"

@@ -65,10 +65,8 @@ async fn start_with(config: EmulatorConfig) -> Emulator {
 fn service(id: &str) -> Entity {
     let mut entity = Entity::new("service", id);
     entity.title = Some(json!(format!("Service {id}")));
-    entity
-        .properties
-        .insert("url".into(), json!(format!("https://example.com/{id}")));
-    entity.properties.insert("stars".into(), json!(3));
+    entity.set_property("url", json!(format!("https://example.com/{id}")));
+    entity.set_property("stars", json!(3));
     entity
 }
 
@@ -260,9 +258,9 @@ async fn bulk_upsert_reports_each_entity() {
     let emulator = start().await;
     let client = PortClient::new(config(&emulator)).unwrap();
     let mut no_url = service("b");
-    no_url.properties.remove("url");
+    no_url.properties.as_mut().unwrap().remove("url");
     let mut wrong_type = service("d");
-    wrong_type.properties.insert("stars".into(), json!("many"));
+    wrong_type.set_property("stars", json!("many"));
     let entities = vec![service("a"), no_url, service("c"), wrong_type, service("e")];
 
     let outcomes = client
@@ -340,14 +338,12 @@ async fn too_large_bulk_falls_back_to_single_upserts() {
     let entities: Vec<Entity> = (0..10)
         .map(|i| {
             let mut e = service(&format!("big{i}"));
-            e.properties.insert("notes".into(), json!("x".repeat(600)));
+            e.set_property("notes", json!("x".repeat(600)));
             e
         })
         .collect();
     let mut orphan = service("orphan");
-    orphan
-        .relations
-        .insert("owner".into(), json!("no-such-team"));
+    orphan.set_relation("owner", json!("no-such-team"));
     let mut all = entities.clone();
     all.push(orphan);
     let options = UpsertOptions {

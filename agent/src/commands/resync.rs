@@ -113,8 +113,15 @@ pub(crate) async fn prepare(config_path: &Path, kinds: &[String]) -> Result<Prep
     let resources = loaded.resolve(&config.resources_path);
     let (port_app_config, stored_mapping) = mapping(&loaded, &client).await?;
     let compiled = CompiledMapping::compile(&port_app_config, config.jq_env_access().value());
-    for error in compiled.errors() {
-        tracing::error!("{error}");
+    for resource in &compiled.resources {
+        match resource {
+            Err(errors) => errors.iter().for_each(|e| tracing::error!("{e}")),
+            Ok(resource) => resource.broken_fields.iter().for_each(|e| {
+                tracing::error!(
+                    "{e}; the field is null on every entity of this resource, as in Ocean"
+                )
+            }),
+        }
     }
     let integration = integration(&loaded)?;
     if let Some(unknown) = kinds

@@ -67,7 +67,16 @@ impl ItemResult {
 }
 
 enum CompiledTemplate {
-    Expr { field: String, program: Program },
+    Expr {
+        field: String,
+        program: Program,
+    },
+    /// An entity field whose expression does not compile: null on every entity, with a
+    /// warning, as in Ocean (which compiles each field on use and nulls it when that fails).
+    Broken {
+        field: String,
+        message: String,
+    },
     Object(Vec<(String, CompiledTemplate)>),
     List(Vec<CompiledTemplate>),
 }
@@ -91,8 +100,12 @@ pub struct CompiledResource {
     blueprint: CompiledTemplate,
     icon: Option<CompiledTemplate>,
     team: Option<CompiledTemplate>,
-    properties: Vec<(String, CompiledTemplate)>,
-    relations: Vec<(String, CompiledTemplate)>,
+    /// `None` when the mapping does not declare them.
+    properties: Option<Vec<(String, CompiledTemplate)>>,
+    relations: Option<Vec<(String, CompiledTemplate)>>,
+    /// Entity fields that do not compile (null on every entity): errors for `mapping validate`
+    /// and `config validate`, warnings for a run.
+    pub broken_fields: Vec<FieldError>,
 }
 
 impl fmt::Debug for CompiledResource {
@@ -154,6 +167,8 @@ struct Compiler<'a> {
     resource: usize,
     kind: &'a str,
     errors: Vec<FieldError>,
+    /// Entity fields that do not compile; they do not stop the resource.
+    broken: Vec<FieldError>,
 }
 
 impl Compiler<'_> {
@@ -173,12 +188,24 @@ impl Compiler<'_> {
         }
     }
 
+    /// An entity field's template; an expression that does not compile makes it
+    /// [`CompiledTemplate::Broken`].
     fn template(&mut self, field: String, template: &Template) -> Option<CompiledTemplate> {
         match template {
-            Template::Expr(expression) => {
-                let program = self.expr(field.clone(), expression)?;
-                Some(CompiledTemplate::Expr { field, program })
-            }
+            Template::Expr(expression) => match self.jq.compile(expression) {
+                Ok(program) => Some(CompiledTemplate::Expr { field, program }),
+                Err(error) => {
+                    let message = format!("`{expression}` does not compile: {error}");
+                    self.broken.push(FieldError {
+                        resource: self.resource,
+                        kind: self.kind.to_owned(),
+                        field: field.clone(),
+                        expression: expression.to_owned(),
+                        error,
+                    });
+                    Some(CompiledTemplate::Broken { field, message })
+                }
+            },
             Template::Object(entries) => {
                 let mut out = Vec::with_capacity(entries.len());
                 let mut ok = true;
@@ -267,8 +294,14 @@ impl Compiler<'_> {
             .team
             .as_ref()
             .map(|t| self.template(format!("{base}.team"), t));
-        let properties = self.map_fields(&format!("{base}.properties"), &m.properties);
-        let relations = self.map_fields(&format!("{base}.relations"), &m.relations);
+        let properties = m
+            .properties
+            .as_ref()
+            .map(|fields| self.map_fields(&format!("{base}.properties"), fields));
+        let relations = m
+            .relations
+            .as_ref()
+            .map(|fields| self.map_fields(&format!("{base}.relations"), fields));
         if !self.errors.is_empty() {
             return Err(self.errors);
         }
@@ -290,8 +323,9 @@ impl Compiler<'_> {
             blueprint: blueprint.expect(some),
             icon: icon.map(|t| t.expect(some)),
             team: team.map(|t| t.expect(some)),
-            properties: properties.expect(some),
-            relations: relations.expect(some),
+            properties: properties.map(|p| p.expect(some)),
+            relations: relations.map(|r| r.expect(some)),
+            broken_fields: self.broken,
         })
     }
 }
@@ -322,6 +356,7 @@ impl CompiledMapping {
                     resource: index,
                     kind: &resource.kind,
                     errors: Vec::new(),
+                    broken: Vec::new(),
                 }
                 .resource(resource)
             })
@@ -338,12 +373,13 @@ impl CompiledMapping {
         }
     }
 
-    /// Every compile error, in resource order.
+    /// Every compile error, in resource order: those that stop a resource and the entity
+    /// fields that are null on every entity.
     pub fn errors(&self) -> impl Iterator<Item = &FieldError> {
-        self.resources
-            .iter()
-            .filter_map(|r| r.as_ref().err())
-            .flatten()
+        self.resources.iter().flat_map(|r| match r {
+            Err(errors) => errors.iter(),
+            Ok(resource) => resource.broken_fields.iter(),
+        })
     }
 
     /// Indices of the resources of `kind`, in file order, compiled or not.
@@ -490,6 +526,13 @@ impl CompiledMapping {
         warnings: &mut Vec<FieldWarning>,
     ) -> Result<Value, String> {
         Ok(match template {
+            CompiledTemplate::Broken { field, message } => {
+                warnings.push(FieldWarning {
+                    field: field.clone(),
+                    message: message.clone(),
+                });
+                Value::Null
+            }
             CompiledTemplate::Expr { field, program } => {
                 match self.jq.first(program, input.clone()) {
                     Ok(Some(value)) => to_json(&value),
@@ -518,6 +561,23 @@ impl CompiledMapping {
                     .collect::<Result<_, _>>()?,
             ),
         })
+    }
+
+    /// Declared fields' values, in the mapping's order.
+    fn fields(
+        &self,
+        declared: Option<&[(String, CompiledTemplate)]>,
+        input: &Val,
+        warnings: &mut Vec<FieldWarning>,
+    ) -> Result<Option<Map<String, Value>>, String> {
+        let Some(declared) = declared else {
+            return Ok(None);
+        };
+        let mut out = Map::new();
+        for (name, template) in declared {
+            out.insert(name.clone(), self.eval(template, input, warnings)?);
+        }
+        Ok(Some(out))
     }
 
     fn entity(
@@ -566,19 +626,11 @@ impl CompiledMapping {
                 .as_ref()
                 .map(|t| self.eval(t, input, warnings))
                 .transpose()?,
-            properties: Map::new(),
-            relations: Map::new(),
+            properties: None,
+            relations: None,
         };
-        for (name, template) in &resource.properties {
-            entity
-                .properties
-                .insert(name.clone(), self.eval(template, input, warnings)?);
-        }
-        for (name, template) in &resource.relations {
-            entity
-                .relations
-                .insert(name.clone(), self.eval(template, input, warnings)?);
-        }
+        entity.properties = self.fields(resource.properties.as_deref(), input, warnings)?;
+        entity.relations = self.fields(resource.relations.as_deref(), input, warnings)?;
         Ok(entity)
     }
 }
@@ -641,6 +693,56 @@ resources:
         assert!(bad.contains("offset 4"), "{bad}");
     }
 
+    /// Regression (issue 9): a mapping declaring `properties: {}` had the key left out; Ocean
+    /// sends what the mapping declares (and leaves out what it does not).
+    #[test]
+    fn declared_empty_properties_are_sent_and_undeclared_relations_are_not() {
+        let mapping = compile(
+            r#"
+resources:
+  - kind: team
+    selector: {query: 'true'}
+    port: {entity: {mappings: {identifier: .id, title: .name, blueprint: '"team"', properties: {}}}}
+"#,
+        );
+        let out = map(&mapping, r#"{"id": "core"}"#);
+        assert_eq!(
+            serde_json::to_value(&out.entities[0]).unwrap(),
+            json!({"identifier": "core", "blueprint": "team", "title": null, "properties": {}})
+        );
+    }
+
+    /// Regression (issue 9): GitLab's default mapping has `readme: file://README.md`, which jq
+    /// cannot compile. Ocean sends the entities with that field null; the whole resource was
+    /// refused here.
+    #[test]
+    fn a_field_that_does_not_compile_is_null_and_the_rest_maps() {
+        let mapping = compile(
+            r#"
+resources:
+  - kind: project
+    selector: {query: 'true'}
+    port: {entity: {mappings: {identifier: .id | tostring, blueprint: '"project"', properties: {readme: 'file://README.md', url: .web_url}}}}
+"#,
+        );
+        let errors: Vec<String> = mapping.errors().map(ToString::to_string).collect();
+        assert_eq!(errors.len(), 1, "validate still reports it: {errors:?}");
+        assert!(errors[0].contains("properties.readme"), "{errors:?}");
+        let out = map(&mapping, r#"{"id": 3, "web_url": "https://gitlab/p"}"#);
+        assert!(out.errors.is_empty(), "{:?}", out.errors);
+        assert_eq!(
+            serde_json::to_value(&out.entities[0].properties).unwrap(),
+            json!({"readme": null, "url": "https://gitlab/p"})
+        );
+        assert_eq!(out.warnings.len(), 1);
+        assert!(
+            out.warnings[0].field.ends_with("properties.readme")
+                && out.warnings[0].message.contains("does not compile"),
+            "{:?}",
+            out.warnings
+        );
+    }
+
     #[test]
     fn ocean_semantics_for_fields_selector_and_drops() {
         let mapping = compile(
@@ -669,10 +771,10 @@ resources:
         assert_eq!(e.identifier, json!("7"));
         assert_eq!(e.title, Some(json!("unnamed")));
         assert_eq!(e.team, Some(json!(["core"])));
-        assert_eq!(e.properties["broken"], Value::Null);
-        assert_eq!(e.properties["nothing"], Value::Null);
+        assert_eq!(e.properties()["broken"], Value::Null);
+        assert_eq!(e.properties()["nothing"], Value::Null);
         assert_eq!(
-            e.relations["owner"],
+            e.relations()["owner"],
             json!({"combinator": "and", "rules": [{"property": "$identifier", "operator": "=", "value": "o"}]})
         );
         assert_eq!(out.warnings.len(), 1);
@@ -750,7 +852,7 @@ resources:
         assert_eq!(ids, [&json!("r-1"), &json!("r-3")]);
         assert_eq!(out.filtered_out, 1);
         // The top-level transform removed .pulls from each parent copy.
-        assert_eq!(out.entities[0].properties["still_there"], json!(0));
+        assert_eq!(out.entities[0].properties()["still_there"], json!(0));
         let skipped = map(&mapping, r#"{"repo": "r", "pulls": "nope"}"#).skipped;
         assert!(
             skipped[0].contains("itemsToParse: expected an array, got \"nope\""),

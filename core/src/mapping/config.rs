@@ -79,10 +79,11 @@ pub struct EntityMappings {
     pub icon: Option<Expression>,
     #[serde(default)]
     pub team: Option<Template>,
+    /// `None` when the mapping does not declare them; `properties: {}` is sent as it is.
     #[serde(default)]
-    pub properties: Map<String, Value>,
+    pub properties: Option<Map<String, Value>>,
     #[serde(default)]
-    pub relations: Map<String, Value>,
+    pub relations: Option<Map<String, Value>>,
 }
 
 /// A jq expression as written in the file (YAML numbers and booleans are read as their text).
@@ -247,7 +248,7 @@ resources:
             Expression("\"githubRepository\"".into())
         );
         assert!(matches!(
-            &first.port.entity.mappings.relations["owner"],
+            &first.port.entity.mappings.relations.as_ref().unwrap()["owner"],
             Value::Object(_)
         ));
         let second = &config.resources[1];

@@ -229,7 +229,7 @@ mod tests {
     use super::*;
     use crate::entity_hash::hash_entity;
 
-    const MAPPING: &str = "resources:\n  - kind: k\n    selector: {query: .ok}\n    port: {entity: {mappings: {identifier: .id, blueprint: '\"b\"', properties: {n: .n | tostring, bad: .x.y}}}}\n  - kind: k\n    selector: {query: 'true'}\n    port: {entity: {mappings: {identifier: '.id |', blueprint: '\"b\"'}}}\n";
+    const MAPPING: &str = "resources:\n  - kind: k\n    selector: {query: .ok}\n    port: {entity: {mappings: {identifier: .id, blueprint: '\"b\"', properties: {n: .n | tostring, bad: .x.y}}}}\n  - kind: k\n    selector: {query: '.ok |'}\n    port: {entity: {mappings: {identifier: .id, blueprint: '\"b\"'}}}\n";
 
     fn raw(items: &[&str]) -> Vec<Box<RawValue>> {
         items
@@ -252,7 +252,7 @@ mod tests {
         let ids: Vec<&serde_json::Value> =
             result.entities.iter().map(|(e, _)| &e.identifier).collect();
         assert_eq!(ids, ["a", "d"]);
-        assert_eq!(result.entities[0].0.properties["n"], "1.0");
+        assert_eq!(result.entities[0].0.properties()["n"], "1.0");
         assert_eq!(result.entities[0].1, hash_entity(&result.entities[0].0));
         assert_eq!(result.filtered_out, 1);
         assert_eq!(result.entity_items, [0, 3]);

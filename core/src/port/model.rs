@@ -31,10 +31,11 @@ pub struct Entity {
         skip_serializing_if = "Option::is_none"
     )]
     pub team: Option<Value>,
-    #[serde(default, skip_serializing_if = "Map::is_empty")]
-    pub properties: Map<String, Value>,
-    #[serde(default, skip_serializing_if = "Map::is_empty")]
-    pub relations: Map<String, Value>,
+    /// Sent when the mapping declares it, even empty (`properties: {}`), as Ocean sends it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub properties: Option<Map<String, Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relations: Option<Map<String, Value>>,
 }
 
 impl Entity {
@@ -45,9 +46,35 @@ impl Entity {
             title: None,
             icon: None,
             team: None,
-            properties: Map::new(),
-            relations: Map::new(),
+            properties: None,
+            relations: None,
         }
+    }
+
+    /// The properties (none declared: none).
+    pub fn properties(&self) -> &Map<String, Value> {
+        static NONE: std::sync::LazyLock<Map<String, Value>> = std::sync::LazyLock::new(Map::new);
+        self.properties.as_ref().unwrap_or(&NONE)
+    }
+
+    /// The relations (none declared: none).
+    pub fn relations(&self) -> &Map<String, Value> {
+        static NONE: std::sync::LazyLock<Map<String, Value>> = std::sync::LazyLock::new(Map::new);
+        self.relations.as_ref().unwrap_or(&NONE)
+    }
+
+    /// Sets relation `name` (declaring the relations if the entity had none).
+    pub fn set_relation(&mut self, name: impl Into<String>, value: Value) {
+        self.relations
+            .get_or_insert_with(Map::new)
+            .insert(name.into(), value);
+    }
+
+    /// Sets property `name` (declaring the properties if the entity had none).
+    pub fn set_property(&mut self, name: impl Into<String>, value: Value) {
+        self.properties
+            .get_or_insert_with(Map::new)
+            .insert(name.into(), value);
     }
 
     /// The identifier as text, for messages: the literal, or the search query's JSON.

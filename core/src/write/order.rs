@@ -34,7 +34,7 @@ pub(crate) fn occurrence_rounds(
 
 /// Identifiers an entity's relations point at (plain identifiers; search queries are Port's).
 fn relation_targets(entity: &Entity) -> impl Iterator<Item = &str> {
-    entity.relations.values().flat_map(|value| match value {
+    entity.relations().values().flat_map(|value| match value {
         Value::String(id) => vec![id.as_str()],
         Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
         _ => Vec::new(),
@@ -100,7 +100,7 @@ mod tests {
 
     fn entity(id: &str, relations: Value) -> Entity {
         let mut entity = Entity::new("svc", id);
-        entity.relations = relations.as_object().unwrap().clone();
+        entity.relations = relations.as_object().cloned();
         entity
     }
 
