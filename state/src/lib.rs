@@ -11,6 +11,9 @@
 //! this run" marks are committed without fsync: a crash that loses them leaves the entities in
 //! doubt (sent again) or unseen (compared again), never claiming what Port may not hold.
 //!
+//! The inbox (`inbox`) holds live events accepted but not yet applied, durably, and the dead
+//! letters of those that kept failing.
+//!
 //! The raw-item cache (`raw_cache`) lets a resync skip mapping items whose bytes are unchanged;
 //! a whole batch's entry is trusted only while no record was written since the clean run that
 //! confirmed it, which is why every record write goes through one function that says so.
@@ -18,12 +21,14 @@
 //! redb calls block; async callers run them on a blocking thread.
 
 mod error;
+mod inbox;
 mod migrations;
 mod raw_cache;
 mod record;
 mod store;
 
 pub use error::StateError;
+pub use inbox::{Accepted, DeadLetter};
 pub use raw_cache::{Block, Produced};
 pub use record::{
     Doubt, EntityKey, EntityRecord, Identity, Intent, RunCounters, RunRecord, RunStatus, Written,
