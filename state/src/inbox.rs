@@ -8,7 +8,7 @@
 use redb::{Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use crate::error::StateError;
-use crate::store::{META, StateStore, shield};
+use crate::store::{META, StateStore, now_ms, shield};
 
 /// Sequence number → the event, in arrival order.
 pub(crate) const INBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("inbox");
@@ -66,13 +66,6 @@ fn decode_dead_letter(sequence: u64, bytes: &[u8]) -> Option<DeadLetter> {
         last_error: String::from_utf8_lossy(error).into_owned(),
         event: bytes.get(16 + error_len..)?.to_vec(),
     })
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 impl StateStore {
