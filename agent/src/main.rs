@@ -139,6 +139,12 @@ enum StateCommand {
         #[command(flatten)]
         target: StateTarget,
     },
+    /// Put the live events that kept failing (see `state inspect`) back in the inbox, to be
+    /// applied again. Needs the file to itself: stop the agent first.
+    RetryDeadLetters {
+        #[command(flatten)]
+        target: StateTarget,
+    },
     /// Forget everything: the next resync sends every entity once. Asks first.
     Reset {
         #[command(flatten)]
@@ -289,6 +295,9 @@ fn main() -> ExitCode {
         Command::Run { config } => runtime.block_on(commands::service::serve(&config.config)),
         Command::State(StateCommand::Compact { target }) => {
             commands::state::compact(&target.config, &target.state)
+        }
+        Command::State(StateCommand::RetryDeadLetters { target }) => {
+            commands::state::retry_dead_letters(&target.config, &target.state)
         }
         Command::State(StateCommand::Reset { target, yes }) => {
             commands::state::reset(&target.config, &target.state, yes)

@@ -814,3 +814,56 @@ async fn a_block_does_not_vouch_for_an_entity_an_earlier_batch_changed() {
         &support::uninterrupted_run(&services).await,
     );
 }
+
+/// A live event that kept failing is a dead letter: `state inspect` shows it (count, attempts,
+/// age, last error; not the event), and `state retry-dead-letters` puts it back in the inbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_shown_by_inspect_and_retried_into_the_inbox() {
+    let project = Project::new(3).await;
+    let (code, _, stderr) = project.resync(&[]).await;
+    assert_eq!(code, 0, "{stderr}");
+    let path = project.state_path();
+    tokio::task::block_in_place(|| {
+        let store = port_agent_state::StateStore::open_existing(&path).unwrap();
+        for id in ["d-1", "d-2"] {
+            store
+                .inbox_accept(Some(id), br#"{"kind": "service", "upsert": []}"#, 10)
+                .unwrap();
+        }
+        store
+            .inbox_dead_letter(1, 5, "Port answered 422: no such relation")
+            .unwrap();
+    });
+    let inspect = project
+        .agent(&["state", "inspect", "--config", "agent.yaml"])
+        .await;
+    let text = String::from_utf8_lossy(&inspect.stdout);
+    assert!(
+        text.contains("live events: 1 waiting, 1 dead letters")
+            && text.contains("dead letter 1: 5 attempts")
+            && text.contains("Port answered 422: no such relation"),
+        "{text}"
+    );
+    let json = project
+        .agent(&["state", "inspect", "--config", "agent.yaml", "--json"])
+        .await;
+    let report: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(report["live_events"]["dead_letters"][0]["attempts"], 5);
+    assert!(
+        report["live_events"]["dead_letters"][0]
+            .get("event")
+            .is_none()
+    );
+
+    let retry = project
+        .agent(&["state", "retry-dead-letters", "--config", "agent.yaml"])
+        .await;
+    support::assert_success(&retry);
+    assert!(String::from_utf8_lossy(&retry.stdout).contains("1 dead letters back in the inbox"));
+    let json = project
+        .agent(&["state", "inspect", "--config", "agent.yaml", "--json"])
+        .await;
+    let report: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(report["live_events"]["waiting"], 2, "{report}");
+    assert_eq!(report["live_events"]["dead_letters"], json!([]));
+}

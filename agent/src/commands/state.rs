@@ -219,6 +219,25 @@ pub fn compact(config_file: &Option<PathBuf>, state: &Option<PathBuf>) -> Result
     ))
 }
 
+/// `state retry-dead-letters`: live events that kept failing go back to the inbox, in their
+/// places, for the agent to apply again.
+pub fn retry_dead_letters(
+    config_file: &Option<PathBuf>,
+    state: &Option<PathBuf>,
+) -> Result<(), Failure> {
+    let path = state_path(config_file, state)?;
+    let store = open_to_write(&path)?;
+    let retried = store
+        .retry_dead_letters()
+        .map_err(|e| Failure::Run(e.into()))?;
+    let mut out = std::io::stdout();
+    finish_output(writeln!(
+        out,
+        "{retried} dead letters back in the inbox of {}",
+        path.display()
+    ))
+}
+
 /// `state export --jsonl`: one JSON line per entity record.
 pub fn export(config_file: &Option<PathBuf>, state: &Option<PathBuf>) -> Result<(), Failure> {
     let path = state_path(config_file, state)?;
@@ -301,6 +320,22 @@ pub fn inspect_report(store: &StateStore, filter: &InspectFilter) -> Result<Valu
     })?;
     let runs = store.runs(10)?;
     let checkpoints = store.checkpoints()?;
+    let (waiting, _) = store.inbox_depth()?;
+    let now = jiff::Timestamp::now().as_millisecond();
+    // The events themselves stay out: they are the sender's data, and may be large.
+    let dead_letters: Vec<Value> = store
+        .dead_letters()?
+        .iter()
+        .map(|d| {
+            json!({
+                "sequence": d.sequence,
+                "attempts": d.attempts,
+                "first_failed_at": iso(d.first_failed_ms),
+                "age_seconds": (now - d.first_failed_ms).max(0) / 1000,
+                "last_error": d.last_error,
+            })
+        })
+        .collect();
     let identity = store.identity();
     Ok(json!({
         "state": store.path().display().to_string(),
@@ -311,6 +346,7 @@ pub fn inspect_report(store: &StateStore, filter: &InspectFilter) -> Result<Valu
             let value = serde_json::from_str(&v).unwrap_or(Value::String(v));
             (k, value)
         }).collect::<serde_json::Map<_, _>>(),
+        "live_events": {"waiting": waiting, "dead_letters": dead_letters},
     }))
 }
 
@@ -440,6 +476,29 @@ fn write_inspect_text(out: &mut impl Write, report: &Value) -> std::io::Result<(
         for note in run["notes"].as_array().into_iter().flatten() {
             writeln!(out, "    note: {}", text(note))?;
         }
+    }
+    let live = &report["live_events"];
+    let dead = live["dead_letters"].as_array().cloned().unwrap_or_default();
+    writeln!(
+        out,
+        "live events: {} waiting, {} dead letters{}",
+        live["waiting"],
+        dead.len(),
+        if dead.is_empty() {
+            ""
+        } else {
+            " (retry them with `port-agent state retry-dead-letters`)"
+        }
+    )?;
+    for d in &dead {
+        writeln!(
+            out,
+            "  dead letter {}: {} attempts, failing for {} s: {}",
+            d["sequence"],
+            d["attempts"],
+            d["age_seconds"],
+            text(&d["last_error"])
+        )?;
     }
     for (kind, checkpoint) in report["checkpoints"].as_object().into_iter().flatten() {
         writeln!(
