@@ -4,6 +4,7 @@
 
 pub mod entity_hash;
 pub mod integration;
+pub mod live;
 pub mod mapping;
 pub mod port;
 pub mod raw_items;

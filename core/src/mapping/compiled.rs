@@ -412,6 +412,52 @@ impl CompiledMapping {
         budget::for_item(limits, || self.map_item(resource, &raw))
     }
 
+    /// The (blueprint, identifier) of each entity `raw` names under `resource`, whatever its
+    /// selector says: what a live event's deleted item, or one that left the selector, would
+    /// have made. Inputs without a usable identifier and blueprint (or a search-query
+    /// identifier, which only Port can resolve) name nothing.
+    pub fn keys_of(
+        &self,
+        resource: &CompiledResource,
+        raw: &[u8],
+        limits: &Limits,
+    ) -> Vec<(String, String)> {
+        if nesting_exceeds(raw, limits.nesting) {
+            return Vec::new();
+        }
+        let Ok(raw) = parse_raw(raw) else {
+            return Vec::new();
+        };
+        budget::for_item(limits, || {
+            let inputs = match &resource.items_to_parse {
+                None => vec![raw.clone()],
+                Some(parse) => match self.expand(parse, &raw) {
+                    Ok(Ok(inputs)) => inputs,
+                    _ => return Vec::new(),
+                },
+            };
+            let mut warnings = Vec::new();
+            inputs
+                .iter()
+                .filter_map(|input| {
+                    let identifier = self.eval(&resource.identifier, input, &mut warnings).ok()?;
+                    let blueprint = self.eval(&resource.blueprint, input, &mut warnings).ok()?;
+                    match (blueprint, identifier) {
+                        (Value::String(bp), Value::String(id))
+                            if !bp.is_empty() && !id.is_empty() =>
+                        {
+                            Some((bp, id))
+                        }
+                        (Value::String(bp), Value::Number(n)) if !bp.is_empty() => {
+                            Some((bp, n.to_string()))
+                        }
+                        _ => None,
+                    }
+                })
+                .collect()
+        })
+    }
+
     /// Maps one raw item with one compiled resource.
     pub fn map_item(&self, resource: &CompiledResource, raw: &Val) -> ItemResult {
         let mut result = ItemResult::default();

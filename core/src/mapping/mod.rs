@@ -15,4 +15,5 @@ pub mod value;
 
 pub use compiled::{CompiledMapping, CompiledResource, FieldError, FieldWarning, ItemResult};
 pub use config::PortAppConfig;
+pub(crate) use pool::map_batch;
 pub use pool::{BatchResult, EnvAccess, MappingPool, PendingBatch, PoolError, WarningCount};

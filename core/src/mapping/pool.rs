@@ -94,7 +94,8 @@ impl std::future::IntoFuture for PendingBatch {
     }
 }
 
-fn map_batch(
+/// Maps and hashes `items` with resource `resource` of `mapping`, on the calling thread.
+pub(crate) fn map_batch(
     mapping: &CompiledMapping,
     resource: usize,
     items: &[Box<RawValue>],

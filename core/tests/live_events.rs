@@ -1,0 +1,243 @@
+//! Live events through the write path, against the Port emulator with a real redb state: what
+//! changed is sent, what is identical is not, what left the selector or was deleted goes, and
+//! only what the state owns is deleted.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use port_agent_core::Secret;
+use port_agent_core::live::{self, LiveEvent, LiveOutcome};
+use port_agent_core::mapping::budget::Limits;
+use port_agent_core::mapping::{EnvAccess, PortAppConfig};
+use port_agent_core::port::{IntegrationIdentity, PortClient, PortClientConfig, RetryPolicy};
+use port_agent_state::{Identity, RunStatus, StateStore};
+use port_emulator::{Emulator, EmulatorConfig, FaultSpec};
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+
+const MAPPING: &str = r#"
+resources:
+  - kind: service
+    selector: {query: '.archived != true'}
+    port:
+      entity:
+        mappings:
+          identifier: .name
+          title: .title
+          blueprint: '"service"'
+          properties: {url: .url, stars: .stars}
+"#;
+
+struct Setup {
+    emulator: Emulator,
+    client: PortClient,
+    state: Arc<StateStore>,
+    config: PortAppConfig,
+    _dir: tempfile::TempDir,
+}
+
+impl Setup {
+    async fn new() -> Self {
+        let emulator = Emulator::start(EmulatorConfig::default()).await.unwrap();
+        emulator
+            .put_blueprint(json!({"identifier": "service", "title": "Service",
+                "schema": {"properties": {"url": {"type": "string"}, "stars": {"type": "number"}}}}))
+            .unwrap();
+        let mut config = PortClientConfig::new(
+            emulator.base_url(),
+            emulator.config().client_id.clone(),
+            Secret::new(emulator.config().client_secret.clone()),
+            IntegrationIdentity {
+                integration_type: "json".into(),
+                version: "0.1.0".into(),
+                identifier: "live".into(),
+            },
+        );
+        config.retry = RetryPolicy {
+            max_attempts: 2,
+            base_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(50),
+            jitter: 0.1,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateStore::open(
+            &dir.path().join("state.redb"),
+            &Identity {
+                integration_type: "json".into(),
+                integration_identifier: "live".into(),
+                port_base_url: emulator.base_url(),
+            },
+        )
+        .unwrap();
+        Self {
+            client: PortClient::new(config).unwrap(),
+            emulator,
+            state: Arc::new(state),
+            config: PortAppConfig::from_yaml(MAPPING).unwrap(),
+            _dir: dir,
+        }
+    }
+
+    async fn push(&self, upsert: &[Value], delete: &[Value]) -> LiveOutcome {
+        self.try_push(upsert, delete).await.unwrap()
+    }
+
+    async fn try_push(
+        &self,
+        upsert: &[Value],
+        delete: &[Value],
+    ) -> Result<LiveOutcome, port_agent_core::resync::ResyncError> {
+        let raw = |items: &[Value]| -> Vec<Box<RawValue>> {
+            items
+                .iter()
+                .map(|v| RawValue::from_string(v.to_string()).unwrap())
+                .collect()
+        };
+        let event = LiveEvent {
+            kind: "service".into(),
+            upsert: raw(upsert),
+            delete: raw(delete),
+        };
+        live::apply(
+            &self.client,
+            &self.state,
+            &self.config,
+            EnvAccess::Denied,
+            Limits::default(),
+            event,
+        )
+        .await
+    }
+
+    fn in_port(&self, id: &str) -> Option<Value> {
+        self.emulator
+            .entities()
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["identifier"] == id)
+            .cloned()
+    }
+
+    fn requests(&self) -> u64 {
+        let stats = self.emulator.stats();
+        stats["requests"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(route, _)| route.contains("/entities"))
+            .map(|(_, n)| n.as_u64().unwrap_or(0))
+            .sum()
+    }
+
+    fn recorded(&self, id: &str) -> bool {
+        self.state
+            .get_many(&[("service".into(), id.into())])
+            .unwrap()[0]
+            .is_some()
+    }
+}
+
+fn svc(name: &str, stars: u64) -> Value {
+    json!({"name": name, "title": format!("Service {name}"), "url": format!("https://x/{name}"), "stars": stars})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pushed_item_creates_and_changes_and_an_identical_one_sends_nothing() {
+    let setup = Setup::new().await;
+    let first = setup.push(&[svc("svc-a", 1)], &[]).await;
+    assert_eq!(first.run.status, RunStatus::Completed);
+    assert_eq!(first.run.totals.upserted, 1);
+    assert_eq!(setup.in_port("svc-a").unwrap()["properties"]["stars"], 1);
+    assert_eq!(first.run.trigger, "live-event");
+
+    let before = setup.requests();
+    let same = setup.push(&[svc("svc-a", 1)], &[]).await;
+    assert_eq!(same.run.totals.unchanged, 1);
+    assert_eq!(setup.requests(), before, "an identical event sends nothing");
+
+    setup.push(&[svc("svc-a", 2)], &[]).await;
+    assert_eq!(setup.in_port("svc-a").unwrap()["properties"]["stars"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_that_left_the_selector_is_deleted() {
+    let setup = Setup::new().await;
+    setup.push(&[svc("svc-a", 1), svc("svc-b", 1)], &[]).await;
+    let mut archived = svc("svc-a", 1);
+    archived["archived"] = json!(true);
+    let outcome = setup.push(&[archived], &[]).await;
+    assert_eq!(outcome.run.totals.deleted, 1, "{outcome:?}");
+    assert!(setup.in_port("svc-a").is_none());
+    assert!(!setup.recorded("svc-a"));
+    assert!(setup.in_port("svc-b").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_item_goes_whatever_its_selector_and_only_if_the_state_owns_it() {
+    let setup = Setup::new().await;
+    setup.push(&[svc("svc-a", 1)], &[]).await;
+    // Deleted as archived: the selector no longer takes it, the deletion still applies (Ocean
+    // loses these, PR #3827).
+    let mut gone = svc("svc-a", 1);
+    gone["archived"] = json!(true);
+    let outcome = setup.push(&[], &[gone]).await;
+    assert_eq!(outcome.run.totals.deleted, 1);
+    assert!(setup.in_port("svc-a").is_none());
+
+    let before = setup.requests();
+    let outcome = setup.push(&[], &[svc("never-seen", 1)]).await;
+    assert_eq!(outcome.run.totals.deleted, 0);
+    assert_eq!(
+        setup.requests(),
+        before,
+        "nothing the state does not own is deleted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_one_event_upserts_and_deletes_is_kept() {
+    let setup = Setup::new().await;
+    setup.push(&[svc("svc-a", 1)], &[]).await;
+    let outcome = setup.push(&[svc("svc-a", 5)], &[svc("svc-a", 1)]).await;
+    assert_eq!(outcome.run.totals.deleted, 0);
+    assert_eq!(setup.in_port("svc-a").unwrap()["properties"]["stars"], 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_that_fails_to_map_fails_alone() {
+    let setup = Setup::new().await;
+    let outcome = setup
+        .push(&[json!({"title": "no name"}), svc("svc-b", 3)], &[])
+        .await;
+    assert_eq!(outcome.run.status, RunStatus::CompletedWithErrors);
+    assert_eq!(outcome.item_errors.len(), 1, "{:?}", outcome.item_errors);
+    assert!(
+        outcome.item_errors[0].contains("upsert item #1"),
+        "{:?}",
+        outcome.item_errors
+    );
+    assert_eq!(setup.in_port("svc-b").unwrap()["properties"]["stars"], 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_port_failed_applies_once_when_retried() {
+    let setup = Setup::new().await;
+    setup
+        .emulator
+        .set_faults(FaultSpec {
+            status: Some(503),
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(setup.try_push(&[svc("svc-a", 1)], &[]).await.is_err());
+    assert!(setup.in_port("svc-a").is_none());
+    setup.emulator.set_faults(FaultSpec::default()).unwrap();
+    let outcome = setup.push(&[svc("svc-a", 1)], &[]).await;
+    assert_eq!(outcome.run.status, RunStatus::Completed);
+    assert_eq!(setup.in_port("svc-a").unwrap()["properties"]["stars"], 1);
+    // Retried once more (the caller cannot know the first retry landed): nothing is sent.
+    let before = setup.requests();
+    setup.push(&[svc("svc-a", 1)], &[]).await;
+    assert_eq!(setup.requests(), before);
+}
