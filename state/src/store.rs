@@ -59,6 +59,8 @@ pub struct StateStore {
 enum Handle {
     Writer(Database),
     Reader(ReadOnlyDatabase),
+    /// Only while the store is dropped.
+    Closed,
 }
 
 impl std::fmt::Debug for Handle {
@@ -66,6 +68,7 @@ impl std::fmt::Debug for Handle {
         f.write_str(match self {
             Handle::Writer(_) => "Writer",
             Handle::Reader(_) => "Reader",
+            Handle::Closed => "Closed",
         })
     }
 }
@@ -120,6 +123,13 @@ impl StateStore {
                 path: self.path.clone(),
                 detail: source.to_string(),
             },
+            // A page pointer past the end of the file: damage, not a failing disk.
+            redb::Error::Io(ref e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                StateError::Corrupt {
+                    path: self.path.clone(),
+                    detail: source.to_string(),
+                }
+            }
             source => StateError::Storage {
                 path: self.path.clone(),
                 source,
@@ -287,6 +297,7 @@ impl StateStore {
         match &self.db {
             Handle::Writer(db) => db.begin_read(),
             Handle::Reader(db) => db.begin_read(),
+            Handle::Closed => return Err(self.closed()),
         }
         .map_err(|e| self.storage(e))
     }
@@ -297,6 +308,14 @@ impl StateStore {
             Handle::Reader(_) => Err(StateError::ReadOnly {
                 path: self.path.clone(),
             }),
+            Handle::Closed => Err(self.closed()),
+        }
+    }
+
+    fn closed(&self) -> StateError {
+        StateError::Corrupt {
+            path: self.path.clone(),
+            detail: "the store is closing".to_owned(),
         }
     }
 
@@ -754,6 +773,7 @@ impl StateStore {
                         path: self.path.clone(),
                     });
                 }
+                Handle::Closed => return Err(self.closed()),
             };
             Ok((before, size(&self.path)))
         })
@@ -918,6 +938,18 @@ fn open_error(path: &Path, error: DatabaseError, existed_with_data: bool) -> Sta
             path: path.to_owned(),
             source: other.into(),
         },
+    }
+}
+
+impl Drop for StateStore {
+    /// Closing commits redb's allocator state, which on a damaged file can panic: the panic is
+    /// caught here, as inside every other call, so dropping a store never ends the process.
+    fn drop(&mut self) {
+        let handle = std::mem::replace(&mut self.db, Handle::Closed);
+        let _ = shield(&self.path, || {
+            drop(handle);
+            Ok(())
+        });
     }
 }
 
