@@ -175,6 +175,7 @@ struct Shared {
     resync: Option<Arc<Notify>>,
     resync_token: Option<Secret>,
     state: SharedState,
+    push: Option<crate::live::PushRoute>,
 }
 
 /// What the routes serve: `resync` is the WEBHOOK listener's trigger (`POST /resync`), when
@@ -185,6 +186,8 @@ pub struct Routes {
     pub resync: Option<Arc<Notify>>,
     pub resync_token: Option<Secret>,
     pub state: SharedState,
+    /// `POST /integration/webhook`, the push endpoint of live events.
+    pub push: Option<crate::live::PushRoute>,
 }
 
 pub fn router(routes: Routes) -> Router {
@@ -199,12 +202,29 @@ pub fn router(routes: Routes) -> Router {
     } else {
         router
     };
+    let router = if routes.push.is_some() {
+        router.route("/integration/webhook", post(integration_webhook))
+    } else {
+        router
+    };
     router.with_state(Shared {
         metrics: routes.metrics,
         resync: routes.resync,
         resync_token: routes.resync_token,
         state: routes.state,
+        push: routes.push,
     })
+}
+
+async fn integration_webhook(
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    match &shared.push {
+        Some(route) => crate::live::receive(route, &headers, &body).await,
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
 }
 
 async fn ready(State(shared): State<Shared>) -> impl IntoResponse {

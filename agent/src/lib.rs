@@ -4,6 +4,7 @@
 pub mod commands;
 pub mod config;
 pub mod http;
+pub mod live;
 
 /// How a command failed, which decides the exit code.
 #[derive(Debug)]

@@ -104,6 +104,10 @@ pub(crate) struct Prepared {
     pub(crate) setup: IntegrationSetup,
     pub(crate) identity: Identity,
     pub(crate) state_path: PathBuf,
+    /// The push endpoint's secret and inbox bound.
+    pub(crate) push: config::PushSettings,
+    limits: port_agent_core::mapping::budget::Limits,
+    env: port_agent_core::mapping::EnvAccess,
 }
 
 pub(crate) async fn prepare(config_path: &Path, kinds: &[String]) -> Result<Prepared, Failure> {
@@ -172,6 +176,9 @@ pub(crate) async fn prepare(config_path: &Path, kinds: &[String]) -> Result<Prep
         setup,
         identity,
         state_path: loaded.state_path(),
+        push: config.push_settings(),
+        limits,
+        env: config.jq_env_access(),
     })
 }
 
@@ -187,6 +194,32 @@ pub(crate) async fn open_state(
 }
 
 impl Prepared {
+    /// The kinds the mapping maps, which live events may name.
+    pub(crate) fn mapped_kinds(&self) -> std::collections::BTreeSet<String> {
+        self.port_app_config
+            .resources
+            .iter()
+            .map(|r| r.kind.clone())
+            .collect()
+    }
+
+    /// Applies one live event through the resync's write path.
+    pub(crate) async fn apply_live(
+        &self,
+        state: &Arc<StateStore>,
+        event: port_agent_core::live::LiveEvent,
+    ) -> Result<port_agent_core::live::LiveOutcome, port_agent_core::resync::ResyncError> {
+        port_agent_core::live::apply(
+            &self.client,
+            state,
+            &self.port_app_config,
+            self.env,
+            self.limits,
+            event,
+        )
+        .await
+    }
+
     /// One resync, then, every `state.verify_every` completed runs, a comparison with Port.
     pub(crate) async fn resync_and_verify(
         &self,

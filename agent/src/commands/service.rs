@@ -23,6 +23,7 @@ use crate::Failure;
 use crate::commands::resync::{open_state, prepare, print, stop_on_signal};
 use crate::config::ListenerType;
 use crate::http::{self, Metrics, SharedState};
+use crate::live::{self, PushRoute};
 
 /// Ocean's default POLLING interval.
 const DEFAULT_POLL_SECONDS: u64 = 60;
@@ -100,6 +101,7 @@ pub async fn serve(config_path: &Path) -> Result<(), Failure> {
         tracing::info!(address = %serving, "serving /health/live, /health/ready, /metrics");
         // Where `state inspect` finds this agent while it holds the state file.
         let beacon = http::Beacon::write(&first.state_path, &serving);
+        let arrived = Arc::new(Notify::new());
         let server = tokio::spawn(http::serve(
             bound,
             http::router(http::Routes {
@@ -107,6 +109,12 @@ pub async fn serve(config_path: &Path) -> Result<(), Failure> {
                 resync: webhook.clone(),
                 resync_token: first.resync_token.clone(),
                 state: service.state.clone(),
+                push: Some(PushRoute {
+                    settings: first.push.clone(),
+                    kinds: Arc::new(first.mapped_kinds()),
+                    state: service.state.clone(),
+                    arrived: arrived.clone(),
+                }),
             }),
             service.stop.clone(),
         ));
@@ -130,7 +138,7 @@ pub async fn serve(config_path: &Path) -> Result<(), Failure> {
         let min_interval = first.min_resync_interval;
         drop(first);
         service
-            .serve(&polling, schedule, webhook, &reload, min_interval)
+            .serve(&polling, schedule, webhook, &reload, min_interval, &arrived)
             .await;
         let _ = server.await;
         drop(beacon);
@@ -151,7 +159,10 @@ impl Service<'_> {
         webhook: Option<Arc<Notify>>,
         reload: &Notify,
         min_interval: Duration,
+        arrived: &Notify,
     ) {
+        // Events accepted before a restart are applied before anything else.
+        self.drain_inbox().await;
         let poll_every = polling.every;
         // The request standing at start is served by the start run.
         let mut handled = if polling.enabled {
@@ -213,6 +224,7 @@ impl Service<'_> {
                 () = scheduled => pending = Some(Trigger::Schedule),
                 () = requested => defer(Trigger::Webhook, &mut deferred),
                 () = reload.notified() => defer(Trigger::Reload, &mut deferred),
+                () = arrived.notified() => self.drain_inbox().await,
                 () = due => pending = deferred.take().map(|(trigger, _)| trigger),
                 () = polled => {
                     next_poll = Instant::now() + poll_every;
@@ -291,6 +303,26 @@ impl Service<'_> {
                 None
             }
         }
+    }
+
+    /// Applies the live events waiting in the inbox (between runs, never during one).
+    async fn drain_inbox(&self) {
+        let Some(state) = self.current_state() else {
+            return;
+        };
+        live::drain(&state, &self.stop, || async {
+            match prepare(self.config_path, &[]).await {
+                Ok(prepared) => Some(prepared),
+                Err(failure) => {
+                    tracing::error!(
+                        "live events wait: the configuration cannot be used: {:#}",
+                        failure.error()
+                    );
+                    None
+                }
+            }
+        })
+        .await;
     }
 
     /// The state the last run left open, if it did.

@@ -47,6 +47,30 @@ pub struct AgentConfig {
     /// Bounds on mapping one raw item.
     #[serde(default)]
     pub limits: LimitSettings,
+    /// Live events: the `json` integration's push endpoint and the inbox behind it.
+    #[serde(default)]
+    pub live_events: LiveEventSettings,
+}
+
+/// Live events (`POST /integration/webhook`).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct LiveEventSettings {
+    /// Events accepted and not yet applied that the inbox holds before the endpoint answers
+    /// 503 with Retry-After (default 10,000).
+    #[serde(default)]
+    pub inbox_capacity: Option<u64>,
+    /// Accept events without a signature when `integration.config.webhookSecret` is not set
+    /// (default false: they are refused with 401).
+    #[serde(default)]
+    pub allow_unsigned_webhooks: bool,
+}
+
+/// What the push endpoint needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct PushSettings {
+    pub secret: Option<Secret>,
+    pub allow_unsigned: bool,
+    pub inbox_capacity: usize,
 }
 
 /// Bounds on mapping one raw item: an item past one fails alone (an item error naming it).
@@ -416,6 +440,22 @@ fn validate(config: &AgentConfig) -> Vec<String> {
             problems.push(format!("{key}: must be between {low} and {high}"));
         }
     }
+    if let Some(capacity) = config.live_events.inbox_capacity
+        && !(1..=1_000_000).contains(&capacity)
+    {
+        problems.push("live_events.inbox_capacity: must be between 1 and 1000000".to_owned());
+    }
+    if config
+        .integration
+        .config
+        .get(port_agent_integrations::push::SECRET_SETTING)
+        .is_some_and(|v| !v.is_string() || v.as_str() == Some(""))
+    {
+        problems.push(format!(
+            "integration.config.{}: must be a non-empty string",
+            port_agent_integrations::push::SECRET_SETTING
+        ));
+    }
     if config.http.listen.parse::<std::net::SocketAddr>().is_err() {
         problems.push(
             "http.listen: is not an address and port such as 0.0.0.0:8000 (OCEAN__HTTP__LISTEN)"
@@ -506,6 +546,20 @@ impl AgentConfig {
                 .map_or(defaults.memory_bytes, |mib| mib * 1024 * 1024),
             nesting: limits.item_nesting.unwrap_or(defaults.nesting),
             ..defaults
+        }
+    }
+
+    /// The push endpoint's secret and bounds.
+    pub fn push_settings(&self) -> PushSettings {
+        PushSettings {
+            secret: self
+                .integration
+                .config
+                .get(port_agent_integrations::push::SECRET_SETTING)
+                .and_then(|v| v.as_str())
+                .map(|s| Secret::new(s.to_owned())),
+            allow_unsigned: self.live_events.allow_unsigned_webhooks,
+            inbox_capacity: self.live_events.inbox_capacity.unwrap_or(10_000) as usize,
         }
     }
 

@@ -1,0 +1,223 @@
+//! Live events in the service: the `json` integration's push endpoint (`POST
+//! /integration/webhook`), which accepts an event into the state's inbox before it answers, and
+//! the drain that applies the inbox through the resync's write path.
+//!
+//! The service applies events between runs, never during one: a resync and a live event never
+//! write the same entity at once, and an event that arrives during a resync is applied after it,
+//! so the resync's data (fetched before the event) cannot undo it.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use port_agent_core::live::LiveEvent;
+use port_agent_integrations::push;
+use port_agent_state::{Accepted, StateStore};
+use serde_json::json;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::PushSettings;
+use crate::http::SharedState;
+
+/// Attempts at an event before it becomes a dead letter, and the waits between them.
+const ATTEMPTS: u32 = 5;
+const FIRST_WAIT: Duration = Duration::from_secs(1);
+/// What a sender is told to wait when the inbox is full or the state is not open.
+const RETRY_AFTER_SECONDS: &str = "5";
+
+/// What the push endpoint works with.
+#[derive(Debug, Clone)]
+pub struct PushRoute {
+    pub settings: PushSettings,
+    /// The kinds the mapping maps (as the service started).
+    pub kinds: Arc<BTreeSet<String>>,
+    pub state: SharedState,
+    /// Told when an event is queued.
+    pub arrived: Arc<Notify>,
+}
+
+fn answer(status: StatusCode, body: serde_json::Value) -> Response {
+    (status, axum::Json(body)).into_response()
+}
+
+fn busy(why: &str) -> Response {
+    let mut response = answer(
+        StatusCode::SERVICE_UNAVAILABLE,
+        json!({"ok": false, "error": why}),
+    );
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from_static(RETRY_AFTER_SECONDS),
+    );
+    response
+}
+
+/// `POST /integration/webhook`: 401 for a missing or wrong signature, 400 for a body that is
+/// not a push event or names a kind the mapping does not map, 202 once the event is durably in
+/// the inbox (also for a delivery id seen before, which is not queued again), 503 with
+/// Retry-After when the inbox is full.
+pub async fn receive(route: &PushRoute, headers: &HeaderMap, body: &[u8]) -> Response {
+    let signature = headers
+        .get(push::SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok());
+    match &route.settings.secret {
+        Some(secret) if !push::verify(secret.expose().as_bytes(), body, signature) => {
+            return answer(
+                StatusCode::UNAUTHORIZED,
+                json!({"ok": false, "error": format!("a valid {} header is required", push::SIGNATURE_HEADER)}),
+            );
+        }
+        None if !route.settings.allow_unsigned => {
+            return answer(
+                StatusCode::UNAUTHORIZED,
+                json!({"ok": false, "error": format!("events are refused: set integration.config.{} and sign them (or live_events.allow_unsigned_webhooks: true)", push::SECRET_SETTING)}),
+            );
+        }
+        _ => {}
+    }
+    let event = match push::parse(body) {
+        Ok(event) => event,
+        Err(error) => {
+            return answer(
+                StatusCode::BAD_REQUEST,
+                json!({"ok": false, "error": error}),
+            );
+        }
+    };
+    if !route.kinds.contains(&event.kind) {
+        return answer(
+            StatusCode::BAD_REQUEST,
+            json!({"ok": false, "error": format!("kind {:?} is not mapped by any resource", event.kind)}),
+        );
+    }
+    let Some(state) = route
+        .state
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+    else {
+        return busy("the state is not open; try again later");
+    };
+    let (id, bytes, capacity) = (event.id, body.to_vec(), route.settings.inbox_capacity);
+    let accepted =
+        tokio::task::spawn_blocking(move || state.inbox_accept(id.as_deref(), &bytes, capacity))
+            .await;
+    match accepted {
+        Ok(Ok(Accepted::Queued(sequence))) => {
+            route.arrived.notify_one();
+            answer(
+                StatusCode::ACCEPTED,
+                json!({"ok": true, "sequence": sequence}),
+            )
+        }
+        Ok(Ok(Accepted::Duplicate)) => {
+            answer(StatusCode::ACCEPTED, json!({"ok": true, "duplicate": true}))
+        }
+        Ok(Ok(Accepted::Full)) => busy("the inbox is full; try again later"),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "a live event could not be written to the inbox");
+            busy("the event could not be stored; try again later")
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "a live event could not be written to the inbox");
+            busy("the event could not be stored; try again later")
+        }
+    }
+}
+
+/// Applies what waits in the inbox, oldest first, until it is empty or the agent stops. An
+/// event is retried with growing waits; after [`ATTEMPTS`] it becomes a dead letter. `prepare`
+/// gives the configuration as it is now (mapping included).
+pub(crate) async fn drain<F, Fut>(state: &Arc<StateStore>, stop: &CancellationToken, prepare: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Option<crate::commands::resync::Prepared>>,
+{
+    loop {
+        let reader = state.clone();
+        let pending = match tokio::task::spawn_blocking(move || reader.inbox_pending(64)).await {
+            Ok(Ok(pending)) => pending,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot read the live-event inbox");
+                return;
+            }
+            Err(_) => return,
+        };
+        if pending.is_empty() {
+            return;
+        }
+        let Some(prepared) = prepare().await else {
+            // Logged by `prepare`; the events stay in the inbox for the next drain.
+            return;
+        };
+        for (sequence, bytes) in pending {
+            if stop.is_cancelled() {
+                return;
+            }
+            apply_one(state, &prepared, sequence, &bytes, stop).await;
+        }
+    }
+}
+
+/// One event: applied and taken out of the inbox, or, after its attempts, a dead letter.
+async fn apply_one(
+    state: &Arc<StateStore>,
+    prepared: &crate::commands::resync::Prepared,
+    sequence: u64,
+    bytes: &[u8],
+    stop: &CancellationToken,
+) {
+    let mut wait = FIRST_WAIT;
+    let mut last_error = String::new();
+    for attempt in 1..=ATTEMPTS {
+        let event = match push::parse(bytes) {
+            Ok(event) => LiveEvent {
+                kind: event.kind,
+                upsert: event.upsert,
+                delete: event.delete,
+            },
+            Err(e) => {
+                last_error = e;
+                break;
+            }
+        };
+        match prepared.apply_live(state, event).await {
+            Ok(outcome) if outcome.run.status != port_agent_state::RunStatus::Failed => {
+                tracing::info!(
+                    sequence,
+                    run = outcome.run.id,
+                    upserted = outcome.run.totals.upserted,
+                    unchanged = outcome.run.totals.unchanged,
+                    deleted = outcome.run.totals.deleted,
+                    item_errors = outcome.item_errors.len(),
+                    "live event applied"
+                );
+                for error in &outcome.item_errors {
+                    tracing::error!(sequence, "live event item failed: {error}");
+                }
+                let done = state.clone();
+                let _ = tokio::task::spawn_blocking(move || done.inbox_done(sequence)).await;
+                return;
+            }
+            Ok(outcome) => last_error = outcome.run.notes.join("; "),
+            Err(e) => last_error = e.to_string(),
+        }
+        tracing::warn!(sequence, attempt, error = %last_error, "live event not applied; retrying");
+        if attempt < ATTEMPTS {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+            wait *= 2;
+        }
+    }
+    tracing::error!(sequence, error = %last_error, "live event kept failing; it is a dead letter now (`port-agent state retry-dead-letters`)");
+    let dead = state.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        dead.inbox_dead_letter(sequence, ATTEMPTS, &last_error)
+    })
+    .await;
+}

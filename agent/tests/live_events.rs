@@ -1,0 +1,326 @@
+//! Live events pushed to `port-agent run` (`POST /integration/webhook`, the `json`
+//! integration's push endpoint): a real agent process, the Port emulator, a real redb state.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use port_emulator::FaultSpec;
+use serde_json::{Value, json};
+use support::{Project, RunningService, use_listener, wait_until};
+
+const SECRET: &str = "push-s3cret";
+
+const MAPPING: &str = r#"
+resources:
+  - kind: service
+    selector: {query: '.archived != true'}
+    port:
+      entity:
+        mappings:
+          identifier: .name
+          title: .name
+          blueprint: '"service"'
+          properties: {language: .lang, stars: .stars}
+  - kind: team
+    selector: {query: 'true'}
+    port:
+      entity:
+        mappings: {identifier: .id, title: .id, blueprint: '"team"', properties: {size: .size}}
+"#;
+
+/// A project served with the WEBHOOK listener, the push secret set and `extra` config added.
+fn project_with(project: &Project, extra: &str) {
+    std::fs::write(project.root().join("port-app-config.yaml"), MAPPING).unwrap();
+    let path = project.root().join("agent.yaml");
+    let config = std::fs::read_to_string(&path).unwrap();
+    let config = config.replace(
+        "config: {kinds:",
+        &format!("config: {{webhookSecret: {SECRET}, kinds:"),
+    );
+    std::fs::write(&path, config).unwrap();
+    use_listener(
+        project,
+        &format!("event_listener: {{type: WEBHOOK}}\n{extra}"),
+    );
+}
+
+async fn started(project: &Project) -> RunningService {
+    let service = RunningService::start(project.root()).await;
+    let address = service.address.clone();
+    let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for _ in 0..3000 {
+        if let Some((200, _)) = support::http(&address, "GET", "/health/ready").await {
+            ready.store(true, std::sync::atomic::Ordering::Relaxed);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        ready.load(std::sync::atomic::Ordering::Relaxed),
+        "{}",
+        service.stderr()
+    );
+    service
+}
+
+fn signed(body: &[u8]) -> String {
+    port_agent_integrations::push::signature(SECRET.as_bytes(), body)
+}
+
+/// Posts `event`, signed with `signature` (`None`: unsigned); the status, the JSON answer and
+/// the Retry-After header.
+async fn post(
+    service: &RunningService,
+    body: &[u8],
+    signature: Option<String>,
+) -> (u16, Value, Option<String>) {
+    let mut request = reqwest::Client::new()
+        .post(format!("http://{}/integration/webhook", service.address))
+        .header("content-type", "application/json")
+        .body(body.to_vec());
+    if let Some(signature) = signature {
+        request = request.header("X-Port-Agent-Signature-256", signature);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (
+        status,
+        response.json().await.unwrap_or(Value::Null),
+        retry_after,
+    )
+}
+
+async fn push(service: &RunningService, event: &Value) -> (u16, Value) {
+    let body = event.to_string();
+    let (status, answer, _) = post(service, body.as_bytes(), Some(signed(body.as_bytes()))).await;
+    (status, answer)
+}
+
+fn svc(name: &str, lang: &str) -> Value {
+    json!({"name": name, "lang": lang, "stars": 3})
+}
+
+fn in_port(project: &Project, id: &str) -> Option<Value> {
+    project
+        .emulator
+        .entities()
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["identifier"] == id)
+        .cloned()
+}
+
+/// Waits until the agent has logged `n` applied live events.
+async fn applied(service: &RunningService, n: usize) {
+    wait_until(Duration::from_secs(30), "live events applied", || {
+        service.stderr().matches("live event applied").count() >= n
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushed_events_create_change_and_delete_and_an_identical_one_sends_nothing() {
+    let project = Project::new(2).await;
+    project_with(&project, "");
+    let service = started(&project).await;
+
+    let (status, answer) = push(
+        &service,
+        &json!({"id": "d-1", "kind": "service", "upsert": [svc("svc-live", "rust")]}),
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    applied(&service, 1).await;
+    assert_eq!(
+        in_port(&project, "svc-live").unwrap()["properties"]["language"],
+        "rust"
+    );
+
+    let writes = project.writes();
+    push(
+        &service,
+        &json!({"id": "d-2", "kind": "service", "upsert": [svc("svc-live", "rust")]}),
+    )
+    .await;
+    applied(&service, 2).await;
+    assert_eq!(
+        project.writes(),
+        writes,
+        "an identical event sends no request"
+    );
+
+    push(
+        &service,
+        &json!({"id": "d-3", "kind": "service", "upsert": [svc("svc-live", "go")]}),
+    )
+    .await;
+    applied(&service, 3).await;
+    assert_eq!(
+        in_port(&project, "svc-live").unwrap()["properties"]["language"],
+        "go"
+    );
+
+    // The item left the selector: its entity goes.
+    let mut archived = svc("svc-live", "go");
+    archived["archived"] = json!(true);
+    push(
+        &service,
+        &json!({"id": "d-4", "kind": "service", "upsert": [archived]}),
+    )
+    .await;
+    applied(&service, 4).await;
+    assert!(in_port(&project, "svc-live").is_none());
+
+    // A deleted item: the resync-made entity goes too.
+    assert!(in_port(&project, "svc-0001").is_some());
+    push(
+        &service,
+        &json!({"id": "d-5", "kind": "service", "delete": [{"name": "svc-0001"}]}),
+    )
+    .await;
+    applied(&service, 5).await;
+    assert!(in_port(&project, "svc-0001").is_none());
+    let (code, _, stderr) = service.terminate().await;
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_signatures_bodies_and_kinds_are_refused_and_nothing_is_applied() {
+    let project = Project::new(1).await;
+    project_with(&project, "");
+    let service = started(&project).await;
+    let writes = project.writes();
+    let body = json!({"kind": "service", "upsert": [svc("svc-x", "c")]}).to_string();
+    let (status, answer, _) = post(&service, body.as_bytes(), None).await;
+    assert_eq!(status, 401, "{answer}");
+    let wrong = port_agent_integrations::push::signature(b"not-the-secret", body.as_bytes());
+    let (status, _, _) = post(&service, body.as_bytes(), Some(wrong)).await;
+    assert_eq!(status, 401);
+    let (status, answer, _) = post(&service, b"{not json", Some(signed(b"{not json"))).await;
+    assert_eq!(status, 400, "{answer}");
+    let (status, answer) = push(&service, &json!({"kind": "unmapped", "upsert": []})).await;
+    assert_eq!(status, 400, "{answer}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(in_port(&project, "svc-x").is_none());
+    assert_eq!(project.writes(), writes);
+    assert!(!service.stderr().contains(SECRET));
+    service.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_event_is_applied_once() {
+    let project = Project::new(1).await;
+    project_with(&project, "");
+    let service = started(&project).await;
+    let event =
+        json!({"id": "gh-delivery-7", "kind": "service", "upsert": [svc("svc-once", "zig")]});
+    let (first, _) = push(&service, &event).await;
+    let (second, answer) = push(&service, &event).await;
+    assert_eq!((first, second), (202, 202));
+    assert_eq!(answer["duplicate"], true, "{answer}");
+    applied(&service, 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(service.stderr().matches("live event applied").count(), 1);
+    assert_eq!(project.stats()["upserts_per_entity"]["service/svc-once"], 1);
+    service.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_inbox_answers_503_with_retry_after() {
+    let project = Project::new(1).await;
+    project_with(&project, "live_events: {inbox_capacity: 1}");
+    let service = started(&project).await;
+    // Port slow: the first event stays in the inbox while it is applied.
+    project
+        .emulator
+        .set_faults(FaultSpec {
+            latency_ms: Some(1500),
+            ..Default::default()
+        })
+        .unwrap();
+    let (status, _) = push(
+        &service,
+        &json!({"id": "a", "kind": "service", "upsert": [svc("svc-a", "c")]}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let body = json!({"id": "b", "kind": "service", "upsert": [svc("svc-b", "c")]}).to_string();
+    let (status, answer, retry_after) =
+        post(&service, body.as_bytes(), Some(signed(body.as_bytes()))).await;
+    assert_eq!(status, 503, "{answer}");
+    assert_eq!(retry_after.as_deref(), Some("5"));
+    project.emulator.set_faults(FaultSpec::default()).unwrap();
+    applied(&service, 1).await;
+    // Refused, not remembered: the sender's retry is taken.
+    let (status, _, _) = post(&service, body.as_bytes(), Some(signed(body.as_bytes()))).await;
+    assert_eq!(status, 202);
+    applied(&service, 2).await;
+    assert!(in_port(&project, "svc-b").is_some());
+    service.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_accepted_before_a_kill_is_applied_once_after_the_restart() {
+    let project = Project::new(1).await;
+    project_with(&project, "");
+    let service = started(&project).await;
+    // Port slow: the agent is killed after its 202, before the write reaches Port.
+    project
+        .emulator
+        .set_faults(FaultSpec {
+            latency_ms: Some(3000),
+            ..Default::default()
+        })
+        .unwrap();
+    let (status, _) = push(
+        &service,
+        &json!({"id": "k-1", "kind": "service", "upsert": [svc("svc-kept", "ada")]}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let killed = Command::new("kill")
+        .args(["-KILL", &service.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    project.emulator.set_faults(FaultSpec::default()).unwrap();
+    assert!(in_port(&project, "svc-kept").is_none());
+    // The source has the item too (the push only announced it): the restart's resync must find
+    // it unchanged, not create it.
+    project.write_services(&[support::service(0), svc("svc-kept", "ada")]);
+
+    let restarted = started(&project).await;
+    for _ in 0..3000 {
+        if in_port(&project, "svc-kept").is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        in_port(&project, "svc-kept").is_some(),
+        "the event never reached Port:\n{}",
+        restarted.stderr()
+    );
+    assert_eq!(
+        in_port(&project, "svc-kept").unwrap()["properties"]["language"],
+        "ada"
+    );
+    // The inbox kept the event: the drain applied it before the start run, which found it
+    // unchanged.
+    let log = restarted.stderr();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("live event applied sequence=1") && l.contains("upserted=1")),
+        "{log}"
+    );
+    assert_eq!(project.stats()["upserts_per_entity"]["service/svc-kept"], 1);
+    restarted.terminate().await;
+}

@@ -1,0 +1,134 @@
+//! The `json` integration's push endpoint: the fixed contract by which a pipeline or a script
+//! pushes items as live events.
+//!
+//! `POST /integration/webhook` with the body `{"id": "<delivery id>", "kind": "<kind>",
+//! "upsert": [raw items], "delete": [raw items]}` (either list may be absent) and the header
+//! `X-Port-Agent-Signature-256: sha256=<hex HMAC-SHA256 of the raw body with
+//! integration.config.webhookSecret>`.
+
+use hmac::{Hmac, Mac};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use sha2::Sha256;
+
+/// The header carrying the body's signature.
+pub const SIGNATURE_HEADER: &str = "x-port-agent-signature-256";
+
+/// The integration setting that holds the webhook secret.
+pub const SECRET_SETTING: &str = "webhookSecret";
+
+/// `sha256=<hex HMAC-SHA256 of body with secret>`, as the sender computes it.
+pub fn signature(secret: &[u8], body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
+    mac.update(body);
+    let digest = mac.finalize().into_bytes();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256={hex}")
+}
+
+/// Whether `header` is the body's signature with `secret` (compared in constant time).
+pub fn verify(secret: &[u8], body: &[u8], header: Option<&str>) -> bool {
+    let Some(hex) = header.and_then(|h| h.trim().strip_prefix("sha256=")) else {
+        return false;
+    };
+    let Some(given) = decode_hex(hex) else {
+        return false;
+    };
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
+    mac.update(body);
+    mac.verify_slice(&given).is_ok()
+}
+
+fn decode_hex(hex: &str) -> Option<Vec<u8>> {
+    if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// A pushed event, as the body says it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushEvent {
+    /// The sender's delivery id: a redelivery with the same id is not applied twice.
+    #[serde(default)]
+    pub id: Option<String>,
+    pub kind: String,
+    #[serde(default)]
+    pub upsert: Vec<Box<RawValue>>,
+    #[serde(default)]
+    pub delete: Vec<Box<RawValue>>,
+}
+
+/// Reads a push body; the error names what is wrong with it (never its values).
+pub fn parse(body: &[u8]) -> Result<PushEvent, String> {
+    let event: PushEvent = serde_json::from_slice(body).map_err(|e| {
+        format!(
+            "the body is not a push event ({{\"id\", \"kind\", \"upsert\": [...], \"delete\": [...]}}): {} at line {} column {}",
+            match e.classify() {
+                serde_json::error::Category::Syntax | serde_json::error::Category::Eof => "not JSON",
+                _ => "wrong shape",
+            },
+            e.line(),
+            e.column()
+        )
+    })?;
+    if event.kind.is_empty() {
+        return Err("the event's kind is empty".to_owned());
+    }
+    if event
+        .id
+        .as_deref()
+        .is_some_and(|id| id.is_empty() || id.len() > 256)
+    {
+        return Err("the event's id must be 1 to 256 characters".to_owned());
+    }
+    Ok(event)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_are_hmac_sha256_as_rfc_4231_computes_it() {
+        // RFC 4231, test case 2.
+        assert_eq!(
+            signature(b"Jefe", b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        let body = br#"{"kind": "service"}"#;
+        let good = signature(b"s3cret", body);
+        assert!(verify(b"s3cret", body, Some(&good)));
+        assert!(!verify(b"other", body, Some(&good)));
+        assert!(!verify(b"s3cret", b"{}", Some(&good)));
+        assert!(!verify(b"s3cret", body, None));
+        assert!(!verify(b"s3cret", body, Some("sha256=zz")));
+        assert!(!verify(
+            b"s3cret",
+            body,
+            Some(good.trim_start_matches("sha256="))
+        ));
+    }
+
+    #[test]
+    fn push_bodies_are_read_with_errors_that_name_no_value() {
+        let event =
+            parse(br#"{"id": "d-1", "kind": "service", "upsert": [{"name": "a"}]}"#).unwrap();
+        assert_eq!(event.id.as_deref(), Some("d-1"));
+        assert_eq!(event.upsert.len(), 1);
+        assert!(event.delete.is_empty());
+        for bad in [
+            &b"not json"[..],
+            br#"{"kind": ""}"#,
+            br#"{"upsert": []}"#,
+            br#"{"kind": "s", "extra": "secret-ish"}"#,
+        ] {
+            let error = parse(bad).unwrap_err();
+            assert!(!error.contains("secret-ish"), "{error}");
+        }
+    }
+}
