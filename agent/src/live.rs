@@ -13,6 +13,7 @@ use std::time::Duration;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use port_agent_core::live::LiveEvent;
+use port_agent_core::resync::ResyncError;
 use port_agent_integrations::push;
 use port_agent_state::{Accepted, StateStore};
 use serde_json::json;
@@ -128,10 +129,34 @@ pub async fn receive(route: &PushRoute, headers: &HeaderMap, body: &[u8]) -> Res
     }
 }
 
-/// Applies what waits in the inbox, oldest first, until it is empty or the agent stops. An
-/// event is retried with growing waits; after [`ATTEMPTS`] it becomes a dead letter. `prepare`
-/// gives the configuration as it is now (mapping included).
-pub(crate) async fn drain<F, Fut>(state: &Arc<StateStore>, stop: &CancellationToken, prepare: F)
+/// How a drain of the inbox ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drained {
+    /// Nothing waits (or the agent stops).
+    Empty,
+    /// Port (or the configuration) is not usable now: the events wait, in order, for the next
+    /// drain.
+    Paused,
+}
+
+/// What became of one event.
+enum Fate {
+    Applied,
+    DeadLetter,
+    /// Port is unavailable: the event stays first in line.
+    PortDown,
+    Stopped,
+}
+
+/// Applies what waits in the inbox, oldest first, until it is empty, Port is unavailable or the
+/// agent stops. An event that fails on its own (not for Port's unavailability) is retried with
+/// growing waits and after [`ATTEMPTS`] becomes a dead letter. `prepare` gives the
+/// configuration as it is now (mapping included).
+pub(crate) async fn drain<F, Fut>(
+    state: &Arc<StateStore>,
+    stop: &CancellationToken,
+    prepare: F,
+) -> Drained
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Option<crate::commands::resync::Prepared>>,
@@ -142,22 +167,23 @@ where
             Ok(Ok(pending)) => pending,
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "cannot read the live-event inbox");
-                return;
+                return Drained::Paused;
             }
-            Err(_) => return,
+            Err(_) => return Drained::Paused,
         };
         if pending.is_empty() {
-            return;
+            return Drained::Empty;
         }
         let Some(prepared) = prepare().await else {
             // Logged by `prepare`; the events stay in the inbox for the next drain.
-            return;
+            return Drained::Paused;
         };
         for (sequence, bytes) in pending {
-            if stop.is_cancelled() {
-                return;
+            match apply_one(state, &prepared, sequence, &bytes, stop).await {
+                Fate::Applied | Fate::DeadLetter => {}
+                Fate::PortDown => return Drained::Paused,
+                Fate::Stopped => return Drained::Empty,
             }
-            apply_one(state, &prepared, sequence, &bytes, stop).await;
         }
     }
 }
@@ -169,7 +195,7 @@ async fn apply_one(
     sequence: u64,
     bytes: &[u8],
     stop: &CancellationToken,
-) {
+) -> Fate {
     let mut wait = FIRST_WAIT;
     let mut last_error = String::new();
     for attempt in 1..=ATTEMPTS {
@@ -200,15 +226,20 @@ async fn apply_one(
                 }
                 let done = state.clone();
                 let _ = tokio::task::spawn_blocking(move || done.inbox_done(sequence)).await;
-                return;
+                return Fate::Applied;
             }
             Ok(outcome) => last_error = outcome.run.notes.join("; "),
+            Err(ResyncError::Port(e)) => {
+                // Not the event's fault: it waits, first in line, until Port answers again.
+                tracing::warn!(sequence, error = %e, "Port is unavailable; live events wait");
+                return Fate::PortDown;
+            }
             Err(e) => last_error = e.to_string(),
         }
         tracing::warn!(sequence, attempt, error = %last_error, "live event not applied; retrying");
         if attempt < ATTEMPTS {
             tokio::select! {
-                () = stop.cancelled() => return,
+                () = stop.cancelled() => return Fate::Stopped,
                 () = tokio::time::sleep(wait) => {}
             }
             wait *= 2;
@@ -220,4 +251,5 @@ async fn apply_one(
         dead.inbox_dead_letter(sequence, ATTEMPTS, &last_error)
     })
     .await;
+    Fate::DeadLetter
 }

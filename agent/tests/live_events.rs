@@ -324,3 +324,86 @@ async fn an_event_accepted_before_a_kill_is_applied_once_after_the_restart() {
     assert_eq!(project.stats()["upserts_per_entity"]["service/svc-kept"], 1);
     restarted.terminate().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_wait_while_port_is_unavailable_and_apply_once_it_is_back() {
+    let project = Project::new(1).await;
+    project_with(&project, "");
+    let service = started(&project).await;
+    project
+        .emulator
+        .set_faults(FaultSpec {
+            status: Some(503),
+            ..Default::default()
+        })
+        .unwrap();
+    let (status, _) = push(
+        &service,
+        &json!({"id": "p-1", "kind": "service", "upsert": [svc("svc-patient", "ml")]}),
+    )
+    .await;
+    assert_eq!(status, 202, "accepting needs only the state, not Port");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(in_port(&project, "svc-patient").is_none());
+    project.emulator.set_faults(FaultSpec::default()).unwrap();
+    applied(&service, 1).await;
+    assert_eq!(
+        in_port(&project, "svc-patient").unwrap()["properties"]["language"],
+        "ml"
+    );
+    assert_eq!(
+        project.stats()["upserts_per_entity"]["service/svc-patient"],
+        1
+    );
+    let inspect = project
+        .agent(&["state", "inspect", "--config", "agent.yaml", "--json"])
+        .await;
+    let report: Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(
+        report["live_events"]["dead_letters"],
+        json!([]),
+        "Port's outage is not the event's fault"
+    );
+    service.terminate().await;
+}
+
+/// The service applies live events between runs: an event that arrives while a resync runs is
+/// applied after it, so neither the resync's data (read before the event) nor its deletions
+/// undo it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_event_during_a_resync_is_not_undone_by_it() {
+    let project = Project::new(2).await;
+    project_with(&project, "");
+    let service = started(&project).await;
+    // The data changes svc-0001 (the resync sends it) and Port is slow, so the run lasts.
+    let mut changed = support::service(1);
+    changed["lang"] = json!("cobol");
+    project.write_services(&[support::service(0), changed]);
+    project
+        .emulator
+        .set_faults(FaultSpec {
+            latency_ms: Some(300),
+            ..Default::default()
+        })
+        .unwrap();
+    let (status, _) = service.http("POST", "/resync").await.unwrap();
+    assert_eq!(status, 202);
+    service
+        .wait_for_metric("port_agent_run_in_progress", 1.0)
+        .await;
+    push(&service, &json!({"id": "r-1", "kind": "service", "upsert": [svc("svc-0001", "live"), svc("svc-during", "live")]})).await;
+    applied(&service, 1).await;
+    project.emulator.set_faults(FaultSpec::default()).unwrap();
+    service
+        .wait_for_metric("port_agent_runs_total{status=\"completed\"}", 2.0)
+        .await;
+    assert_eq!(
+        in_port(&project, "svc-0001").unwrap()["properties"]["language"],
+        "live"
+    );
+    assert!(
+        in_port(&project, "svc-during").is_some(),
+        "the resync deleted what the event made"
+    );
+    service.terminate().await;
+}

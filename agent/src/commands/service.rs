@@ -23,7 +23,12 @@ use crate::Failure;
 use crate::commands::resync::{open_state, prepare, print, stop_on_signal};
 use crate::config::ListenerType;
 use crate::http::{self, Metrics, SharedState};
-use crate::live::{self, PushRoute};
+use crate::live::{self, Drained, PushRoute};
+
+/// First wait before the inbox is tried again while Port cannot take live events, and the
+/// longest.
+const REDRAIN_FIRST: Duration = Duration::from_secs(2);
+const REDRAIN_MAX: Duration = Duration::from_secs(60);
 
 /// Ocean's default POLLING interval.
 const DEFAULT_POLL_SECONDS: u64 = 60;
@@ -161,8 +166,13 @@ impl Service<'_> {
         min_interval: Duration,
         arrived: &Notify,
     ) {
-        // Events accepted before a restart are applied before anything else.
-        self.drain_inbox().await;
+        // Events accepted before a restart are applied before anything else. While Port cannot
+        // take them, the inbox is tried again every `redrain` (doubling up to a minute).
+        let mut redrain = REDRAIN_FIRST;
+        let mut next_drain = match self.drain_inbox().await {
+            Drained::Paused => Some(Instant::now() + redrain),
+            Drained::Empty => None,
+        };
         let poll_every = polling.every;
         // The request standing at start is served by the start run.
         let mut handled = if polling.enabled {
@@ -209,6 +219,12 @@ impl Service<'_> {
                     std::future::pending::<()>().await;
                 }
             };
+            let drain_due = async {
+                match next_drain {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             let due = async {
                 match deferred {
                     Some((_, at)) => tokio::time::sleep_until(at).await,
@@ -224,7 +240,8 @@ impl Service<'_> {
                 () = scheduled => pending = Some(Trigger::Schedule),
                 () = requested => defer(Trigger::Webhook, &mut deferred),
                 () = reload.notified() => defer(Trigger::Reload, &mut deferred),
-                () = arrived.notified() => self.drain_inbox().await,
+                () = arrived.notified() => next_drain = self.drain_again(&mut redrain).await,
+                () = drain_due => next_drain = self.drain_again(&mut redrain).await,
                 () = due => pending = deferred.take().map(|(trigger, _)| trigger),
                 () = polled => {
                     next_poll = Instant::now() + poll_every;
@@ -306,9 +323,9 @@ impl Service<'_> {
     }
 
     /// Applies the live events waiting in the inbox (between runs, never during one).
-    async fn drain_inbox(&self) {
+    async fn drain_inbox(&self) -> Drained {
         let Some(state) = self.current_state() else {
-            return;
+            return Drained::Paused;
         };
         live::drain(&state, &self.stop, || async {
             match prepare(self.config_path, &[]).await {
@@ -322,7 +339,22 @@ impl Service<'_> {
                 }
             }
         })
-        .await;
+        .await
+    }
+
+    /// A drain after the first: when the next one is due (the wait doubling while Port cannot
+    /// take the events).
+    async fn drain_again(&self, redrain: &mut Duration) -> Option<Instant> {
+        match self.drain_inbox().await {
+            Drained::Paused => {
+                *redrain = (*redrain * 2).min(REDRAIN_MAX);
+                Some(Instant::now() + *redrain)
+            }
+            Drained::Empty => {
+                *redrain = REDRAIN_FIRST;
+                None
+            }
+        }
     }
 
     /// The state the last run left open, if it did.
