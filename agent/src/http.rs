@@ -45,7 +45,18 @@ struct Recorded {
     state_entities: u64,
     /// Set while the agent cannot work (e.g. its state file cannot be written).
     unready: Option<String>,
+    /// Live events by (outcome, kind).
+    live_events: BTreeMap<(&'static str, String), u64>,
+    /// Events waiting in the inbox, as last seen.
+    inbox_waiting: u64,
+    /// Seconds from an event's receipt to Port's acknowledgement: counts per bucket, sum.
+    live_latency: [u64; LATENCY_BUCKETS.len()],
+    live_latency_sum: f64,
+    live_latency_count: u64,
 }
+
+/// Upper bounds (seconds) of the receipt-to-acknowledgement histogram.
+const LATENCY_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0];
 
 impl Metrics {
     fn recorded(&self) -> std::sync::MutexGuard<'_, Recorded> {
@@ -86,6 +97,31 @@ impl Metrics {
         }
         self.in_progress.store(false, Ordering::Relaxed);
         self.ready.store(true, Ordering::Relaxed);
+    }
+
+    /// A live event's outcome (`received`, `accepted`, `rejected`, `duplicate`, `refused_full`,
+    /// `applied`, `dead_lettered`) for `kind` (empty when unknown).
+    pub fn live_event(&self, outcome: &'static str, kind: &str) {
+        *self
+            .recorded()
+            .live_events
+            .entry((outcome, kind.to_owned()))
+            .or_default() += 1;
+    }
+
+    /// How many events wait in the inbox.
+    pub fn inbox_waiting(&self, waiting: u64) {
+        self.recorded().inbox_waiting = waiting;
+    }
+
+    /// An event reached Port `seconds` after it was received.
+    pub fn live_latency(&self, seconds: f64) {
+        let mut recorded = self.recorded();
+        if let Some(bucket) = LATENCY_BUCKETS.iter().position(|b| seconds <= *b) {
+            recorded.live_latency[bucket] += 1;
+        }
+        recorded.live_latency_sum += seconds;
+        recorded.live_latency_count += 1;
     }
 
     fn render(&self) -> String {
@@ -160,6 +196,54 @@ impl Metrics {
             "gauge",
             "Entities the state believes are in Port.",
             &gauge(recorded.state_entities as f64),
+        );
+        let escape = |s: &str| {
+            s.replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n")
+        };
+        let live: Vec<(String, f64)> = recorded
+            .live_events
+            .iter()
+            .map(|((outcome, kind), n)| {
+                (
+                    format!("{{outcome=\"{outcome}\",kind=\"{}\"}}", escape(kind)),
+                    *n as f64,
+                )
+            })
+            .collect();
+        metric(
+            "port_agent_live_events_total",
+            "counter",
+            "Live events on /integration/webhook, by outcome and kind.",
+            &live,
+        );
+        metric(
+            "port_agent_inbox_waiting",
+            "gauge",
+            "Live events accepted and not yet applied.",
+            &gauge(recorded.inbox_waiting as f64),
+        );
+        let mut cumulative = 0;
+        let mut buckets: Vec<(String, f64)> = LATENCY_BUCKETS
+            .iter()
+            .zip(recorded.live_latency)
+            .map(|(bound, n)| {
+                cumulative += n;
+                (format!("_bucket{{le=\"{bound}\"}}"), cumulative as f64)
+            })
+            .collect();
+        buckets.push((
+            "_bucket{le=\"+Inf\"}".to_owned(),
+            recorded.live_latency_count as f64,
+        ));
+        buckets.push(("_sum".to_owned(), recorded.live_latency_sum));
+        buckets.push(("_count".to_owned(), recorded.live_latency_count as f64));
+        metric(
+            "port_agent_live_event_ack_seconds",
+            "histogram",
+            "Seconds from a live event's receipt to Port's acknowledgement.",
+            &buckets,
         );
         out
     }

@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::PushSettings;
-use crate::http::SharedState;
+use crate::http::{Metrics, SharedState};
 
 /// Attempts at an event before it becomes a dead letter, and the waits between them.
 const ATTEMPTS: u32 = 5;
@@ -29,9 +29,37 @@ const FIRST_WAIT: Duration = Duration::from_secs(1);
 /// What a sender is told to wait when the inbox is full or the state is not open.
 const RETRY_AFTER_SECONDS: &str = "5";
 
+/// An inbox entry: a version byte, the receipt time (ms since the epoch), then the body as
+/// received (its signature was checked over these bytes).
+const ENVELOPE: u8 = 1;
+
+fn envelope(body: &[u8]) -> Vec<u8> {
+    let now = jiff::Timestamp::now().as_millisecond();
+    let mut out = Vec::with_capacity(9 + body.len());
+    out.push(ENVELOPE);
+    out.extend_from_slice(&now.to_le_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// The receipt time (if recorded) and the body of an inbox entry.
+fn open_envelope(bytes: &[u8]) -> (Option<i64>, &[u8]) {
+    match bytes.split_first() {
+        Some((&ENVELOPE, rest)) if rest.len() >= 8 => {
+            let (at, body) = rest.split_at(8);
+            (
+                Some(i64::from_le_bytes(at.try_into().expect("8 bytes"))),
+                body,
+            )
+        }
+        _ => (None, bytes),
+    }
+}
+
 /// What the push endpoint works with.
 #[derive(Debug, Clone)]
 pub struct PushRoute {
+    pub metrics: Arc<Metrics>,
     pub settings: PushSettings,
     /// The kinds the mapping maps (as the service started).
     pub kinds: Arc<BTreeSet<String>>,
@@ -61,17 +89,20 @@ fn busy(why: &str) -> Response {
 /// the inbox (also for a delivery id seen before, which is not queued again), 503 with
 /// Retry-After when the inbox is full.
 pub async fn receive(route: &PushRoute, headers: &HeaderMap, body: &[u8]) -> Response {
+    route.metrics.live_event("received", "");
     let signature = headers
         .get(push::SIGNATURE_HEADER)
         .and_then(|v| v.to_str().ok());
     match &route.settings.secret {
         Some(secret) if !push::verify(secret.expose().as_bytes(), body, signature) => {
+            route.metrics.live_event("rejected", "");
             return answer(
                 StatusCode::UNAUTHORIZED,
                 json!({"ok": false, "error": format!("a valid {} header is required", push::SIGNATURE_HEADER)}),
             );
         }
         None if !route.settings.allow_unsigned => {
+            route.metrics.live_event("rejected", "");
             return answer(
                 StatusCode::UNAUTHORIZED,
                 json!({"ok": false, "error": format!("events are refused: set integration.config.{} and sign them (or live_events.allow_unsigned_webhooks: true)", push::SECRET_SETTING)}),
@@ -82,6 +113,7 @@ pub async fn receive(route: &PushRoute, headers: &HeaderMap, body: &[u8]) -> Res
     let event = match push::parse(body) {
         Ok(event) => event,
         Err(error) => {
+            route.metrics.live_event("rejected", "");
             return answer(
                 StatusCode::BAD_REQUEST,
                 json!({"ok": false, "error": error}),
@@ -89,6 +121,7 @@ pub async fn receive(route: &PushRoute, headers: &HeaderMap, body: &[u8]) -> Res
         }
     };
     if !route.kinds.contains(&event.kind) {
+        route.metrics.live_event("rejected", "");
         return answer(
             StatusCode::BAD_REQUEST,
             json!({"ok": false, "error": format!("kind {:?} is not mapped by any resource", event.kind)}),
@@ -102,22 +135,31 @@ pub async fn receive(route: &PushRoute, headers: &HeaderMap, body: &[u8]) -> Res
     else {
         return busy("the state is not open; try again later");
     };
-    let (id, bytes, capacity) = (event.id, body.to_vec(), route.settings.inbox_capacity);
-    let accepted =
-        tokio::task::spawn_blocking(move || state.inbox_accept(id.as_deref(), &bytes, capacity))
-            .await;
+    let (id, bytes, capacity) = (event.id, envelope(body), route.settings.inbox_capacity);
+    let accepted = tokio::task::spawn_blocking(move || {
+        let accepted = state.inbox_accept(id.as_deref(), &bytes, capacity)?;
+        Ok::<_, port_agent_state::StateError>((accepted, state.inbox_depth()?.0))
+    })
+    .await;
+    let kind = event.kind.as_str();
     match accepted {
-        Ok(Ok(Accepted::Queued(sequence))) => {
+        Ok(Ok((Accepted::Queued(sequence), waiting))) => {
+            route.metrics.live_event("accepted", kind);
+            route.metrics.inbox_waiting(waiting);
             route.arrived.notify_one();
             answer(
                 StatusCode::ACCEPTED,
                 json!({"ok": true, "sequence": sequence}),
             )
         }
-        Ok(Ok(Accepted::Duplicate)) => {
+        Ok(Ok((Accepted::Duplicate, _))) => {
+            route.metrics.live_event("duplicate", kind);
             answer(StatusCode::ACCEPTED, json!({"ok": true, "duplicate": true}))
         }
-        Ok(Ok(Accepted::Full)) => busy("the inbox is full; try again later"),
+        Ok(Ok((Accepted::Full, _))) => {
+            route.metrics.live_event("refused_full", kind);
+            busy("the inbox is full; try again later")
+        }
         Ok(Err(e)) => {
             tracing::error!(error = %e, "a live event could not be written to the inbox");
             busy("the event could not be stored; try again later")
@@ -155,6 +197,7 @@ enum Fate {
 pub(crate) async fn drain<F, Fut>(
     state: &Arc<StateStore>,
     stop: &CancellationToken,
+    metrics: &Metrics,
     prepare: F,
 ) -> Drained
 where
@@ -179,7 +222,14 @@ where
             return Drained::Paused;
         };
         for (sequence, bytes) in pending {
-            match apply_one(state, &prepared, sequence, &bytes, stop).await {
+            let fate = apply_one(state, &prepared, sequence, &bytes, stop, metrics).await;
+            let reader = state.clone();
+            if let Ok(Ok((waiting, _))) =
+                tokio::task::spawn_blocking(move || reader.inbox_depth()).await
+            {
+                metrics.inbox_waiting(waiting);
+            }
+            match fate {
                 Fate::Applied | Fate::DeadLetter => {}
                 Fate::PortDown => return Drained::Paused,
                 Fate::Stopped => return Drained::Empty,
@@ -195,13 +245,19 @@ async fn apply_one(
     sequence: u64,
     bytes: &[u8],
     stop: &CancellationToken,
+    metrics: &Metrics,
 ) -> Fate {
+    let (received_ms, body) = open_envelope(bytes);
     let mut wait = FIRST_WAIT;
     let mut last_error = String::new();
+    let mut kind = String::new();
     for attempt in 1..=ATTEMPTS {
-        let event = match push::parse(bytes) {
+        let event = match push::parse(body) {
             Ok(event) => LiveEvent {
-                kind: event.kind,
+                kind: {
+                    kind.clone_from(&event.kind);
+                    event.kind
+                },
                 upsert: event.upsert,
                 delete: event.delete,
             },
@@ -226,6 +282,11 @@ async fn apply_one(
                 }
                 let done = state.clone();
                 let _ = tokio::task::spawn_blocking(move || done.inbox_done(sequence)).await;
+                metrics.live_event("applied", &kind);
+                if let Some(received) = received_ms {
+                    let now = jiff::Timestamp::now().as_millisecond();
+                    metrics.live_latency((now - received).max(0) as f64 / 1000.0);
+                }
                 return Fate::Applied;
             }
             Ok(outcome) => last_error = outcome.run.notes.join("; "),
@@ -246,6 +307,7 @@ async fn apply_one(
         }
     }
     tracing::error!(sequence, error = %last_error, "live event kept failing; it is a dead letter now (`port-agent state retry-dead-letters`)");
+    metrics.live_event("dead_lettered", &kind);
     let dead = state.clone();
     let _ = tokio::task::spawn_blocking(move || {
         dead.inbox_dead_letter(sequence, ATTEMPTS, &last_error)

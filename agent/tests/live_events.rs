@@ -187,6 +187,18 @@ async fn pushed_events_create_change_and_delete_and_an_identical_one_sends_nothi
     .await;
     applied(&service, 5).await;
     assert!(in_port(&project, "svc-0001").is_none());
+    service
+        .wait_for_metric(
+            "port_agent_live_events_total{outcome=\"applied\",kind=\"service\"}",
+            5.0,
+        )
+        .await;
+    service
+        .wait_for_metric("port_agent_live_event_ack_seconds_count", 5.0)
+        .await;
+    service
+        .wait_for_metric("port_agent_inbox_waiting", 0.0)
+        .await;
     let (code, _, stderr) = service.terminate().await;
     assert_eq!(code, Some(0), "{stderr}");
 }
@@ -211,6 +223,12 @@ async fn bad_signatures_bodies_and_kinds_are_refused_and_nothing_is_applied() {
     assert!(in_port(&project, "svc-x").is_none());
     assert_eq!(project.writes(), writes);
     assert!(!service.stderr().contains(SECRET));
+    service
+        .wait_for_metric(
+            "port_agent_live_events_total{outcome=\"rejected\",kind=\"\"}",
+            4.0,
+        )
+        .await;
     service.terminate().await;
 }
 

@@ -115,6 +115,7 @@ pub async fn serve(config_path: &Path) -> Result<(), Failure> {
                 resync_token: first.resync_token.clone(),
                 state: service.state.clone(),
                 push: Some(PushRoute {
+                    metrics: service.metrics.clone(),
                     settings: first.push.clone(),
                     kinds: Arc::new(first.mapped_kinds()),
                     state: service.state.clone(),
@@ -327,7 +328,7 @@ impl Service<'_> {
         let Some(state) = self.current_state() else {
             return Drained::Paused;
         };
-        live::drain(&state, &self.stop, || async {
+        live::drain(&state, &self.stop, &self.metrics, || async {
             match prepare(self.config_path, &[]).await {
                 Ok(prepared) => Some(prepared),
                 Err(failure) => {
