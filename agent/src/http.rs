@@ -63,6 +63,11 @@ impl Metrics {
         self.recorded.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Ready without a run (WEBHOOKS_ONLY: the agent works once its state is open).
+    pub fn mark_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
     pub fn run_started(&self) {
         self.in_progress.store(true, Ordering::Relaxed);
     }

@@ -251,7 +251,9 @@ async fn apply_one(
     let mut wait = FIRST_WAIT;
     let mut last_error = String::new();
     let mut kind = String::new();
+    let mut attempts = 0;
     for attempt in 1..=ATTEMPTS {
+        attempts = attempt;
         let event = match push::parse(body) {
             Ok(event) => LiveEvent {
                 kind: {
@@ -267,6 +269,19 @@ async fn apply_one(
             }
         };
         match prepared.apply_live(state, event).await {
+            // Items that failed to map or that Port refused fail the same way again: the event
+            // is a dead letter at once (what it could apply is applied), for an operator to see.
+            Ok(outcome)
+                if outcome.run.status == port_agent_state::RunStatus::CompletedWithErrors =>
+            {
+                let mut errors = outcome.item_errors.clone();
+                errors.extend(outcome.run.notes.iter().cloned());
+                if errors.is_empty() {
+                    errors.push("Port refused entities of this event".to_owned());
+                }
+                last_error = errors.join("; ");
+                break;
+            }
             Ok(outcome) if outcome.run.status != port_agent_state::RunStatus::Failed => {
                 tracing::info!(
                     sequence,
@@ -310,7 +325,7 @@ async fn apply_one(
     metrics.live_event("dead_lettered", &kind);
     let dead = state.clone();
     let _ = tokio::task::spawn_blocking(move || {
-        dead.inbox_dead_letter(sequence, ATTEMPTS, &last_error)
+        dead.inbox_dead_letter(sequence, attempts, &last_error)
     })
     .await;
     Fate::DeadLetter

@@ -425,3 +425,73 @@ async fn a_live_event_during_a_resync_is_not_undone_by_it() {
     );
     service.terminate().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_only_applies_live_events_and_runs_no_resync() {
+    let project = Project::new(2).await;
+    std::fs::write(project.root().join("port-app-config.yaml"), MAPPING).unwrap();
+    let path = project.root().join("agent.yaml");
+    let config = std::fs::read_to_string(&path).unwrap().replace(
+        "config: {kinds:",
+        &format!("config: {{webhookSecret: {SECRET}, kinds:"),
+    );
+    std::fs::write(&path, config).unwrap();
+    use_listener(&project, "event_listener: {type: WEBHOOKS_ONLY}");
+    let service = started(&project).await;
+    push(
+        &service,
+        &json!({"id": "w-1", "kind": "service", "upsert": [svc("svc-pushed", "go")]}),
+    )
+    .await;
+    applied(&service, 1).await;
+    assert!(in_port(&project, "svc-pushed").is_some());
+    assert!(
+        in_port(&project, "svc-0000").is_none(),
+        "no resync reads the source"
+    );
+    assert_eq!(
+        service
+            .metric("port_agent_runs_total{status=\"completed\"}")
+            .await,
+        Some(0.0)
+    );
+    service.terminate().await;
+}
+
+/// An event Port refuses (a property of the wrong type) fails the same way on every attempt: it
+/// is a dead letter at once, shown with Port's reason; what it could apply is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_port_refuses_is_a_dead_letter_with_the_reason() {
+    let project = Project::new(1).await;
+    project_with(&project, "");
+    let service = started(&project).await;
+    let mut bad = svc("svc-bad", "go");
+    bad["stars"] = json!("many");
+    push(
+        &service,
+        &json!({"id": "x-1", "kind": "service", "upsert": [bad, svc("svc-good", "go")]}),
+    )
+    .await;
+    service
+        .wait_for_metric(
+            "port_agent_live_events_total{outcome=\"dead_lettered\",kind=\"service\"}",
+            1.0,
+        )
+        .await;
+    assert!(in_port(&project, "svc-good").is_some());
+    assert!(in_port(&project, "svc-bad").is_none());
+    let inspect = project
+        .agent(&["state", "inspect", "--config", "agent.yaml", "--json"])
+        .await;
+    let report: Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    let letter = &report["live_events"]["dead_letters"][0];
+    assert_eq!(letter["attempts"], 1, "{report}");
+    assert!(
+        letter["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("Port refused 1 entities of kind service"),
+        "{letter}"
+    );
+    service.terminate().await;
+}

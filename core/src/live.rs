@@ -138,6 +138,12 @@ pub async fn apply(
         Ok(deletions) => {
             counters.deleted += deletions.deleted.values().sum::<u64>();
             run.notes.extend(deletions.notes.iter().cloned());
+            run.notes.extend(
+                writer
+                    .refused_kinds()
+                    .iter()
+                    .map(|(kind, n)| format!("Port refused {n} entities of kind {kind}")),
+            );
             if deletions.failed {
                 RunStatus::Failed
             } else if !mapped.item_errors.is_empty() || !writer.refused_kinds().is_empty() {

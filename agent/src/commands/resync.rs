@@ -203,6 +203,13 @@ impl Prepared {
             .collect()
     }
 
+    /// Creates the integration and the missing blueprints in Port (what a resync does first).
+    pub(crate) async fn prepare_port(&self) -> Result<(), port_agent_core::resync::ResyncError> {
+        self.resync(None, None, CancellationToken::new())
+            .prepare_port()
+            .await
+    }
+
     /// Applies one live event through the resync's write path.
     pub(crate) async fn apply_live(
         &self,

@@ -72,13 +72,18 @@ pub async fn serve(config_path: &Path) -> Result<(), Failure> {
     let listener = first.listener.listener;
     if !matches!(
         listener,
-        ListenerType::Polling | ListenerType::Webhook | ListenerType::Once
+        ListenerType::Polling
+            | ListenerType::Webhook
+            | ListenerType::Once
+            | ListenerType::WebhooksOnly
     ) {
         return Err(Failure::Config(anyhow!(
-            "{}: event_listener.type {listener:?} is not supported yet; use POLLING, WEBHOOK or ONCE",
+            "{}: event_listener.type {listener:?} is not supported yet; use POLLING, WEBHOOK, WEBHOOKS_ONLY or ONCE",
             config_path.display()
         )));
     }
+    // WEBHOOKS_ONLY: live events, no resync at all (Ocean's listener of that name).
+    let resyncs = listener != ListenerType::WebhooksOnly;
     let state = open_state(&first.state_path, &first.identity).await?;
     let service = Service {
         config_path,
@@ -140,11 +145,28 @@ pub async fn serve(config_path: &Path) -> Result<(), Failure> {
         };
         let schedule = first
             .scheduled_resync_interval
+            .filter(|_| resyncs)
             .map(|minutes| Duration::from_secs_f64(minutes * 60.0));
         let min_interval = first.min_resync_interval;
+        if !resyncs {
+            // No run sets Port up: the integration and its blueprints are made here.
+            if let Err(e) = first.prepare_port().await {
+                tracing::error!(error = %e, "cannot set up the integration and blueprints in Port");
+            }
+            // Ready as soon as live events can be applied: there is no first run to wait for.
+            service.metrics.mark_ready();
+        }
         drop(first);
         service
-            .serve(&polling, schedule, webhook, &reload, min_interval, &arrived)
+            .serve(
+                &polling,
+                schedule,
+                webhook,
+                &reload,
+                min_interval,
+                &arrived,
+                resyncs,
+            )
             .await;
         let _ = server.await;
         drop(beacon);
@@ -166,6 +188,7 @@ impl Service<'_> {
         reload: &Notify,
         min_interval: Duration,
         arrived: &Notify,
+        resyncs: bool,
     ) {
         // Events accepted before a restart are applied before anything else. While Port cannot
         // take them, the inbox is tried again every `redrain` (doubling up to a minute).
@@ -181,7 +204,7 @@ impl Service<'_> {
         } else {
             None
         };
-        let mut pending = Some(Trigger::Start);
+        let mut pending = resyncs.then_some(Trigger::Start);
         let mut next_scheduled = schedule.map(|every| Instant::now() + every);
         let mut next_poll = Instant::now() + poll_every;
         let mut last_requested: Option<Instant> = None;
@@ -240,7 +263,7 @@ impl Service<'_> {
                 () = self.stop.cancelled() => return,
                 () = scheduled => pending = Some(Trigger::Schedule),
                 () = requested => defer(Trigger::Webhook, &mut deferred),
-                () = reload.notified() => defer(Trigger::Reload, &mut deferred),
+                () = reload.notified(), if resyncs => defer(Trigger::Reload, &mut deferred),
                 () = arrived.notified() => next_drain = self.drain_again(&mut redrain).await,
                 () = drain_due => next_drain = self.drain_again(&mut redrain).await,
                 () = due => pending = deferred.take().map(|(trigger, _)| trigger),

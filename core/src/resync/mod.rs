@@ -153,7 +153,7 @@ impl Resync<'_> {
     }
 
     /// Creates the integration and the missing blueprints in Port, as Ocean does at start.
-    async fn prepare_port(&self) -> Result<(), ResyncError> {
+    pub async fn prepare_port(&self) -> Result<(), ResyncError> {
         let setup = self.setup;
         if self
             .client
