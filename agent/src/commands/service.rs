@@ -158,15 +158,15 @@ pub async fn serve(config_path: &Path) -> Result<(), Failure> {
         }
         drop(first);
         service
-            .serve(
-                &polling,
+            .serve(Triggers {
+                polling,
                 schedule,
                 webhook,
-                &reload,
+                reload: reload.clone(),
                 min_interval,
-                &arrived,
+                arrived,
                 resyncs,
-            )
+            })
             .await;
         let _ = server.await;
         drop(beacon);
@@ -180,16 +180,16 @@ impl Service<'_> {
     /// Resyncs at start, then whenever a resync is requested (in Port, or on `/resync`) or the
     /// schedule is due, until asked to stop. Requested runs start `min_interval` apart at
     /// least: requests meanwhile make one run when the time is up.
-    async fn serve(
-        &self,
-        polling: &Polling,
-        schedule: Option<Duration>,
-        webhook: Option<Arc<Notify>>,
-        reload: &Notify,
-        min_interval: Duration,
-        arrived: &Notify,
-        resyncs: bool,
-    ) {
+    async fn serve(&self, triggers: Triggers) {
+        let Triggers {
+            polling,
+            schedule,
+            webhook,
+            reload,
+            min_interval,
+            arrived,
+            resyncs,
+        } = triggers;
         // Events accepted before a restart are applied before anything else. While Port cannot
         // take them, the inbox is tried again every `redrain` (doubling up to a minute).
         let mut redrain = REDRAIN_FIRST;
@@ -385,6 +385,23 @@ impl Service<'_> {
     fn current_state(&self) -> Option<Arc<StateStore>> {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
+}
+
+/// What starts work in the service loop.
+struct Triggers {
+    polling: Polling,
+    /// Between scheduled resyncs.
+    schedule: Option<Duration>,
+    /// `POST /resync` (the WEBHOOK listener).
+    webhook: Option<Arc<Notify>>,
+    /// SIGHUP.
+    reload: Arc<Notify>,
+    /// Least time between two requested runs.
+    min_interval: Duration,
+    /// A live event was queued.
+    arrived: Arc<Notify>,
+    /// False with WEBHOOKS_ONLY: live events only.
+    resyncs: bool,
 }
 
 /// Ocean's POLLING listener: Port's resync request for this integration.
