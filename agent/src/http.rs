@@ -264,7 +264,7 @@ struct Shared {
     resync: Option<Arc<Notify>>,
     resync_token: Option<Secret>,
     state: SharedState,
-    push: Option<crate::live::PushRoute>,
+    webhooks: Option<crate::live::WebhookRoute>,
 }
 
 /// What the routes serve: `resync` is the WEBHOOK listener's trigger (`POST /resync`), when
@@ -275,8 +275,8 @@ pub struct Routes {
     pub resync: Option<Arc<Notify>>,
     pub resync_token: Option<Secret>,
     pub state: SharedState,
-    /// `POST /integration/webhook`, the push endpoint of live events.
-    pub push: Option<crate::live::PushRoute>,
+    /// `POST /integration/webhook`: live events for the integration's processors.
+    pub webhooks: Option<crate::live::WebhookRoute>,
 }
 
 pub fn router(routes: Routes) -> Router {
@@ -291,7 +291,7 @@ pub fn router(routes: Routes) -> Router {
     } else {
         router
     };
-    let router = if routes.push.is_some() {
+    let router = if routes.webhooks.is_some() {
         router.route("/integration/webhook", post(integration_webhook))
     } else {
         router
@@ -301,17 +301,18 @@ pub fn router(routes: Routes) -> Router {
         resync: routes.resync,
         resync_token: routes.resync_token,
         state: routes.state,
-        push: routes.push,
+        webhooks: routes.webhooks,
     })
 }
 
 async fn integration_webhook(
     State(shared): State<Shared>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    match &shared.push {
-        Some(route) => crate::live::receive(route, &headers, &body).await,
+    match &shared.webhooks {
+        Some(route) => crate::live::receive(route, uri.path(), &headers, &body).await,
         None => StatusCode::NOT_FOUND.into_response(),
     }
 }

@@ -1,6 +1,6 @@
-//! Live events in the service: the `json` integration's push endpoint (`POST
-//! /integration/webhook`), which accepts an event into the state's inbox before it answers, and
-//! the drain that applies the inbox through the resync's write path.
+//! Live events in the service: the webhook route, which hands each request to the integration's
+//! processors ([`port_agent_core::webhook`]) and queues what they accept in the state's inbox
+//! before it answers, and the drain that applies the inbox through the resync's write path.
 //!
 //! The service applies events between runs, never during one: a resync and a live event never
 //! write the same entity at once, and an event that arrives during a resync is applied after it,
@@ -14,13 +14,12 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use port_agent_core::live::LiveEvent;
 use port_agent_core::resync::ResyncError;
-use port_agent_integrations::push;
+use port_agent_core::webhook::{HandleError, Refusal, WebhookProcessor, WebhookRequest};
 use port_agent_state::{Accepted, StateStore};
 use serde_json::json;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::PushSettings;
 use crate::http::{Metrics, SharedState};
 
 /// Attempts at an event before it becomes a dead letter, and the waits between them.
@@ -29,40 +28,55 @@ const FIRST_WAIT: Duration = Duration::from_secs(1);
 /// What a sender is told to wait when the inbox is full or the state is not open.
 const RETRY_AFTER_SECONDS: &str = "5";
 
-/// An inbox entry: a version byte, the receipt time (ms since the epoch), then the body as
-/// received (its signature was checked over these bytes).
-const ENVELOPE: u8 = 1;
+/// An inbox entry: a version byte, the receipt time (ms since the epoch), the processor's name
+/// (a length byte, then the name), then the payload it accepted.
+const ENVELOPE: u8 = 2;
 
-fn envelope(body: &[u8]) -> Vec<u8> {
+fn envelope(processor: &str, payload: &[u8]) -> Vec<u8> {
     let now = jiff::Timestamp::now().as_millisecond();
-    let mut out = Vec::with_capacity(9 + body.len());
+    let name = &processor.as_bytes()[..processor.len().min(255)];
+    let mut out = Vec::with_capacity(10 + name.len() + payload.len());
     out.push(ENVELOPE);
     out.extend_from_slice(&now.to_le_bytes());
-    out.extend_from_slice(body);
+    out.push(name.len() as u8);
+    out.extend_from_slice(name);
+    out.extend_from_slice(payload);
     out
 }
 
-/// The receipt time (if recorded) and the body of an inbox entry.
-fn open_envelope(bytes: &[u8]) -> (Option<i64>, &[u8]) {
-    match bytes.split_first() {
-        Some((&ENVELOPE, rest)) if rest.len() >= 8 => {
-            let (at, body) = rest.split_at(8);
-            (
-                Some(i64::from_le_bytes(at.try_into().expect("8 bytes"))),
-                body,
-            )
-        }
-        _ => (None, bytes),
-    }
+/// An inbox entry opened: receipt time, processor name, payload.
+struct Opened<'a> {
+    received_ms: i64,
+    processor: &'a str,
+    payload: &'a [u8],
 }
 
-/// What the push endpoint works with.
+fn open_envelope(bytes: &[u8]) -> Option<Opened<'_>> {
+    let (&version, rest) = bytes.split_first()?;
+    if version != ENVELOPE || rest.len() < 9 {
+        return None;
+    }
+    let received_ms = i64::from_le_bytes(rest[..8].try_into().ok()?);
+    let name_len = usize::from(rest[8]);
+    let name = std::str::from_utf8(rest.get(9..9 + name_len)?).ok()?;
+    Some(Opened {
+        received_ms,
+        processor: name,
+        payload: rest.get(9 + name_len..)?,
+    })
+}
+
+/// The integration's live-event processors.
+pub type Processors = Arc<Vec<Box<dyn WebhookProcessor>>>;
+
+/// What the webhook route works with.
 #[derive(Debug, Clone)]
-pub struct PushRoute {
+pub struct WebhookRoute {
     pub metrics: Arc<Metrics>,
-    pub settings: PushSettings,
+    pub processors: Processors,
     /// The kinds the mapping maps (as the service started).
     pub kinds: Arc<BTreeSet<String>>,
+    pub inbox_capacity: usize,
     pub state: SharedState,
     /// Told when an event is queued.
     pub arrived: Arc<Notify>,
@@ -84,47 +98,57 @@ fn busy(why: &str) -> Response {
     response
 }
 
-/// `POST /integration/webhook`: 401 for a missing or wrong signature, 400 for a body that is
-/// not a push event or names a kind the mapping does not map, 202 once the event is durably in
-/// the inbox (also for a delivery id seen before, which is not queued again), 503 with
-/// Retry-After when the inbox is full.
-pub async fn receive(route: &PushRoute, headers: &HeaderMap, body: &[u8]) -> Response {
+/// A webhook request: each processor that takes it authenticates and validates it (401 or 400,
+/// nothing queued); what they accept is durably in the inbox before the 202 (a delivery id seen
+/// before is not queued again); a full inbox is 503 with Retry-After; a request no processor
+/// takes is 200, ignored.
+pub async fn receive(
+    route: &WebhookRoute,
+    path: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
     route.metrics.live_event("received", "");
-    let signature = headers
-        .get(push::SIGNATURE_HEADER)
-        .and_then(|v| v.to_str().ok());
-    match &route.settings.secret {
-        Some(secret) if !push::verify(secret.expose().as_bytes(), body, signature) => {
-            route.metrics.live_event("rejected", "");
-            return answer(
-                StatusCode::UNAUTHORIZED,
-                json!({"ok": false, "error": format!("a valid {} header is required", push::SIGNATURE_HEADER)}),
-            );
-        }
-        None if !route.settings.allow_unsigned => {
-            route.metrics.live_event("rejected", "");
-            return answer(
-                StatusCode::UNAUTHORIZED,
-                json!({"ok": false, "error": format!("events are refused: set integration.config.{} and sign them (or live_events.allow_unsigned_webhooks: true)", push::SECRET_SETTING)}),
-            );
-        }
-        _ => {}
-    }
-    let event = match push::parse(body) {
-        Ok(event) => event,
-        Err(error) => {
-            route.metrics.live_event("rejected", "");
-            return answer(
-                StatusCode::BAD_REQUEST,
-                json!({"ok": false, "error": error}),
-            );
-        }
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .filter_map(|(n, v)| Some((n.as_str().to_ascii_lowercase(), v.to_str().ok()?.to_owned())))
+        .collect();
+    let request = WebhookRequest {
+        path,
+        headers: &headers,
+        body,
     };
-    if !route.kinds.contains(&event.kind) {
+    let mut accepted = Vec::new();
+    for processor in route
+        .processors
+        .iter()
+        .filter(|p| p.should_process(&request))
+    {
+        match processor.accept(&request) {
+            Ok(event) => accepted.push((processor.name(), event)),
+            Err(refusal) => {
+                route.metrics.live_event("rejected", "");
+                let status = match refusal {
+                    Refusal::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+                    Refusal::Invalid(_) => StatusCode::BAD_REQUEST,
+                };
+                return answer(status, json!({"ok": false, "error": refusal.to_string()}));
+            }
+        }
+    }
+    if accepted.is_empty() {
+        route.metrics.live_event("ignored", "");
+        return answer(StatusCode::OK, json!({"ok": true, "ignored": true}));
+    }
+    if let Some(kind) = accepted
+        .iter()
+        .flat_map(|(_, e)| &e.kinds)
+        .find(|k| !route.kinds.contains(*k))
+    {
         route.metrics.live_event("rejected", "");
         return answer(
             StatusCode::BAD_REQUEST,
-            json!({"ok": false, "error": format!("kind {:?} is not mapped by any resource", event.kind)}),
+            json!({"ok": false, "error": format!("kind {kind:?} is not mapped by any resource")}),
         );
     }
     let Some(state) = route
@@ -135,40 +159,47 @@ pub async fn receive(route: &PushRoute, headers: &HeaderMap, body: &[u8]) -> Res
     else {
         return busy("the state is not open; try again later");
     };
-    let (id, bytes, capacity) = (event.id, envelope(body), route.settings.inbox_capacity);
-    let accepted = tokio::task::spawn_blocking(move || {
-        let accepted = state.inbox_accept(id.as_deref(), &bytes, capacity)?;
-        Ok::<_, port_agent_state::StateError>((accepted, state.inbox_depth()?.0))
-    })
-    .await;
-    let kind = event.kind.as_str();
-    match accepted {
-        Ok(Ok((Accepted::Queued(sequence), waiting))) => {
-            route.metrics.live_event("accepted", kind);
-            route.metrics.inbox_waiting(waiting);
-            route.arrived.notify_one();
-            answer(
-                StatusCode::ACCEPTED,
-                json!({"ok": true, "sequence": sequence}),
-            )
-        }
-        Ok(Ok((Accepted::Duplicate, _))) => {
-            route.metrics.live_event("duplicate", kind);
-            answer(StatusCode::ACCEPTED, json!({"ok": true, "duplicate": true}))
-        }
-        Ok(Ok((Accepted::Full, _))) => {
-            route.metrics.live_event("refused_full", kind);
-            busy("the inbox is full; try again later")
-        }
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "a live event could not be written to the inbox");
-            busy("the event could not be stored; try again later")
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "a live event could not be written to the inbox");
-            busy("the event could not be stored; try again later")
-        }
+    let mut answered = answer(StatusCode::ACCEPTED, json!({"ok": true}));
+    for (name, event) in accepted {
+        let kind = event.kinds.first().cloned().unwrap_or_default();
+        // Delivery ids are the sender's: scoped by processor.
+        let id = event.delivery_id.map(|id| format!("{name}:{id}"));
+        let (bytes, capacity) = (envelope(name, &event.payload), route.inbox_capacity);
+        let state = state.clone();
+        let stored = tokio::task::spawn_blocking(move || {
+            let accepted = state.inbox_accept(id.as_deref(), &bytes, capacity)?;
+            Ok::<_, port_agent_state::StateError>((accepted, state.inbox_depth()?.0))
+        })
+        .await;
+        answered = match stored {
+            Ok(Ok((Accepted::Queued(sequence), waiting))) => {
+                route.metrics.live_event("accepted", &kind);
+                route.metrics.inbox_waiting(waiting);
+                route.arrived.notify_one();
+                answer(
+                    StatusCode::ACCEPTED,
+                    json!({"ok": true, "sequence": sequence}),
+                )
+            }
+            Ok(Ok((Accepted::Duplicate, _))) => {
+                route.metrics.live_event("duplicate", &kind);
+                answer(StatusCode::ACCEPTED, json!({"ok": true, "duplicate": true}))
+            }
+            Ok(Ok((Accepted::Full, _))) => {
+                route.metrics.live_event("refused_full", &kind);
+                return busy("the inbox is full; try again later");
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "a live event could not be written to the inbox");
+                return busy("the event could not be stored; try again later");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "a live event could not be written to the inbox");
+                return busy("the event could not be stored; try again later");
+            }
+        };
     }
+    answered
 }
 
 /// How a drain of the inbox ended.
@@ -198,6 +229,7 @@ pub(crate) async fn drain<F, Fut>(
     state: &Arc<StateStore>,
     stop: &CancellationToken,
     metrics: &Metrics,
+    processors: &Processors,
     prepare: F,
 ) -> Drained
 where
@@ -222,7 +254,10 @@ where
             return Drained::Paused;
         };
         for (sequence, bytes) in pending {
-            let fate = apply_one(state, &prepared, sequence, &bytes, stop, metrics).await;
+            let fate = apply_one(
+                state, &prepared, processors, sequence, &bytes, stop, metrics,
+            )
+            .await;
             let reader = state.clone();
             if let Ok(Ok((waiting, _))) =
                 tokio::task::spawn_blocking(move || reader.inbox_depth()).await
@@ -238,37 +273,104 @@ where
     }
 }
 
+/// The live events a queued entry makes: its processor's items for each kind the mapping maps.
+fn events_of(
+    processors: &Processors,
+    opened: &Opened<'_>,
+    prepared: &crate::commands::resync::Prepared,
+) -> Result<Vec<LiveEvent>, HandleError> {
+    let processor = processors
+        .iter()
+        .find(|p| p.name() == opened.processor)
+        .ok_or_else(|| {
+            HandleError::Permanent(format!(
+                "no live-event processor is named {:?} any more",
+                opened.processor
+            ))
+        })?;
+    let mut events = Vec::new();
+    for kind in prepared.mapped_kinds() {
+        let handled = processor.handle(opened.payload, &kind)?;
+        if !handled.updated.is_empty() || !handled.deleted.is_empty() {
+            events.push(LiveEvent {
+                kind,
+                upsert: handled.updated,
+                delete: handled.deleted,
+            });
+        }
+    }
+    Ok(events)
+}
+
+/// Applies an entry's events in turn: the first failure ends it (what was applied stays; the
+/// next attempt finds it unchanged). The last outcome stands for the entry.
+async fn apply_all(
+    prepared: &crate::commands::resync::Prepared,
+    state: &Arc<StateStore>,
+    events: Vec<LiveEvent>,
+) -> Result<port_agent_core::live::LiveOutcome, ResyncError> {
+    let mut last = None;
+    for event in events {
+        let outcome = prepared.apply_live(state, event).await?;
+        if outcome.run.status != port_agent_state::RunStatus::Completed {
+            return Ok(outcome);
+        }
+        last = Some(outcome);
+    }
+    Ok(last.expect("called with at least one event"))
+}
+
 /// One event: applied and taken out of the inbox, or, after its attempts, a dead letter.
+#[allow(clippy::too_many_arguments)] // one event's whole context; split, it only moves around
 async fn apply_one(
     state: &Arc<StateStore>,
     prepared: &crate::commands::resync::Prepared,
+    processors: &Processors,
     sequence: u64,
     bytes: &[u8],
     stop: &CancellationToken,
     metrics: &Metrics,
 ) -> Fate {
-    let (received_ms, body) = open_envelope(bytes);
+    let opened = open_envelope(bytes);
+    let received_ms = opened.as_ref().map(|o| o.received_ms);
     let mut wait = FIRST_WAIT;
     let mut last_error = String::new();
     let mut kind = String::new();
     let mut attempts = 0;
     for attempt in 1..=ATTEMPTS {
         attempts = attempt;
-        let event = match push::parse(body) {
-            Ok(event) => LiveEvent {
-                kind: {
-                    kind.clone_from(&event.kind);
-                    event.kind
-                },
-                upsert: event.upsert,
-                delete: event.delete,
-            },
-            Err(e) => {
+        last_error.clear();
+        let events = match &opened {
+            None => Err(HandleError::Permanent(
+                "the inbox entry is not readable".to_owned(),
+            )),
+            Some(opened) => events_of(processors, opened, prepared),
+        };
+        let events = match events {
+            Ok(events) => events,
+            Err(HandleError::Permanent(e)) => {
                 last_error = e;
                 break;
             }
+            Err(HandleError::Retryable(e)) => {
+                last_error = e;
+                Vec::new()
+            }
         };
-        match prepared.apply_live(state, event).await {
+        if let Some(first) = events.first() {
+            kind.clone_from(&first.kind);
+        }
+        let applied = if !last_error.is_empty() {
+            Err(ResyncError::Blocking(last_error.clone()))
+        } else if events.is_empty() {
+            // Nothing the mapping maps any more (it changed since the event came): done.
+            let done = state.clone();
+            let _ = tokio::task::spawn_blocking(move || done.inbox_done(sequence)).await;
+            return Fate::Applied;
+        } else {
+            apply_all(prepared, state, events).await
+        };
+        match applied {
             // Items that failed to map or that Port refused fail the same way again: the event
             // is a dead letter at once (what it could apply is applied), for an operator to see.
             Ok(outcome)

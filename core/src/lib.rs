@@ -13,6 +13,7 @@ pub mod resync;
 pub mod secret;
 pub mod text;
 pub mod verify;
+pub mod webhook;
 pub mod write;
 
 pub use secret::Secret;

@@ -7,9 +7,16 @@
 //! integration.config.webhookSecret>`.
 
 use hmac::{Hmac, Mac};
+use port_agent_core::Secret;
+use port_agent_core::webhook::{
+    AcceptedEvent, HandleError, Handled, Refusal, WebhookProcessor, WebhookRequest,
+};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use sha2::Sha256;
+
+/// The route the push endpoint answers on.
+pub const PATH: &str = "/integration/webhook";
 
 /// The header carrying the body's signature.
 pub const SIGNATURE_HEADER: &str = "x-port-agent-signature-256";
@@ -89,6 +96,59 @@ pub fn parse(body: &[u8]) -> Result<PushEvent, String> {
     Ok(event)
 }
 
+/// The push endpoint as a live-event processor.
+#[derive(Debug, Clone)]
+pub struct PushProcessor {
+    /// `integration.config.webhookSecret`.
+    pub secret: Option<Secret>,
+    /// Accept unsigned events when no secret is set.
+    pub allow_unsigned: bool,
+}
+
+impl WebhookProcessor for PushProcessor {
+    fn name(&self) -> &'static str {
+        "json-push"
+    }
+
+    fn should_process(&self, request: &WebhookRequest<'_>) -> bool {
+        request.path == PATH
+    }
+
+    fn accept(&self, request: &WebhookRequest<'_>) -> Result<AcceptedEvent, Refusal> {
+        let signature = request.header(SIGNATURE_HEADER);
+        match &self.secret {
+            Some(secret) if !verify(secret.expose().as_bytes(), request.body, signature) => {
+                return Err(Refusal::Unauthenticated(format!(
+                    "a valid {SIGNATURE_HEADER} header is required"
+                )));
+            }
+            None if !self.allow_unsigned => {
+                return Err(Refusal::Unauthenticated(format!(
+                    "events are refused: set integration.config.{SECRET_SETTING} and sign them (or live_events.allow_unsigned_webhooks: true)"
+                )));
+            }
+            _ => {}
+        }
+        let event = parse(request.body).map_err(Refusal::Invalid)?;
+        Ok(AcceptedEvent {
+            delivery_id: event.id,
+            kinds: vec![event.kind],
+            payload: request.body.to_vec(),
+        })
+    }
+
+    fn handle(&self, payload: &[u8], kind: &str) -> Result<Handled, HandleError> {
+        let event = parse(payload).map_err(HandleError::Permanent)?;
+        if event.kind != kind {
+            return Ok(Handled::default());
+        }
+        Ok(Handled {
+            updated: event.upsert,
+            deleted: event.delete,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,6 +171,53 @@ mod tests {
             b"s3cret",
             body,
             Some(good.trim_start_matches("sha256="))
+        ));
+    }
+
+    #[test]
+    fn the_push_processor_authenticates_validates_and_hands_items_per_kind() {
+        let processor = PushProcessor {
+            secret: Some(Secret::new("k".to_owned())),
+            allow_unsigned: false,
+        };
+        let body = br#"{"id": "d", "kind": "service", "upsert": [{"a": 1}], "delete": [{"b": 2}]}"#;
+        let headers = vec![(SIGNATURE_HEADER.to_owned(), signature(b"k", body))];
+        let request = WebhookRequest {
+            path: PATH,
+            headers: &headers,
+            body,
+        };
+        assert!(processor.should_process(&request));
+        assert!(!processor.should_process(&WebhookRequest {
+            path: "/elsewhere",
+            ..request
+        }));
+        let accepted = processor.accept(&request).unwrap();
+        assert_eq!(accepted.delivery_id.as_deref(), Some("d"));
+        assert_eq!(accepted.kinds, ["service"]);
+        let handled = processor.handle(&accepted.payload, "service").unwrap();
+        assert_eq!((handled.updated.len(), handled.deleted.len()), (1, 1));
+        let other = processor.handle(&accepted.payload, "team").unwrap();
+        assert!(other.updated.is_empty() && other.deleted.is_empty());
+        let unsigned = WebhookRequest {
+            headers: &[],
+            ..request
+        };
+        assert!(matches!(
+            processor.accept(&unsigned),
+            Err(Refusal::Unauthenticated(_))
+        ));
+        let open = PushProcessor {
+            secret: None,
+            allow_unsigned: true,
+        };
+        assert!(open.accept(&unsigned).is_ok());
+        assert!(matches!(
+            open.accept(&WebhookRequest {
+                body: b"[]",
+                ..unsigned
+            }),
+            Err(Refusal::Invalid(_))
         ));
     }
 

@@ -23,7 +23,7 @@ use crate::Failure;
 use crate::commands::resync::{open_state, prepare, print, stop_on_signal};
 use crate::config::ListenerType;
 use crate::http::{self, Metrics, SharedState};
-use crate::live::{self, Drained, PushRoute};
+use crate::live::{self, Drained, Processors, WebhookRoute};
 
 /// First wait before the inbox is tried again while Port cannot take live events, and the
 /// longest.
@@ -65,6 +65,8 @@ struct Service<'a> {
     state: SharedState,
     stop: CancellationToken,
     metrics: Arc<Metrics>,
+    /// The integration's live-event processors.
+    processors: Processors,
 }
 
 pub async fn serve(config_path: &Path) -> Result<(), Failure> {
@@ -90,6 +92,11 @@ pub async fn serve(config_path: &Path) -> Result<(), Failure> {
         state: Arc::new(std::sync::Mutex::new(Some(state))),
         stop: CancellationToken::new(),
         metrics: Arc::new(Metrics::default()),
+        processors: Arc::new(port_agent_integrations::webhook_processors(
+            &first.identity.integration_type,
+            first.push.secret.clone(),
+            first.push.allow_unsigned,
+        )),
     };
     let reload = Arc::new(Notify::new());
     let signals = tokio::spawn(stop_on_signal(service.stop.clone(), Some(reload.clone())));
@@ -119,10 +126,11 @@ pub async fn serve(config_path: &Path) -> Result<(), Failure> {
                 resync: webhook.clone(),
                 resync_token: first.resync_token.clone(),
                 state: service.state.clone(),
-                push: Some(PushRoute {
+                webhooks: Some(WebhookRoute {
                     metrics: service.metrics.clone(),
-                    settings: first.push.clone(),
+                    processors: service.processors.clone(),
                     kinds: Arc::new(first.mapped_kinds()),
+                    inbox_capacity: first.push.inbox_capacity,
                     state: service.state.clone(),
                     arrived: arrived.clone(),
                 }),
@@ -351,18 +359,24 @@ impl Service<'_> {
         let Some(state) = self.current_state() else {
             return Drained::Paused;
         };
-        live::drain(&state, &self.stop, &self.metrics, || async {
-            match prepare(self.config_path, &[]).await {
-                Ok(prepared) => Some(prepared),
-                Err(failure) => {
-                    tracing::error!(
-                        "live events wait: the configuration cannot be used: {:#}",
-                        failure.error()
-                    );
-                    None
+        live::drain(
+            &state,
+            &self.stop,
+            &self.metrics,
+            &self.processors,
+            || async {
+                match prepare(self.config_path, &[]).await {
+                    Ok(prepared) => Some(prepared),
+                    Err(failure) => {
+                        tracing::error!(
+                            "live events wait: the configuration cannot be used: {:#}",
+                            failure.error()
+                        );
+                        None
+                    }
                 }
-            }
-        })
+            },
+        )
         .await
     }
 

@@ -1,0 +1,81 @@
+//! The live-event processor interface: what an integration implements so that requests to its
+//! webhook routes reach the write path ([`crate::live`]). Ocean's model, read for its rules: a
+//! processor says whether a request is its own, authenticates and validates it (before anything
+//! is queued or answered 2xx), and later turns the queued event into the raw items it updates and
+//! deletes, per kind.
+
+use serde_json::value::RawValue;
+
+/// A request to a webhook route, as received: path, headers and the raw body (signatures are
+/// computed over these exact bytes).
+#[derive(Debug, Clone, Copy)]
+pub struct WebhookRequest<'a> {
+    pub path: &'a str,
+    /// Header names in lower case.
+    pub headers: &'a [(String, String)],
+    pub body: &'a [u8],
+}
+
+impl WebhookRequest<'_> {
+    /// The first value of header `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Why a processor refuses a request: told to the sender (401 or 400), nothing queued.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A request a processor took: what to queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceptedEvent {
+    /// The sender's delivery id, if it gives one: a redelivery is not queued twice.
+    pub delivery_id: Option<String>,
+    /// The kinds the event may change (each must be mapped for the event to be accepted).
+    pub kinds: Vec<String>,
+    /// What is queued, and handed back to [`WebhookProcessor::handle`].
+    pub payload: Vec<u8>,
+}
+
+/// The raw items a queued event updates and deletes for one kind.
+#[derive(Debug, Default)]
+pub struct Handled {
+    pub updated: Vec<Box<RawValue>>,
+    pub deleted: Vec<Box<RawValue>>,
+}
+
+/// Why a queued event could not be handled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandleError {
+    /// Worth trying again (the vendor's API was unavailable).
+    #[error("{0}")]
+    Retryable(String),
+    /// It will fail the same way every time: a dead letter.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+/// One kind of webhook an integration understands.
+pub trait WebhookProcessor: Send + Sync + std::fmt::Debug {
+    /// Stored with each queued event, to hand it back to this processor after a restart.
+    fn name(&self) -> &'static str;
+
+    /// Whether the request is this processor's (a GitHub `ping` is nobody's: answered 200 and
+    /// ignored).
+    fn should_process(&self, request: &WebhookRequest<'_>) -> bool;
+
+    /// Authenticates the request, then validates it: the event to queue, or why not.
+    fn accept(&self, request: &WebhookRequest<'_>) -> Result<AcceptedEvent, Refusal>;
+
+    /// The raw items the queued `payload` updates and deletes for `kind`.
+    fn handle(&self, payload: &[u8], kind: &str) -> Result<Handled, HandleError>;
+}
