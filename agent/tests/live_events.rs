@@ -32,18 +32,28 @@ resources:
 
 /// A project served with the WEBHOOK listener, the push secret set and `extra` config added.
 fn project_with(project: &Project, extra: &str) {
+    project_listening(
+        project,
+        &format!("event_listener: {{type: WEBHOOK}}\n{extra}"),
+    );
+}
+
+/// A project with this test's mapping, the push secret set, and `listener` (YAML) as its event
+/// listener section.
+fn project_listening(project: &Project, listener: &str) {
     std::fs::write(project.root().join("port-app-config.yaml"), MAPPING).unwrap();
     let path = project.root().join("agent.yaml");
-    let config = std::fs::read_to_string(&path).unwrap();
-    let config = config.replace(
+    let config = std::fs::read_to_string(&path).unwrap().replace(
         "config: {kinds:",
         &format!("config: {{webhookSecret: {SECRET}, kinds:"),
     );
     std::fs::write(&path, config).unwrap();
-    use_listener(
-        project,
-        &format!("event_listener: {{type: WEBHOOK}}\n{extra}"),
-    );
+    use_listener(project, listener);
+}
+
+/// Port's behaviour from now on (`FaultSpec::default()`: healthy again).
+fn port_faults(project: &Project, spec: FaultSpec) {
+    project.emulator.set_faults(spec).unwrap();
 }
 
 async fn started(project: &Project) -> RunningService {
@@ -256,13 +266,13 @@ async fn a_full_inbox_answers_503_with_retry_after() {
     project_with(&project, "live_events: {inbox_capacity: 1}");
     let service = started(&project).await;
     // Port slow: the first event stays in the inbox while it is applied.
-    project
-        .emulator
-        .set_faults(FaultSpec {
+    port_faults(
+        &project,
+        FaultSpec {
             latency_ms: Some(1500),
             ..Default::default()
-        })
-        .unwrap();
+        },
+    );
     let (status, _) = push(
         &service,
         &json!({"id": "a", "kind": "service", "upsert": [svc("svc-a", "c")]}),
@@ -274,7 +284,7 @@ async fn a_full_inbox_answers_503_with_retry_after() {
         post(&service, body.as_bytes(), Some(signed(body.as_bytes()))).await;
     assert_eq!(status, 503, "{answer}");
     assert_eq!(retry_after.as_deref(), Some("5"));
-    project.emulator.set_faults(FaultSpec::default()).unwrap();
+    port_faults(&project, FaultSpec::default());
     applied(&service, 1).await;
     // Refused, not remembered: the sender's retry is taken.
     let (status, _, _) = post(&service, body.as_bytes(), Some(signed(body.as_bytes()))).await;
@@ -290,13 +300,13 @@ async fn an_event_accepted_before_a_kill_is_applied_once_after_the_restart() {
     project_with(&project, "");
     let service = started(&project).await;
     // Port slow: the agent is killed after its 202, before the write reaches Port.
-    project
-        .emulator
-        .set_faults(FaultSpec {
+    port_faults(
+        &project,
+        FaultSpec {
             latency_ms: Some(3000),
             ..Default::default()
-        })
-        .unwrap();
+        },
+    );
     let (status, _) = push(
         &service,
         &json!({"id": "k-1", "kind": "service", "upsert": [svc("svc-kept", "ada")]}),
@@ -309,7 +319,7 @@ async fn an_event_accepted_before_a_kill_is_applied_once_after_the_restart() {
         .unwrap();
     assert!(killed.success());
     tokio::time::sleep(Duration::from_millis(200)).await;
-    project.emulator.set_faults(FaultSpec::default()).unwrap();
+    port_faults(&project, FaultSpec::default());
     assert!(in_port(&project, "svc-kept").is_none());
     // The source has the item too (the push only announced it): the restart's resync must find
     // it unchanged, not create it.
@@ -348,13 +358,13 @@ async fn events_wait_while_port_is_unavailable_and_apply_once_it_is_back() {
     let project = Project::new(1).await;
     project_with(&project, "");
     let service = started(&project).await;
-    project
-        .emulator
-        .set_faults(FaultSpec {
+    port_faults(
+        &project,
+        FaultSpec {
             status: Some(503),
             ..Default::default()
-        })
-        .unwrap();
+        },
+    );
     let (status, _) = push(
         &service,
         &json!({"id": "p-1", "kind": "service", "upsert": [svc("svc-patient", "ml")]}),
@@ -363,7 +373,7 @@ async fn events_wait_while_port_is_unavailable_and_apply_once_it_is_back() {
     assert_eq!(status, 202, "accepting needs only the state, not Port");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(in_port(&project, "svc-patient").is_none());
-    project.emulator.set_faults(FaultSpec::default()).unwrap();
+    port_faults(&project, FaultSpec::default());
     applied(&service, 1).await;
     assert_eq!(
         in_port(&project, "svc-patient").unwrap()["properties"]["language"],
@@ -397,13 +407,13 @@ async fn a_live_event_during_a_resync_is_not_undone_by_it() {
     let mut changed = support::service(1);
     changed["lang"] = json!("cobol");
     project.write_services(&[support::service(0), changed]);
-    project
-        .emulator
-        .set_faults(FaultSpec {
+    port_faults(
+        &project,
+        FaultSpec {
             latency_ms: Some(300),
             ..Default::default()
-        })
-        .unwrap();
+        },
+    );
     let (status, _) = service.http("POST", "/resync").await.unwrap();
     assert_eq!(status, 202);
     service
@@ -411,7 +421,7 @@ async fn a_live_event_during_a_resync_is_not_undone_by_it() {
         .await;
     push(&service, &json!({"id": "r-1", "kind": "service", "upsert": [svc("svc-0001", "live"), svc("svc-during", "live")]})).await;
     applied(&service, 1).await;
-    project.emulator.set_faults(FaultSpec::default()).unwrap();
+    port_faults(&project, FaultSpec::default());
     service
         .wait_for_metric("port_agent_runs_total{status=\"completed\"}", 2.0)
         .await;
@@ -429,14 +439,7 @@ async fn a_live_event_during_a_resync_is_not_undone_by_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_only_applies_live_events_and_runs_no_resync() {
     let project = Project::new(2).await;
-    std::fs::write(project.root().join("port-app-config.yaml"), MAPPING).unwrap();
-    let path = project.root().join("agent.yaml");
-    let config = std::fs::read_to_string(&path).unwrap().replace(
-        "config: {kinds:",
-        &format!("config: {{webhookSecret: {SECRET}, kinds:"),
-    );
-    std::fs::write(&path, config).unwrap();
-    use_listener(&project, "event_listener: {type: WEBHOOKS_ONLY}");
+    project_listening(&project, "event_listener: {type: WEBHOOKS_ONLY}");
     let service = started(&project).await;
     push(
         &service,
