@@ -285,7 +285,8 @@ pub fn router(routes: Routes) -> Router {
         .route("/health/live", get(|| async { "ok" }))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics_text))
-        .route("/state/inspect", get(state_inspect));
+        .route("/state/inspect", get(state_inspect))
+        .route("/state/retry-dead-letters", post(retry_dead_letters));
     let router = if webhook {
         router.route("/resync", post(request_resync))
     } else {
@@ -400,6 +401,39 @@ async fn state_inspect(
     };
     match tokio::task::spawn_blocking(move || inspect_report(&state, &filter)).await {
         Ok(Ok(report)) => axum::Json(report).into_response(),
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// `state retry-dead-letters` of a running agent: its dead letters back in the inbox, and the
+/// inbox drained. For clients on this machine only.
+async fn retry_dead_letters(
+    State(shared): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    if !peer.ip().is_loopback() {
+        return (StatusCode::FORBIDDEN, "only from this machine").into_response();
+    }
+    let state = shared
+        .state
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let Some(state) = state else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the state is not open (see /health/ready)",
+        )
+            .into_response();
+    };
+    match tokio::task::spawn_blocking(move || state.retry_dead_letters()).await {
+        Ok(Ok(retried)) => {
+            if let Some(webhooks) = &shared.webhooks {
+                webhooks.arrived.notify_one();
+            }
+            axum::Json(serde_json::json!({"retried": retried})).into_response()
+        }
         Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }

@@ -140,7 +140,7 @@ enum StateCommand {
         target: StateTarget,
     },
     /// Put the live events that kept failing (see `state inspect`) back in the inbox, to be
-    /// applied again. Needs the file to itself: stop the agent first.
+    /// applied again (by the running agent, which it asks, or by the next `port-agent run`).
     RetryDeadLetters {
         #[command(flatten)]
         target: StateTarget,
@@ -296,9 +296,9 @@ fn main() -> ExitCode {
         Command::State(StateCommand::Compact { target }) => {
             commands::state::compact(&target.config, &target.state)
         }
-        Command::State(StateCommand::RetryDeadLetters { target }) => {
-            commands::state::retry_dead_letters(&target.config, &target.state)
-        }
+        Command::State(StateCommand::RetryDeadLetters { target }) => runtime.block_on(
+            commands::state::retry_dead_letters(&target.config, &target.state),
+        ),
         Command::State(StateCommand::Reset { target, yes }) => {
             commands::state::reset(&target.config, &target.state, yes)
         }

@@ -496,5 +496,18 @@ async fn an_event_port_refuses_is_a_dead_letter_with_the_reason() {
             .contains("Port refused 1 entities of kind service"),
         "{letter}"
     );
+    // Retried through the running agent (it holds the file): back in the inbox, applied again,
+    // refused again.
+    let retry = project
+        .agent(&["state", "retry-dead-letters", "--config", "agent.yaml"])
+        .await;
+    support::assert_success(&retry);
+    assert!(String::from_utf8_lossy(&retry.stdout).contains("1 dead letters back in the inbox"));
+    service
+        .wait_for_metric(
+            "port_agent_live_events_total{outcome=\"dead_lettered\",kind=\"service\"}",
+            2.0,
+        )
+        .await;
     service.terminate().await;
 }

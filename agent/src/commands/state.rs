@@ -221,15 +221,32 @@ pub fn compact(config_file: &Option<PathBuf>, state: &Option<PathBuf>) -> Result
 
 /// `state retry-dead-letters`: live events that kept failing go back to the inbox, in their
 /// places, for the agent to apply again.
-pub fn retry_dead_letters(
+pub async fn retry_dead_letters(
     config_file: &Option<PathBuf>,
     state: &Option<PathBuf>,
 ) -> Result<(), Failure> {
     let path = state_path(config_file, state)?;
-    let store = open_to_write(&path)?;
-    let retried = store
-        .retry_dead_letters()
-        .map_err(|e| Failure::Run(e.into()))?;
+    let retried = match StateStore::open_existing(&path) {
+        Ok(store) => store
+            .retry_dead_letters()
+            .map_err(|e| Failure::Run(e.into()))?,
+        // An agent runs on it: it puts them back and applies them.
+        Err(StateError::Locked { .. }) => {
+            let address = running_agent_address(&path, config_file)?;
+            let answer: Value = reqwest::Client::new()
+                .post(format!("http://{address}/state/retry-dead-letters"))
+                .timeout(std::time::Duration::from_secs(30))
+                .send()
+                .await
+                .and_then(reqwest::Response::error_for_status)
+                .map_err(|e| unreachable_agent(&address, e))?
+                .json()
+                .await
+                .map_err(|e| unreachable_agent(&address, e))?;
+            answer["retried"].as_u64().unwrap_or(0) as usize
+        }
+        Err(e) => return Err(Failure::Run(e.into())),
+    };
     let mut out = std::io::stdout();
     finish_output(writeln!(
         out,
@@ -371,6 +388,29 @@ pub async fn inspect(args: &InspectArgs) -> Result<(), Failure> {
     })
 }
 
+/// Where the agent holding `state` serves: the address it noted beside the state, else the
+/// loopback side of the config's `http.listen`.
+fn running_agent_address(state: &Path, config_file: &Option<PathBuf>) -> Result<String, Failure> {
+    let noted = Beacon::read(state);
+    let configured = match config_file {
+        Some(config) => loopback_side(&config::load(config)?.config.http.listen),
+        None => None,
+    };
+    noted.or(configured).ok_or_else(|| {
+        Failure::Run(anyhow!(
+            "{} is held by a running agent; give --config so that its HTTP address is known",
+            state.display()
+        ))
+    })
+}
+
+fn unreachable_agent(address: &str, e: reqwest::Error) -> Failure {
+    Failure::Run(anyhow!(
+        "the state file is held by a running agent, which did not answer on {address} ({}); stop it to read the file directly",
+        e.without_url()
+    ))
+}
+
 /// The running agent's `/state/inspect`: at the address it noted beside the state, else on
 /// the loopback side of the config's `http.listen`.
 async fn ask_the_running_agent(
@@ -378,17 +418,7 @@ async fn ask_the_running_agent(
     args: &InspectArgs,
     filter: &InspectFilter,
 ) -> Result<Value, Failure> {
-    let noted = Beacon::read(state);
-    let configured = match &args.config {
-        Some(config) => loopback_side(&config::load(config)?.config.http.listen),
-        None => None,
-    };
-    let Some(address) = noted.or(configured) else {
-        return Err(Failure::Run(anyhow!(
-            "{} is held by a running agent; give --config so that its HTTP address is known",
-            state.display()
-        )));
-    };
+    let address = running_agent_address(state, &args.config)?;
     let mut query: Vec<(&str, &str)> = Vec::new();
     for (name, value) in [
         ("blueprint", &filter.blueprint),
@@ -399,12 +429,7 @@ async fn ask_the_running_agent(
             query.push((name, value));
         }
     }
-    let unreachable = |e: reqwest::Error| {
-        Failure::Run(anyhow!(
-            "the state file is held by a running agent, which did not answer on {address} ({}); stop it to read the file directly",
-            e.without_url()
-        ))
-    };
+    let unreachable = |e: reqwest::Error| unreachable_agent(&address, e);
     let answer = reqwest::Client::new()
         .get(format!("http://{address}/state/inspect"))
         .query(&query)
