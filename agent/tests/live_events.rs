@@ -172,6 +172,25 @@ async fn pushed_events_create_change_and_delete_and_an_identical_one_sends_nothi
     )
     .await;
     applied(&service, 3).await;
+    // `state inspect` (asking the running agent) says what last wrote each entity.
+    let inspect = project
+        .agent(&["state", "inspect", "--config", "agent.yaml", "--json"])
+        .await;
+    let report: Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    let written_by = |id: &str| {
+        report["entities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["identifier"] == id)
+            .map(|e| e["written_by"].clone())
+    };
+    assert_eq!(
+        written_by("svc-live"),
+        Some(json!("live-event")),
+        "{report}"
+    );
+    assert_eq!(written_by("svc-0000"), Some(json!("start")), "{report}");
     assert_eq!(
         in_port(&project, "svc-live").unwrap()["properties"]["language"],
         "go"

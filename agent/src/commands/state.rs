@@ -335,6 +335,13 @@ pub fn inspect_report(store: &StateStore, filter: &InspectFilter) -> Result<Valu
             && filter.identifier.as_ref().is_none_or(|i| i == id)
             && filter.kind.as_ref().is_none_or(|k| *k == r.kind)
     })?;
+    // What last wrote each entity: a resync (its trigger) or a live event, while the run is in
+    // the history.
+    let triggers: std::collections::HashMap<u64, String> = store
+        .runs(port_agent_state::RUNS_KEPT as usize)?
+        .into_iter()
+        .map(|run| (run.id, run.trigger))
+        .collect();
     let runs = store.runs(10)?;
     let checkpoints = store.checkpoints()?;
     let (waiting, _) = store.inbox_depth()?;
@@ -357,7 +364,13 @@ pub fn inspect_report(store: &StateStore, filter: &InspectFilter) -> Result<Valu
     Ok(json!({
         "state": store.path().display().to_string(),
         "integration": {"type": identity.integration_type, "identifier": identity.integration_identifier, "port_base_url": identity.port_base_url},
-        "entities": entities.iter().map(|(k, r)| entity_json(k, r)).collect::<Vec<_>>(),
+        "entities": entities.iter().map(|(k, r)| {
+            let mut entity = entity_json(k, r);
+            if let Some(trigger) = triggers.get(&r.written_run) {
+                entity["written_by"] = json!(trigger);
+            }
+            entity
+        }).collect::<Vec<_>>(),
         "runs": runs.iter().map(run_json).collect::<Vec<_>>(),
         "checkpoints": checkpoints.into_iter().map(|(k, v)| {
             let value = serde_json::from_str(&v).unwrap_or(Value::String(v));
@@ -458,7 +471,7 @@ fn write_inspect_text(out: &mut impl Write, report: &Value) -> std::io::Result<(
         let later = e["later_hashes"].as_array().map_or(0, Vec::len);
         writeln!(
             out,
-            "  {}/{}  hash {}{}  kind {} (resources[{}])  last compared in run {}  written in run {} at {}{}",
+            "  {}/{}  hash {}{}  kind {} (resources[{}])  last compared in run {}  written in run {}{} at {}{}",
             text(&e["blueprint"]),
             text(&e["identifier"]),
             text(&e["hash"]).get(..16).unwrap_or_default(),
@@ -470,6 +483,10 @@ fn write_inspect_text(out: &mut impl Write, report: &Value) -> std::io::Result<(
             e["resource"],
             e["last_seen_run"],
             e["written_run"],
+            match e.get("written_by") {
+                Some(by) => format!(" ({})", text(by)),
+                None => String::new(),
+            },
             text(&e["written_at"]),
             match e.get("in_doubt") {
                 Some(doubt) => format!(
