@@ -377,6 +377,25 @@ fn same_secret(given: &[u8], expected: &[u8]) -> bool {
             == 0
 }
 
+/// The open state, for a client on this machine; otherwise the answer to give.
+fn local_state(
+    shared: &Shared,
+    peer: SocketAddr,
+) -> Result<Arc<StateStore>, (StatusCode, &'static str)> {
+    if !peer.ip().is_loopback() {
+        return Err((StatusCode::FORBIDDEN, "only from this machine"));
+    }
+    let state = shared
+        .state
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    state.ok_or((
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the state is not open (see /health/ready)",
+    ))
+}
+
 /// `state inspect` of a running agent (which holds the state file): for clients on this
 /// machine only.
 async fn state_inspect(
@@ -384,20 +403,9 @@ async fn state_inspect(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(filter): Query<InspectFilter>,
 ) -> Response {
-    if !peer.ip().is_loopback() {
-        return (StatusCode::FORBIDDEN, "only from this machine").into_response();
-    }
-    let state = shared
-        .state
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
-    let Some(state) = state else {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the state is not open (see /health/ready)",
-        )
-            .into_response();
+    let state = match local_state(&shared, peer) {
+        Ok(state) => state,
+        Err(refused) => return refused.into_response(),
     };
     match tokio::task::spawn_blocking(move || inspect_report(&state, &filter)).await {
         Ok(Ok(report)) => axum::Json(report).into_response(),
@@ -412,20 +420,9 @@ async fn retry_dead_letters(
     State(shared): State<Shared>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
 ) -> Response {
-    if !peer.ip().is_loopback() {
-        return (StatusCode::FORBIDDEN, "only from this machine").into_response();
-    }
-    let state = shared
-        .state
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
-    let Some(state) = state else {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the state is not open (see /health/ready)",
-        )
-            .into_response();
+    let state = match local_state(&shared, peer) {
+        Ok(state) => state,
+        Err(refused) => return refused.into_response(),
     };
     match tokio::task::spawn_blocking(move || state.retry_dead_letters()).await {
         Ok(Ok(retried)) => {

@@ -56,6 +56,25 @@ fn port_faults(project: &Project, spec: FaultSpec) {
     project.emulator.set_faults(spec).unwrap();
 }
 
+/// Port answers every request `ms` late.
+fn slow_port(project: &Project, ms: u64) {
+    port_faults(
+        project,
+        FaultSpec {
+            latency_ms: Some(ms),
+            ..Default::default()
+        },
+    );
+}
+
+/// A project of `services` items served with the WEBHOOK listener (and `extra` config), ready.
+async fn serving(services: usize, extra: &str) -> (Project, RunningService) {
+    let project = Project::new(services).await;
+    project_with(&project, extra);
+    let service = started(&project).await;
+    (project, service)
+}
+
 async fn started(project: &Project) -> RunningService {
     let service = RunningService::start(project.root()).await;
     let address = service.address.clone();
@@ -137,9 +156,7 @@ async fn applied(service: &RunningService, n: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushed_events_create_change_and_delete_and_an_identical_one_sends_nothing() {
-    let project = Project::new(2).await;
-    project_with(&project, "");
-    let service = started(&project).await;
+    let (project, service) = serving(2, "").await;
 
     let (status, answer) = push(
         &service,
@@ -234,9 +251,7 @@ async fn pushed_events_create_change_and_delete_and_an_identical_one_sends_nothi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_signatures_bodies_and_kinds_are_refused_and_nothing_is_applied() {
-    let project = Project::new(1).await;
-    project_with(&project, "");
-    let service = started(&project).await;
+    let (project, service) = serving(1, "").await;
     let writes = project.writes();
     let body = json!({"kind": "service", "upsert": [svc("svc-x", "c")]}).to_string();
     let (status, answer, _) = post(&service, body.as_bytes(), None).await;
@@ -263,9 +278,7 @@ async fn bad_signatures_bodies_and_kinds_are_refused_and_nothing_is_applied() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redelivered_event_is_applied_once() {
-    let project = Project::new(1).await;
-    project_with(&project, "");
-    let service = started(&project).await;
+    let (project, service) = serving(1, "").await;
     let event =
         json!({"id": "gh-delivery-7", "kind": "service", "upsert": [svc("svc-once", "zig")]});
     let (first, _) = push(&service, &event).await;
@@ -281,17 +294,9 @@ async fn a_redelivered_event_is_applied_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_inbox_answers_503_with_retry_after() {
-    let project = Project::new(1).await;
-    project_with(&project, "live_events: {inbox_capacity: 1}");
-    let service = started(&project).await;
+    let (project, service) = serving(1, "live_events: {inbox_capacity: 1}").await;
     // Port slow: the first event stays in the inbox while it is applied.
-    port_faults(
-        &project,
-        FaultSpec {
-            latency_ms: Some(1500),
-            ..Default::default()
-        },
-    );
+    slow_port(&project, 1500);
     let (status, _) = push(
         &service,
         &json!({"id": "a", "kind": "service", "upsert": [svc("svc-a", "c")]}),
@@ -315,17 +320,9 @@ async fn a_full_inbox_answers_503_with_retry_after() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_accepted_before_a_kill_is_applied_once_after_the_restart() {
-    let project = Project::new(1).await;
-    project_with(&project, "");
-    let service = started(&project).await;
+    let (project, service) = serving(1, "").await;
     // Port slow: the agent is killed after its 202, before the write reaches Port.
-    port_faults(
-        &project,
-        FaultSpec {
-            latency_ms: Some(3000),
-            ..Default::default()
-        },
-    );
+    slow_port(&project, 3000);
     let (status, _) = push(
         &service,
         &json!({"id": "k-1", "kind": "service", "upsert": [svc("svc-kept", "ada")]}),
@@ -374,9 +371,7 @@ async fn an_event_accepted_before_a_kill_is_applied_once_after_the_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_wait_while_port_is_unavailable_and_apply_once_it_is_back() {
-    let project = Project::new(1).await;
-    project_with(&project, "");
-    let service = started(&project).await;
+    let (project, service) = serving(1, "").await;
     port_faults(
         &project,
         FaultSpec {
@@ -419,20 +414,12 @@ async fn events_wait_while_port_is_unavailable_and_apply_once_it_is_back() {
 /// undo it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_event_during_a_resync_is_not_undone_by_it() {
-    let project = Project::new(2).await;
-    project_with(&project, "");
-    let service = started(&project).await;
+    let (project, service) = serving(2, "").await;
     // The data changes svc-0001 (the resync sends it) and Port is slow, so the run lasts.
     let mut changed = support::service(1);
     changed["lang"] = json!("cobol");
     project.write_services(&[support::service(0), changed]);
-    port_faults(
-        &project,
-        FaultSpec {
-            latency_ms: Some(300),
-            ..Default::default()
-        },
-    );
+    slow_port(&project, 300);
     let (status, _) = service.http("POST", "/resync").await.unwrap();
     assert_eq!(status, 202);
     service
@@ -484,9 +471,7 @@ async fn webhooks_only_applies_live_events_and_runs_no_resync() {
 /// is a dead letter at once, shown with Port's reason; what it could apply is applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_port_refuses_is_a_dead_letter_with_the_reason() {
-    let project = Project::new(1).await;
-    project_with(&project, "");
-    let service = started(&project).await;
+    let (project, service) = serving(1, "").await;
     let mut bad = svc("svc-bad", "go");
     bad["stars"] = json!("many");
     push(
