@@ -320,6 +320,58 @@ async fn apply_all(
     Ok(last.expect("called with at least one event"))
 }
 
+/// What one attempt at a queued event came to.
+enum Attempt {
+    /// Applied (`None`: it names nothing the mapping maps any more): out of the inbox.
+    Done(Option<port_agent_core::live::LiveOutcome>),
+    /// It will fail the same way again: a dead letter now.
+    Permanent(String),
+    /// Worth another attempt.
+    Retry(String),
+    /// Port is unavailable: not the event's fault.
+    PortDown(String),
+}
+
+/// One attempt: the entry's events from its processor, applied in turn.
+async fn attempt(
+    processors: &Processors,
+    opened: Option<&Opened<'_>>,
+    prepared: &crate::commands::resync::Prepared,
+    state: &Arc<StateStore>,
+    kind: &mut String,
+) -> Attempt {
+    let Some(opened) = opened else {
+        return Attempt::Permanent("the inbox entry is not readable".to_owned());
+    };
+    let events = match events_of(processors, opened, prepared) {
+        Ok(events) => events,
+        Err(HandleError::Permanent(e)) => return Attempt::Permanent(e),
+        Err(HandleError::Retryable(e)) => return Attempt::Retry(e),
+    };
+    let Some(first) = events.first() else {
+        return Attempt::Done(None);
+    };
+    kind.clone_from(&first.kind);
+    match apply_all(prepared, state, events).await {
+        // Items that failed to map or that Port refused fail the same way again: the event is
+        // a dead letter at once (what it could apply is applied), for an operator to see.
+        Ok(outcome) if outcome.run.status == port_agent_state::RunStatus::CompletedWithErrors => {
+            let mut errors = outcome.item_errors;
+            errors.extend(outcome.run.notes);
+            if errors.is_empty() {
+                errors.push("Port refused entities of this event".to_owned());
+            }
+            Attempt::Permanent(errors.join("; "))
+        }
+        Ok(outcome) if outcome.run.status == port_agent_state::RunStatus::Failed => {
+            Attempt::Retry(outcome.run.notes.join("; "))
+        }
+        Ok(outcome) => Attempt::Done(Some(outcome)),
+        Err(ResyncError::Port(e)) => Attempt::PortDown(e.to_string()),
+        Err(e) => Attempt::Retry(e.to_string()),
+    }
+}
+
 /// One event: applied and taken out of the inbox, or, after its attempts, a dead letter.
 #[allow(clippy::too_many_arguments)] // one event's whole context; split, it only moves around
 async fn apply_one(
@@ -332,90 +384,47 @@ async fn apply_one(
     metrics: &Metrics,
 ) -> Fate {
     let opened = open_envelope(bytes);
-    let received_ms = opened.as_ref().map(|o| o.received_ms);
     let mut wait = FIRST_WAIT;
     let mut last_error = String::new();
     let mut kind = String::new();
     let mut attempts = 0;
-    for attempt in 1..=ATTEMPTS {
-        attempts = attempt;
-        last_error.clear();
-        let events = match &opened {
-            None => Err(HandleError::Permanent(
-                "the inbox entry is not readable".to_owned(),
-            )),
-            Some(opened) => events_of(processors, opened, prepared),
-        };
-        let events = match events {
-            Ok(events) => events,
-            Err(HandleError::Permanent(e)) => {
-                last_error = e;
-                break;
-            }
-            Err(HandleError::Retryable(e)) => {
-                last_error = e;
-                Vec::new()
-            }
-        };
-        if let Some(first) = events.first() {
-            kind.clone_from(&first.kind);
-        }
-        let applied = if !last_error.is_empty() {
-            Err(ResyncError::Blocking(last_error.clone()))
-        } else if events.is_empty() {
-            // Nothing the mapping maps any more (it changed since the event came): done.
-            let done = state.clone();
-            let _ = tokio::task::spawn_blocking(move || done.inbox_done(sequence)).await;
-            return Fate::Applied;
-        } else {
-            apply_all(prepared, state, events).await
-        };
-        match applied {
-            // Items that failed to map or that Port refused fail the same way again: the event
-            // is a dead letter at once (what it could apply is applied), for an operator to see.
-            Ok(outcome)
-                if outcome.run.status == port_agent_state::RunStatus::CompletedWithErrors =>
-            {
-                let mut errors = outcome.item_errors.clone();
-                errors.extend(outcome.run.notes.iter().cloned());
-                if errors.is_empty() {
-                    errors.push("Port refused entities of this event".to_owned());
-                }
-                last_error = errors.join("; ");
-                break;
-            }
-            Ok(outcome) if outcome.run.status != port_agent_state::RunStatus::Failed => {
-                tracing::info!(
-                    sequence,
-                    run = outcome.run.id,
-                    upserted = outcome.run.totals.upserted,
-                    unchanged = outcome.run.totals.unchanged,
-                    deleted = outcome.run.totals.deleted,
-                    item_errors = outcome.item_errors.len(),
-                    "live event applied"
-                );
-                for error in &outcome.item_errors {
-                    tracing::error!(sequence, "live event item failed: {error}");
-                }
+    for attempt_number in 1..=ATTEMPTS {
+        attempts = attempt_number;
+        match attempt(processors, opened.as_ref(), prepared, state, &mut kind).await {
+            Attempt::Done(outcome) => {
                 let done = state.clone();
                 let _ = tokio::task::spawn_blocking(move || done.inbox_done(sequence)).await;
-                metrics.live_event("applied", &kind);
-                if let Some(received) = received_ms {
-                    let now = jiff::Timestamp::now().as_millisecond();
-                    metrics.live_latency((now - received).max(0) as f64 / 1000.0);
+                if let Some(outcome) = outcome {
+                    tracing::info!(
+                        sequence,
+                        run = outcome.run.id,
+                        upserted = outcome.run.totals.upserted,
+                        unchanged = outcome.run.totals.unchanged,
+                        deleted = outcome.run.totals.deleted,
+                        item_errors = outcome.item_errors.len(),
+                        "live event applied"
+                    );
+                    metrics.live_event("applied", &kind);
+                    if let Some(opened) = &opened {
+                        let now = jiff::Timestamp::now().as_millisecond();
+                        metrics.live_latency((now - opened.received_ms).max(0) as f64 / 1000.0);
+                    }
                 }
                 return Fate::Applied;
             }
-            Ok(outcome) => last_error = outcome.run.notes.join("; "),
-            Err(ResyncError::Port(e)) => {
-                // Not the event's fault: it waits, first in line, until Port answers again.
+            Attempt::PortDown(e) => {
+                // It waits, first in line, until Port answers again.
                 tracing::warn!(sequence, error = %e, "Port is unavailable; live events wait");
                 return Fate::PortDown;
             }
-            Err(e) => last_error = e.to_string(),
+            Attempt::Permanent(e) => {
+                last_error = e;
+                break;
+            }
+            Attempt::Retry(e) => last_error = e,
         }
-        tracing::warn!(sequence, attempt, error = %last_error, "live event not applied; retrying");
-        if attempt < ATTEMPTS {
+        tracing::warn!(sequence, attempt = attempt_number, error = %last_error, "live event not applied; retrying");
+        if attempt_number < ATTEMPTS {
             tokio::select! {
                 () = stop.cancelled() => return Fate::Stopped,
                 () = tokio::time::sleep(wait) => {}

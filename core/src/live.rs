@@ -7,7 +7,7 @@
 //! candidate whatever the selector says. A candidate the same event upserts is kept, and only
 //! entities the state records as this integration's are deleted.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
 use port_agent_state::{EntityKey, RunRecord, RunStatus, StateStore};
@@ -179,13 +179,13 @@ async fn write(
         writer.submit(&source, entities).await?;
     }
     writer.settle().await?;
-    let mut candidates: Vec<EntityKey> = candidates
+    // Each once, in key order.
+    let candidates: Vec<EntityKey> = candidates
         .into_iter()
         .filter(|key| !upserted.contains(key))
-        .collect::<HashSet<_>>()
+        .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    candidates.sort();
     if candidates.is_empty() {
         return Ok(DeletionOutcome::default());
     }
