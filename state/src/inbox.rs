@@ -123,10 +123,8 @@ impl StateStore {
     pub fn inbox_pending(&self, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StateError> {
         shield(self.path(), || {
             let txn = self.read()?;
-            let inbox = match txn.open_table(INBOX) {
-                Ok(table) => table,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-                Err(e) => return Err(self.storage(e)),
+            let Some(inbox) = self.optional_table(&txn, INBOX)? else {
+                return Ok(Vec::new());
             };
             let mut out = Vec::new();
             for entry in inbox.iter().map_err(|e| self.storage(e))?.take(limit) {
@@ -141,20 +139,13 @@ impl StateStore {
     pub fn inbox_depth(&self) -> Result<(u64, u64), StateError> {
         shield(self.path(), || {
             let txn = self.read()?;
-            let count = |opened: Result<_, redb::TableError>| -> Result<u64, StateError> {
-                match opened {
-                    Ok(table) => {
-                        let table: redb::ReadOnlyTable<u64, &[u8]> = table;
-                        table.len().map_err(|e| self.storage(e))
-                    }
-                    Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
-                    Err(e) => Err(self.storage(e)),
+            let count = |table| -> Result<u64, StateError> {
+                match self.optional_table(&txn, table)? {
+                    Some(table) => table.len().map_err(|e| self.storage(e)),
+                    None => Ok(0),
                 }
             };
-            Ok((
-                count(txn.open_table(INBOX))?,
-                count(txn.open_table(DEAD_LETTERS))?,
-            ))
+            Ok((count(INBOX)?, count(DEAD_LETTERS)?))
         })
     }
 
@@ -209,10 +200,8 @@ impl StateStore {
     pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, StateError> {
         shield(self.path(), || {
             let txn = self.read()?;
-            let table = match txn.open_table(DEAD_LETTERS) {
-                Ok(table) => table,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-                Err(e) => return Err(self.storage(e)),
+            let Some(table) = self.optional_table(&txn, DEAD_LETTERS)? else {
+                return Ok(Vec::new());
             };
             let mut out = Vec::new();
             for entry in table.iter().map_err(|e| self.storage(e))? {

@@ -109,12 +109,8 @@ impl StateStore {
     ) -> Result<Vec<Option<Produced>>, StateError> {
         shield(self.path(), || {
             let txn = self.read()?;
-            let table = match txn.open_table(RAW_ITEMS) {
-                Ok(table) => table,
-                Err(redb::TableError::TableDoesNotExist(_)) => {
-                    return Ok(vec![None; fingerprints.len()]);
-                }
-                Err(e) => return Err(self.storage(e)),
+            let Some(table) = self.optional_table(&txn, RAW_ITEMS)? else {
+                return Ok(vec![None; fingerprints.len()]);
             };
             // In key order: neighbours share the b-tree's branch pages, which stay cached.
             let mut found = vec![None; fingerprints.len()];
@@ -137,10 +133,8 @@ impl StateStore {
             let Some(run) = confirmed(&meta) else {
                 return Ok(None);
             };
-            let table = match txn.open_table(RAW_BLOCKS) {
-                Ok(table) => table,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-                Err(e) => return Err(self.storage(e)),
+            let Some(table) = self.optional_table(&txn, RAW_BLOCKS)? else {
+                return Ok(None);
             };
             let found = table
                 .get(fingerprint.as_slice())

@@ -293,6 +293,20 @@ impl StateStore {
         shield(&self.path, || work(self))
     }
 
+    /// `table` in `txn`, or `None` while nothing has written it (caches and the inbox are made
+    /// on first use, and a file being created has no metadata yet).
+    pub(crate) fn optional_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+        &self,
+        txn: &redb::ReadTransaction,
+        table: TableDefinition<K, V>,
+    ) -> Result<Option<redb::ReadOnlyTable<K, V>>, StateError> {
+        match txn.open_table(table) {
+            Ok(table) => Ok(Some(table)),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(self.storage(e)),
+        }
+    }
+
     pub(crate) fn read(&self) -> Result<redb::ReadTransaction, StateError> {
         match &self.db {
             Handle::Writer(db) => db.begin_read(),
@@ -336,10 +350,8 @@ impl StateStore {
 
     fn read_identity(&self) -> Result<Option<(Identity, u32)>, StateError> {
         let txn = self.read()?;
-        let table = match txn.open_table(META) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(self.storage(e)),
+        let Some(table) = self.optional_table(&txn, META)? else {
+            return Ok(None);
         };
         let get = |key: &str| -> Result<Option<String>, StateError> {
             Ok(table
