@@ -275,7 +275,8 @@ pub struct Routes {
     pub resync: Option<Arc<Notify>>,
     pub resync_token: Option<Secret>,
     pub state: SharedState,
-    /// `POST /integration/webhook`: live events for the integration's processors.
+    /// `POST /integration/webhook` and the other routes the integration's processors name:
+    /// live events.
     pub webhooks: Option<crate::live::WebhookRoute>,
 }
 
@@ -292,11 +293,22 @@ pub fn router(routes: Routes) -> Router {
     } else {
         router
     };
-    let router = if routes.webhooks.is_some() {
-        router.route("/integration/webhook", post(integration_webhook))
-    } else {
-        router
-    };
+    // Each route an integration's processors answer on (`/integration/webhook` at least).
+    let paths: std::collections::BTreeSet<&'static str> = routes
+        .webhooks
+        .iter()
+        .flat_map(|w| w.processors.iter())
+        .flat_map(|p| p.paths().iter().copied())
+        .chain(
+            routes
+                .webhooks
+                .as_ref()
+                .map(|_| port_agent_core::webhook::DEFAULT_PATH),
+        )
+        .collect();
+    let router = paths.into_iter().fold(router, |router, path| {
+        router.route(path, post(integration_webhook))
+    });
     router.with_state(Shared {
         metrics: routes.metrics,
         resync: routes.resync,
@@ -587,5 +599,80 @@ mod tests {
             let value = line.rsplit_once(' ').unwrap().1;
             assert!(value.parse::<f64>().is_ok(), "{line}");
         }
+    }
+}
+
+#[cfg(test)]
+mod webhook_route_tests {
+    use port_agent_core::webhook::{
+        AcceptedEvent, HandleFuture, Handled, Refusal, WebhookProcessor, WebhookRequest,
+    };
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// A processor on a route of its own, as GitHub's would be.
+    #[derive(Debug)]
+    struct OwnRoute;
+
+    impl WebhookProcessor for OwnRoute {
+        fn name(&self) -> &'static str {
+            "own-route"
+        }
+        fn paths(&self) -> &[&'static str] {
+            &["/hooks/vendor"]
+        }
+        fn should_process(&self, _: &WebhookRequest<'_>) -> bool {
+            true
+        }
+        fn accept(&self, request: &WebhookRequest<'_>) -> Result<AcceptedEvent, Refusal> {
+            Err(Refusal::Invalid(format!("seen on {}", request.path)))
+        }
+        fn handle<'a>(&'a self, _: &'a [u8], _: &'a str) -> HandleFuture<'a> {
+            Box::pin(std::future::ready(Ok(Handled::default())))
+        }
+    }
+
+    async fn status_of(router: &Router, path: &str) -> (StatusCode, String) {
+        let request = axum::http::Request::post(path)
+            .body(axum::body::Body::from("{}"))
+            .unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn a_processor_s_own_routes_are_served_and_reach_only_it() {
+        let metrics = Arc::new(Metrics::default());
+        let state: SharedState = Arc::new(std::sync::Mutex::new(None));
+        let router = router(Routes {
+            metrics: metrics.clone(),
+            resync: None,
+            resync_token: None,
+            state: state.clone(),
+            webhooks: Some(crate::live::WebhookRoute {
+                metrics,
+                processors: Arc::new(vec![Box::new(OwnRoute)]),
+                kinds: Arc::new(std::collections::BTreeSet::new()),
+                inbox_capacity: 10,
+                state,
+                arrived: Arc::new(Notify::new()),
+            }),
+        });
+        let (status, body) = status_of(&router, "/hooks/vendor").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body.contains("seen on /hooks/vendor"), "{body}");
+        // The default route stays, and no processor takes what reaches it here.
+        let (status, body) = status_of(&router, "/integration/webhook").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("ignored"), "{body}");
+        assert_eq!(
+            status_of(&router, "/hooks/other").await.0,
+            StatusCode::NOT_FOUND
+        );
     }
 }

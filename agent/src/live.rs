@@ -14,7 +14,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use port_agent_core::live::LiveEvent;
 use port_agent_core::resync::ResyncError;
-use port_agent_core::webhook::{HandleError, Refusal, WebhookProcessor, WebhookRequest};
+use port_agent_core::webhook::{
+    AcceptedEvent, HandleError, Refusal, WebhookProcessor, WebhookRequest,
+};
 use port_agent_state::{Accepted, StateStore};
 use serde_json::json;
 use tokio::sync::Notify;
@@ -29,40 +31,88 @@ const FIRST_WAIT: Duration = Duration::from_secs(1);
 const RETRY_AFTER_SECONDS: &str = "5";
 
 /// An inbox entry: a version byte, the receipt time (ms since the epoch), the processor's name
-/// (a length byte, then the name), then the payload it accepted.
-const ENVELOPE: u8 = 2;
+/// (a length byte, then the name), the ordering key (two length bytes, `NO_KEY` for none, then
+/// the key), a flags byte, then the payload the processor accepted. Version 2 (before ordering
+/// keys and resync requests) is still read.
+const ENVELOPE: u8 = 3;
+const ENVELOPE_V2: u8 = 2;
+const NO_KEY: u16 = u16::MAX;
+/// Flag: the event asks for a resync.
+const REQUESTS_RESYNC: u8 = 1;
 
-fn envelope(processor: &str, payload: &[u8]) -> Vec<u8> {
+fn envelope(processor: &str, event: &AcceptedEvent) -> Vec<u8> {
     let now = jiff::Timestamp::now().as_millisecond();
     let name = &processor.as_bytes()[..processor.len().min(255)];
-    let mut out = Vec::with_capacity(10 + name.len() + payload.len());
+    let key = event
+        .ordering_key
+        .as_deref()
+        .map(|k| &k.as_bytes()[..k.len().min(usize::from(NO_KEY - 1))]);
+    let mut out = Vec::with_capacity(14 + name.len() + event.payload.len());
     out.push(ENVELOPE);
     out.extend_from_slice(&now.to_le_bytes());
     out.push(name.len() as u8);
     out.extend_from_slice(name);
-    out.extend_from_slice(payload);
+    match key {
+        Some(key) => {
+            out.extend_from_slice(&(key.len() as u16).to_le_bytes());
+            out.extend_from_slice(key);
+        }
+        None => out.extend_from_slice(&NO_KEY.to_le_bytes()),
+    }
+    out.push(if event.requests_resync {
+        REQUESTS_RESYNC
+    } else {
+        0
+    });
+    out.extend_from_slice(&event.payload);
     out
 }
 
-/// An inbox entry opened: receipt time, processor name, payload.
+/// An inbox entry opened.
+#[derive(Debug, PartialEq, Eq)]
 struct Opened<'a> {
     received_ms: i64,
     processor: &'a str,
+    ordering_key: Option<&'a str>,
+    requests_resync: bool,
     payload: &'a [u8],
 }
 
 fn open_envelope(bytes: &[u8]) -> Option<Opened<'_>> {
     let (&version, rest) = bytes.split_first()?;
-    if version != ENVELOPE || rest.len() < 9 {
+    if !(version == ENVELOPE || version == ENVELOPE_V2) || rest.len() < 9 {
         return None;
     }
     let received_ms = i64::from_le_bytes(rest[..8].try_into().ok()?);
     let name_len = usize::from(rest[8]);
-    let name = std::str::from_utf8(rest.get(9..9 + name_len)?).ok()?;
+    let processor = std::str::from_utf8(rest.get(9..9 + name_len)?).ok()?;
+    let rest = rest.get(9 + name_len..)?;
+    if version == ENVELOPE_V2 {
+        return Some(Opened {
+            received_ms,
+            processor,
+            ordering_key: None,
+            requests_resync: false,
+            payload: rest,
+        });
+    }
+    let key_len = u16::from_le_bytes(rest.get(..2)?.try_into().ok()?);
+    let (ordering_key, rest) = if key_len == NO_KEY {
+        (None, &rest[2..])
+    } else {
+        let end = 2 + usize::from(key_len);
+        (
+            Some(std::str::from_utf8(rest.get(2..end)?).ok()?),
+            &rest[end..],
+        )
+    };
+    let (&flags, payload) = rest.split_first()?;
     Some(Opened {
         received_ms,
-        processor: name,
-        payload: rest.get(9 + name_len..)?,
+        processor,
+        ordering_key,
+        requests_resync: flags & REQUESTS_RESYNC != 0,
+        payload,
     })
 }
 
@@ -122,7 +172,7 @@ pub async fn receive(
     for processor in route
         .processors
         .iter()
-        .filter(|p| p.should_process(&request))
+        .filter(|p| p.paths().contains(&path) && p.should_process(&request))
     {
         match processor.accept(&request) {
             Ok(event) => accepted.push((processor.name(), event)),
@@ -161,10 +211,14 @@ pub async fn receive(
     };
     let mut answered = answer(StatusCode::ACCEPTED, json!({"ok": true}));
     for (name, event) in accepted {
-        let kind = event.kinds.first().cloned().unwrap_or_default();
+        let kind = match event.kinds.first() {
+            Some(kind) => kind.clone(),
+            None if event.requests_resync => "resync".to_owned(),
+            None => String::new(),
+        };
         // Delivery ids are the sender's: scoped by processor.
-        let id = event.delivery_id.map(|id| format!("{name}:{id}"));
-        let (bytes, capacity) = (envelope(name, &event.payload), route.inbox_capacity);
+        let id = event.delivery_id.as_ref().map(|id| format!("{name}:{id}"));
+        let (bytes, capacity) = (envelope(name, &event), route.inbox_capacity);
         let state = state.clone();
         let stored = tokio::task::spawn_blocking(move || {
             let accepted = state.inbox_accept(id.as_deref(), &bytes, capacity)?;
@@ -203,14 +257,34 @@ pub async fn receive(
 }
 
 /// How a drain of the inbox ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Drained {
     /// Nothing waits (or the agent stops).
     Empty,
     /// Port (or the configuration) is not usable now: the events wait, in order, for the next
     /// drain.
     Paused,
+    /// The next events in line ask for a resync (these inbox sequences): the service runs one,
+    /// then takes them out ([`resync_done`]) and drains on.
+    ResyncWanted(Vec<u64>),
 }
+
+/// What the drain works with.
+pub(crate) struct Drain<'a> {
+    pub state: &'a Arc<StateStore>,
+    pub stop: &'a CancellationToken,
+    pub metrics: &'a Metrics,
+    pub processors: &'a Processors,
+    /// Queued events handled at once (different ordering keys), at most.
+    pub workers: usize,
+}
+
+/// Events taken from the inbox at a time: applied as one run.
+const BATCH: usize = 256;
+
+/// How long one event's handling (fetches included) may take before it counts as a failed
+/// attempt (Ocean's `OCEAN__MAX_EVENT_PROCESSING_SECONDS`).
+const HANDLE_DEADLINE: Duration = Duration::from_secs(90);
 
 /// What became of one event.
 enum Fate {
@@ -221,63 +295,355 @@ enum Fate {
     Stopped,
 }
 
-/// Applies what waits in the inbox, oldest first, until it is empty, Port is unavailable or the
-/// agent stops. An event that fails on its own (not for Port's unavailability) is retried with
-/// growing waits and after [`ATTEMPTS`] becomes a dead letter. `prepare` gives the
-/// configuration as it is now (mapping included).
-pub(crate) async fn drain<F, Fut>(
-    state: &Arc<StateStore>,
-    stop: &CancellationToken,
-    metrics: &Metrics,
-    processors: &Processors,
-    prepare: F,
-) -> Drained
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Option<crate::commands::resync::Prepared>>,
-{
-    loop {
-        let reader = state.clone();
-        let pending = match tokio::task::spawn_blocking(move || reader.inbox_pending(64)).await {
-            Ok(Ok(pending)) => pending,
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "cannot read the live-event inbox");
-                return Drained::Paused;
-            }
-            Err(_) => return Drained::Paused,
-        };
-        if pending.is_empty() {
-            return Drained::Empty;
-        }
-        let Some(prepared) = prepare().await else {
-            // Logged by `prepare`; the events stay in the inbox for the next drain.
-            return Drained::Paused;
-        };
-        for (sequence, bytes) in pending {
-            let fate = apply_one(
-                state, &prepared, processors, sequence, &bytes, stop, metrics,
-            )
-            .await;
-            let reader = state.clone();
-            if let Ok(Ok((waiting, _))) =
-                tokio::task::spawn_blocking(move || reader.inbox_depth()).await
-            {
-                metrics.inbox_waiting(waiting);
-            }
-            match fate {
-                Fate::Applied | Fate::DeadLetter => {}
-                Fate::PortDown => return Drained::Paused,
-                Fate::Stopped => return Drained::Empty,
-            }
-        }
+/// One entry of the inbox, read.
+struct Entry {
+    sequence: u64,
+    bytes: Vec<u8>,
+}
+
+impl Entry {
+    fn opened(&self) -> Option<Opened<'_>> {
+        open_envelope(&self.bytes)
     }
 }
 
-/// The live events a queued entry makes: its processor's items for each kind the mapping maps.
-fn events_of(
+impl Drain<'_> {
+    /// Applies what waits in the inbox, oldest first, until it is empty, Port is unavailable,
+    /// a resync is asked for or the agent stops. Waiting events go as one run; an event that
+    /// fails on its own (not for Port's unavailability) is retried with growing waits and after
+    /// [`ATTEMPTS`] becomes a dead letter. `prepare` gives the configuration as it is now
+    /// (mapping included).
+    pub(crate) async fn run<F, Fut>(&self, prepare: F) -> Drained
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Option<crate::commands::resync::Prepared>>,
+    {
+        loop {
+            let reader = self.state.clone();
+            let pending =
+                match tokio::task::spawn_blocking(move || reader.inbox_pending(BATCH)).await {
+                    Ok(Ok(pending)) => pending,
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "cannot read the live-event inbox");
+                        return Drained::Paused;
+                    }
+                    Err(_) => return Drained::Paused,
+                };
+            let entries: Vec<Entry> = pending
+                .into_iter()
+                .map(|(sequence, bytes)| Entry { sequence, bytes })
+                .collect();
+            let wants_resync = |e: &Entry| e.opened().is_some_and(|o| o.requests_resync);
+            let resyncs: Vec<u64> = entries
+                .iter()
+                .take_while(|e| wants_resync(e))
+                .map(|e| e.sequence)
+                .collect();
+            if !resyncs.is_empty() {
+                return Drained::ResyncWanted(resyncs);
+            }
+            // Up to the next resync request: what follows it waits for the resync.
+            let batch: Vec<Entry> = entries
+                .into_iter()
+                .take_while(|e| !wants_resync(e))
+                .collect();
+            if batch.is_empty() {
+                return Drained::Empty;
+            }
+            let Some(prepared) = prepare().await else {
+                // Logged by `prepare`; the events stay in the inbox for the next drain.
+                return Drained::Paused;
+            };
+            let flow = self.apply_batch(&prepared, batch).await;
+            self.report_depth().await;
+            match flow {
+                Some(Fate::PortDown) => return Drained::Paused,
+                Some(Fate::Stopped) => return Drained::Empty,
+                _ => {}
+            }
+        }
+    }
+
+    async fn report_depth(&self) {
+        let reader = self.state.clone();
+        if let Ok(Ok((waiting, _))) =
+            tokio::task::spawn_blocking(move || reader.inbox_depth()).await
+        {
+            self.metrics.inbox_waiting(waiting);
+        }
+    }
+
+    /// Handles the batch's events (different ordering keys at once), applies those handled as
+    /// one run, and settles each: out of the inbox, or a dead letter with its own errors. An
+    /// event whose handling may succeed later is tried on its own with growing waits, and the
+    /// events after it with its key wait for it. `None`: go on with the next batch.
+    async fn apply_batch(
+        &self,
+        prepared: &crate::commands::resync::Prepared,
+        batch: Vec<Entry>,
+    ) -> Option<Fate> {
+        let kinds: Vec<String> = prepared.mapped_kinds().into_iter().collect();
+        let handled = handle_all(self.processors, &batch, &kinds, self.workers).await;
+        let mut ready: Vec<(&Entry, Vec<LiveEvent>)> = Vec::new();
+        let mut retry_first: Option<&Entry> = None;
+        for (entry, outcome) in batch.iter().zip(handled) {
+            match outcome {
+                Handling::Done(events) => ready.push((entry, events)),
+                Handling::Failed(HandleError::Permanent(e)) => {
+                    self.dead_letter(entry, 1, e, "").await;
+                }
+                Handling::Failed(HandleError::Retryable(_)) => {
+                    retry_first.get_or_insert(entry);
+                }
+                // Waits behind an event of its key that failed.
+                Handling::Held => {}
+            }
+        }
+        if let Some(fate) = self.apply_ready(prepared, ready).await {
+            return Some(fate);
+        }
+        match retry_first {
+            Some(entry) => Some(self.apply_one(prepared, entry).await),
+            None => None,
+        }
+    }
+
+    /// Applies handled events as one run and settles each. When the run fails as a whole (not
+    /// for Port's unavailability), each event is tried on its own, so that only a failing one
+    /// becomes a dead letter.
+    async fn apply_ready(
+        &self,
+        prepared: &crate::commands::resync::Prepared,
+        ready: Vec<(&Entry, Vec<LiveEvent>)>,
+    ) -> Option<Fate> {
+        let mut owners = Vec::new();
+        let mut events = Vec::new();
+        let mut done = Vec::new();
+        for (at, (entry, entry_events)) in ready.iter().enumerate() {
+            if entry_events.is_empty() {
+                // It names nothing the mapping maps (any more).
+                done.push(entry.sequence);
+            }
+            for event in entry_events {
+                owners.push(at);
+                events.push(event.clone());
+            }
+        }
+        self.forget(done).await;
+        if events.is_empty() {
+            return None;
+        }
+        let outcome = match prepared.apply_live(self.state, events).await {
+            Err(ResyncError::Port(e)) => {
+                tracing::warn!(error = %e, "Port is unavailable; live events wait");
+                return Some(Fate::PortDown);
+            }
+            Ok(outcome) if outcome.run.status != port_agent_state::RunStatus::Failed => outcome,
+            failed => {
+                let why = match failed {
+                    Err(e) => e.to_string(),
+                    Ok(outcome) => outcome.run.notes.join("; "),
+                };
+                tracing::warn!(error = %why, events = ready.len(), "live events not applied together; trying each on its own");
+                for (entry, entry_events) in &ready {
+                    if entry_events.is_empty() {
+                        continue;
+                    }
+                    match self.apply_one(prepared, entry).await {
+                        fate @ (Fate::PortDown | Fate::Stopped) => return Some(fate),
+                        Fate::Applied | Fate::DeadLetter => {}
+                    }
+                }
+                return None;
+            }
+        };
+        let mut errors: Vec<Vec<String>> = vec![Vec::new(); ready.len()];
+        for (owner, event_errors) in owners.iter().zip(outcome.event_errors) {
+            errors[*owner].extend(event_errors);
+        }
+        let mut applied = Vec::new();
+        for ((entry, entry_events), errors) in ready.iter().zip(errors) {
+            if entry_events.is_empty() {
+                continue;
+            }
+            let kind = &entry_events[0].kind;
+            if errors.is_empty() {
+                applied.push(entry.sequence);
+                self.count_applied(entry, kind);
+            } else {
+                // Items that failed to map or that Port refused fail the same way again: a
+                // dead letter at once (what it could apply is applied), for an operator to see.
+                self.dead_letter(entry, 1, errors.join("; "), kind).await;
+            }
+        }
+        tracing::info!(
+            first_sequence = applied.first().copied(),
+            run = outcome.run.id,
+            events = applied.len(),
+            upserted = outcome.run.totals.upserted,
+            unchanged = outcome.run.totals.unchanged,
+            deleted = outcome.run.totals.deleted,
+            "live events applied"
+        );
+        self.forget(applied).await;
+        None
+    }
+
+    fn count_applied(&self, entry: &Entry, kind: &str) {
+        self.metrics.live_event("applied", kind);
+        if let Some(opened) = entry.opened() {
+            let now = jiff::Timestamp::now().as_millisecond();
+            self.metrics
+                .live_latency((now - opened.received_ms).max(0) as f64 / 1000.0);
+        }
+    }
+
+    /// Takes applied events out of the inbox.
+    async fn forget(&self, sequences: Vec<u64>) {
+        if sequences.is_empty() {
+            return;
+        }
+        let state = self.state.clone();
+        let _ = tokio::task::spawn_blocking(move || state.inbox_done(&sequences)).await;
+    }
+
+    async fn dead_letter(&self, entry: &Entry, attempts: u32, error: String, kind: &str) {
+        tracing::error!(sequence = entry.sequence, error = %error, "a live event failed; it is a dead letter now (`port-agent state retry-dead-letters`)");
+        self.metrics.live_event("dead_lettered", kind);
+        let (state, sequence) = (self.state.clone(), entry.sequence);
+        let _ = tokio::task::spawn_blocking(move || {
+            state.inbox_dead_letter(sequence, attempts, &error)
+        })
+        .await;
+    }
+
+    /// One event on its own: applied and taken out of the inbox, or, after its attempts, a
+    /// dead letter.
+    async fn apply_one(&self, prepared: &crate::commands::resync::Prepared, entry: &Entry) -> Fate {
+        let opened = entry.opened();
+        let mut wait = FIRST_WAIT;
+        let mut last_error = String::new();
+        let mut kind = String::new();
+        let mut attempts = 0;
+        for attempt_number in 1..=ATTEMPTS {
+            attempts = attempt_number;
+            match attempt(
+                self.processors,
+                opened.as_ref(),
+                prepared,
+                self.state,
+                &mut kind,
+            )
+            .await
+            {
+                Attempt::Done(applied) => {
+                    self.forget(vec![entry.sequence]).await;
+                    if applied {
+                        self.count_applied(entry, &kind);
+                    }
+                    return Fate::Applied;
+                }
+                Attempt::PortDown(e) => {
+                    // It waits, first in line, until Port answers again.
+                    tracing::warn!(sequence = entry.sequence, error = %e, "Port is unavailable; live events wait");
+                    return Fate::PortDown;
+                }
+                Attempt::Permanent(e) => {
+                    last_error = e;
+                    break;
+                }
+                Attempt::Retry(e) => last_error = e,
+            }
+            tracing::warn!(sequence = entry.sequence, attempt = attempt_number, error = %last_error, "live event not applied; retrying");
+            if attempt_number < ATTEMPTS {
+                tokio::select! {
+                    () = self.stop.cancelled() => return Fate::Stopped,
+                    () = tokio::time::sleep(wait) => {}
+                }
+                wait *= 2;
+            }
+        }
+        self.dead_letter(entry, attempts, last_error, &kind).await;
+        Fate::DeadLetter
+    }
+}
+
+/// Resync requests `sequences` were served (or cannot be, with WEBHOOKS_ONLY): out of the inbox.
+pub(crate) async fn resync_done(state: &Arc<StateStore>, sequences: Vec<u64>) {
+    let state = state.clone();
+    let _ = tokio::task::spawn_blocking(move || state.inbox_done(&sequences)).await;
+}
+
+/// What handling one queued entry came to.
+enum Handling {
+    Done(Vec<LiveEvent>),
+    Failed(HandleError),
+    /// Not tried: an earlier event with its ordering key failed and must go first.
+    Held,
+}
+
+/// Handles `entries` (see [`events_of`]): those with one ordering key one after another in
+/// arrival order, different keys (at most `workers`) at once. All entries without a key share
+/// one line. After a failure that may pass, the rest of its line is held.
+async fn handle_all(
+    processors: &Processors,
+    entries: &[Entry],
+    kinds: &[String],
+    workers: usize,
+) -> Vec<Handling> {
+    use futures_util::StreamExt;
+    let mut lines: Vec<(Option<&str>, Vec<usize>)> = Vec::new();
+    let opened: Vec<Option<Opened<'_>>> = entries.iter().map(Entry::opened).collect();
+    for (at, entry) in opened.iter().enumerate() {
+        let key = entry.as_ref().and_then(|o| o.ordering_key);
+        match lines.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, members)) => members.push(at),
+            None => lines.push((key, vec![at])),
+        }
+    }
+    let opened = &opened;
+    let handled: Vec<Vec<(usize, Handling)>> = futures_util::stream::iter(lines)
+        .map(|(_, members)| async move {
+            let mut out = Vec::with_capacity(members.len());
+            let mut blocked = false;
+            for at in members {
+                if blocked {
+                    out.push((at, Handling::Held));
+                    continue;
+                }
+                let handling = match &opened[at] {
+                    None => Handling::Failed(HandleError::Permanent(
+                        "the inbox entry is not readable".to_owned(),
+                    )),
+                    Some(entry) => match events_of(processors, entry, kinds).await {
+                        Ok(events) => Handling::Done(events),
+                        Err(e) => Handling::Failed(e),
+                    },
+                };
+                blocked = matches!(handling, Handling::Failed(HandleError::Retryable(_)));
+                out.push((at, handling));
+            }
+            out
+        })
+        .buffer_unordered(workers.max(1))
+        .collect()
+        .await;
+    let mut by_entry: Vec<Option<Handling>> = (0..entries.len()).map(|_| None).collect();
+    for (at, handling) in handled.into_iter().flatten() {
+        by_entry[at] = Some(handling);
+    }
+    by_entry
+        .into_iter()
+        .map(|h| h.unwrap_or(Handling::Held))
+        .collect()
+}
+
+/// The live events a queued entry makes: its processor's items for each kind the mapping maps,
+/// within [`HANDLE_DEADLINE`].
+async fn events_of(
     processors: &Processors,
     opened: &Opened<'_>,
-    prepared: &crate::commands::resync::Prepared,
+    kinds: &[String],
 ) -> Result<Vec<LiveEvent>, HandleError> {
     let processor = processors
         .iter()
@@ -288,42 +654,34 @@ fn events_of(
                 opened.processor
             ))
         })?;
-    let mut events = Vec::new();
-    for kind in prepared.mapped_kinds() {
-        let handled = processor.handle(opened.payload, &kind)?;
-        if !handled.updated.is_empty() || !handled.deleted.is_empty() {
-            events.push(LiveEvent {
-                kind,
-                upsert: handled.updated,
-                delete: handled.deleted,
-            });
+    let handle_every_kind = async {
+        let mut events = Vec::new();
+        for kind in kinds {
+            let handled = processor.handle(opened.payload, kind).await?;
+            if !handled.updated.is_empty() || !handled.deleted.is_empty() {
+                events.push(LiveEvent {
+                    kind: kind.clone(),
+                    upsert: handled.updated,
+                    delete: handled.deleted,
+                });
+            }
         }
-    }
-    Ok(events)
-}
-
-/// Applies an entry's events in turn: the first failure ends it (what was applied stays; the
-/// next attempt finds it unchanged). The last outcome stands for the entry.
-async fn apply_all(
-    prepared: &crate::commands::resync::Prepared,
-    state: &Arc<StateStore>,
-    events: Vec<LiveEvent>,
-) -> Result<port_agent_core::live::LiveOutcome, ResyncError> {
-    let mut last = None;
-    for event in events {
-        let outcome = prepared.apply_live(state, event).await?;
-        if outcome.run.status != port_agent_state::RunStatus::Completed {
-            return Ok(outcome);
-        }
-        last = Some(outcome);
-    }
-    Ok(last.expect("called with at least one event"))
+        Ok(events)
+    };
+    tokio::time::timeout(HANDLE_DEADLINE, handle_every_kind)
+        .await
+        .unwrap_or_else(|_| {
+            Err(HandleError::Retryable(format!(
+                "handling took longer than {} s",
+                HANDLE_DEADLINE.as_secs()
+            )))
+        })
 }
 
 /// What one attempt at a queued event came to.
 enum Attempt {
-    /// Applied (`None`: it names nothing the mapping maps any more): out of the inbox.
-    Done(Option<port_agent_core::live::LiveOutcome>),
+    /// Applied (`false`: it names nothing the mapping maps any more): out of the inbox.
+    Done(bool),
     /// It will fail the same way again: a dead letter now.
     Permanent(String),
     /// Worth another attempt.
@@ -332,7 +690,7 @@ enum Attempt {
     PortDown(String),
 }
 
-/// One attempt: the entry's events from its processor, applied in turn.
+/// One attempt at one entry: its events from its processor, applied as one run.
 async fn attempt(
     processors: &Processors,
     opened: Option<&Opened<'_>>,
@@ -343,101 +701,201 @@ async fn attempt(
     let Some(opened) = opened else {
         return Attempt::Permanent("the inbox entry is not readable".to_owned());
     };
-    let events = match events_of(processors, opened, prepared) {
+    let kinds: Vec<String> = prepared.mapped_kinds().into_iter().collect();
+    let events = match events_of(processors, opened, &kinds).await {
         Ok(events) => events,
         Err(HandleError::Permanent(e)) => return Attempt::Permanent(e),
         Err(HandleError::Retryable(e)) => return Attempt::Retry(e),
     };
     let Some(first) = events.first() else {
-        return Attempt::Done(None);
+        return Attempt::Done(false);
     };
     kind.clone_from(&first.kind);
-    match apply_all(prepared, state, events).await {
-        // Items that failed to map or that Port refused fail the same way again: the event is
-        // a dead letter at once (what it could apply is applied), for an operator to see.
-        Ok(outcome) if outcome.run.status == port_agent_state::RunStatus::CompletedWithErrors => {
-            let mut errors = outcome.item_errors;
-            errors.extend(outcome.run.notes);
-            if errors.is_empty() {
-                errors.push("Port refused entities of this event".to_owned());
-            }
-            Attempt::Permanent(errors.join("; "))
-        }
+    match prepared.apply_live(state, events).await {
         Ok(outcome) if outcome.run.status == port_agent_state::RunStatus::Failed => {
             Attempt::Retry(outcome.run.notes.join("; "))
         }
-        Ok(outcome) => Attempt::Done(Some(outcome)),
+        Ok(outcome) => {
+            let errors: Vec<String> = outcome.event_errors.into_iter().flatten().collect();
+            if errors.is_empty() {
+                Attempt::Done(true)
+            } else {
+                Attempt::Permanent(errors.join("; "))
+            }
+        }
         Err(ResyncError::Port(e)) => Attempt::PortDown(e.to_string()),
         Err(e) => Attempt::Retry(e.to_string()),
     }
 }
 
-/// One event: applied and taken out of the inbox, or, after its attempts, a dead letter.
-#[allow(clippy::too_many_arguments)] // one event's whole context; split, it only moves around
-async fn apply_one(
-    state: &Arc<StateStore>,
-    prepared: &crate::commands::resync::Prepared,
-    processors: &Processors,
-    sequence: u64,
-    bytes: &[u8],
-    stop: &CancellationToken,
-    metrics: &Metrics,
-) -> Fate {
-    let opened = open_envelope(bytes);
-    let mut wait = FIRST_WAIT;
-    let mut last_error = String::new();
-    let mut kind = String::new();
-    let mut attempts = 0;
-    for attempt_number in 1..=ATTEMPTS {
-        attempts = attempt_number;
-        match attempt(processors, opened.as_ref(), prepared, state, &mut kind).await {
-            Attempt::Done(outcome) => {
-                let done = state.clone();
-                let _ = tokio::task::spawn_blocking(move || done.inbox_done(sequence)).await;
-                if let Some(outcome) = outcome {
-                    tracing::info!(
-                        sequence,
-                        run = outcome.run.id,
-                        upserted = outcome.run.totals.upserted,
-                        unchanged = outcome.run.totals.unchanged,
-                        deleted = outcome.run.totals.deleted,
-                        item_errors = outcome.item_errors.len(),
-                        "live event applied"
-                    );
-                    metrics.live_event("applied", &kind);
-                    if let Some(opened) = &opened {
-                        let now = jiff::Timestamp::now().as_millisecond();
-                        metrics.live_latency((now - opened.received_ms).max(0) as f64 / 1000.0);
-                    }
-                }
-                return Fate::Applied;
-            }
-            Attempt::PortDown(e) => {
-                // It waits, first in line, until Port answers again.
-                tracing::warn!(sequence, error = %e, "Port is unavailable; live events wait");
-                return Fate::PortDown;
-            }
-            Attempt::Permanent(e) => {
-                last_error = e;
-                break;
-            }
-            Attempt::Retry(e) => last_error = e,
-        }
-        tracing::warn!(sequence, attempt = attempt_number, error = %last_error, "live event not applied; retrying");
-        if attempt_number < ATTEMPTS {
-            tokio::select! {
-                () = stop.cancelled() => return Fate::Stopped,
-                () = tokio::time::sleep(wait) => {}
-            }
-            wait *= 2;
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use port_agent_core::webhook::{HandleFuture, Handled};
+
+    use super::*;
+
+    #[test]
+    fn envelopes_keep_the_ordering_key_and_the_resync_request_and_old_ones_still_open() {
+        let event = AcceptedEvent {
+            delivery_id: None,
+            kinds: vec!["service".into()],
+            payload: b"{\"a\":1}".to_vec(),
+            ordering_key: Some("pull_request-7".into()),
+            requests_resync: true,
+        };
+        let bytes = envelope("gh", &event);
+        let opened = open_envelope(&bytes).unwrap();
+        assert_eq!(opened.processor, "gh");
+        assert_eq!(opened.ordering_key, Some("pull_request-7"));
+        assert!(opened.requests_resync);
+        assert_eq!(opened.payload, b"{\"a\":1}");
+        let keyless = AcceptedEvent {
+            ordering_key: None,
+            requests_resync: false,
+            ..event
+        };
+        let opened_keyless = envelope("gh", &keyless);
+        let opened = open_envelope(&opened_keyless).unwrap();
+        assert_eq!((opened.ordering_key, opened.requests_resync), (None, false));
+        assert_eq!(opened.payload, b"{\"a\":1}");
+        // Version 2, as an agent before ordering keys queued it.
+        let mut v2 = vec![ENVELOPE_V2];
+        v2.extend_from_slice(&5i64.to_le_bytes());
+        v2.push(2);
+        v2.extend_from_slice(b"gh{}");
+        let opened = open_envelope(&v2).unwrap();
+        assert_eq!(opened.received_ms, 5);
+        assert_eq!((opened.processor, opened.payload), ("gh", &b"{}"[..]));
+        assert_eq!(opened.ordering_key, None);
+        for cut in 0..bytes.len() - event_payload_len() {
+            assert!(open_envelope(&bytes[..cut]).is_none(), "cut at {cut}");
         }
     }
-    tracing::error!(sequence, error = %last_error, "live event kept failing; it is a dead letter now (`port-agent state retry-dead-letters`)");
-    metrics.live_event("dead_lettered", &kind);
-    let dead = state.clone();
-    let _ = tokio::task::spawn_blocking(move || {
-        dead.inbox_dead_letter(sequence, attempts, &last_error)
-    })
-    .await;
-    Fate::DeadLetter
+
+    fn event_payload_len() -> usize {
+        b"{\"a\":1}".len()
+    }
+
+    /// A processor whose events (`key/n`, or `key/n/retry` to fail) take a while to handle;
+    /// it records what it handled and how many it handled at once.
+    #[derive(Debug, Default, Clone)]
+    struct Slow {
+        seen: Arc<Seen>,
+    }
+
+    #[derive(Debug, Default)]
+    struct Seen {
+        log: Mutex<Vec<String>>,
+        running: Mutex<Vec<String>>,
+        most_at_once: Mutex<usize>,
+        same_key_at_once: Mutex<bool>,
+    }
+
+    impl WebhookProcessor for Slow {
+        fn name(&self) -> &'static str {
+            "slow"
+        }
+        fn should_process(&self, _: &WebhookRequest<'_>) -> bool {
+            true
+        }
+        fn accept(&self, _: &WebhookRequest<'_>) -> Result<AcceptedEvent, Refusal> {
+            unreachable!("events are queued by the test")
+        }
+        fn handle<'a>(&'a self, payload: &'a [u8], _kind: &'a str) -> HandleFuture<'a> {
+            let seen = &self.seen;
+            Box::pin(async move {
+                let id = String::from_utf8(payload.to_vec()).unwrap();
+                let key = id.split('/').next().unwrap().to_owned();
+                {
+                    let mut running = seen.running.lock().unwrap();
+                    if running.contains(&key) {
+                        *seen.same_key_at_once.lock().unwrap() = true;
+                    }
+                    running.push(key.clone());
+                    let mut most = seen.most_at_once.lock().unwrap();
+                    *most = (*most).max(running.len());
+                }
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                seen.running.lock().unwrap().retain(|k| *k != key);
+                seen.log.lock().unwrap().push(id.clone());
+                if id.ends_with("/retry") {
+                    return Err(HandleError::Retryable("the vendor is down".into()));
+                }
+                Ok(Handled::default())
+            })
+        }
+    }
+
+    fn entry(sequence: u64, id: &str) -> Entry {
+        let key = id.split('/').next().unwrap();
+        let event = AcceptedEvent {
+            delivery_id: None,
+            kinds: vec!["service".into()],
+            payload: id.as_bytes().to_vec(),
+            ordering_key: (key != "none").then(|| key.to_owned()),
+            requests_resync: false,
+        };
+        Entry {
+            sequence,
+            bytes: envelope("slow", &event),
+        }
+    }
+
+    #[tokio::test]
+    async fn events_with_one_ordering_key_are_handled_in_turn_and_other_keys_at_once() {
+        let slow = Slow::default();
+        let processors: Processors = Arc::new(vec![Box::new(slow.clone())]);
+        let slow = &slow.seen;
+        let ids = [
+            "a/1",
+            "b/1",
+            "none/1",
+            "a/2",
+            "c/1",
+            "b/2/retry",
+            "none/2",
+            "a/3",
+            "b/3",
+            "c/2",
+        ];
+        let entries: Vec<Entry> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| entry(i as u64 + 1, id))
+            .collect();
+        let handled = handle_all(&processors, &entries, &["service".to_owned()], 3).await;
+        assert!(!*slow.same_key_at_once.lock().unwrap());
+        assert_eq!(
+            *slow.most_at_once.lock().unwrap(),
+            3,
+            "bounded by the workers"
+        );
+        // Each key's events in arrival order; b/3 waits behind b/2, whose handling may pass later.
+        let log = slow.log.lock().unwrap().clone();
+        for key in ["a", "b", "c", "none"] {
+            let of_key: Vec<&String> = log.iter().filter(|id| id.starts_with(key)).collect();
+            let expected: Vec<&str> = ids
+                .iter()
+                .copied()
+                .filter(|id| id.starts_with(key) && *id != "b/3")
+                .collect();
+            assert_eq!(of_key, expected, "{log:?}");
+        }
+        let outcomes: Vec<&str> = handled
+            .iter()
+            .map(|h| match h {
+                Handling::Done(_) => "done",
+                Handling::Failed(_) => "failed",
+                Handling::Held => "held",
+            })
+            .collect();
+        assert_eq!(
+            outcomes,
+            [
+                "done", "done", "done", "done", "done", "failed", "done", "done", "held", "done"
+            ]
+        );
+    }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use port_emulator::FaultSpec;
 use serde_json::{Value, json};
-use support::{Project, RunningService, use_listener, wait_until};
+use support::{Project, RunningService, use_listener};
 
 const SECRET: &str = "push-s3cret";
 
@@ -146,12 +146,19 @@ fn in_port(project: &Project, id: &str) -> Option<Value> {
         .cloned()
 }
 
-/// Waits until the agent has logged `n` applied live events.
+const APPLIED: &str = "port_agent_live_events_total{outcome=\"applied\",kind=\"service\"}";
+
+/// Waits until the agent has applied `n` live events of kind `service`.
 async fn applied(service: &RunningService, n: usize) {
-    wait_until(Duration::from_secs(30), "live events applied", || {
-        service.stderr().matches("live event applied").count() >= n
-    })
-    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while service.metric(APPLIED).await.unwrap_or(0.0) < n as f64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n} live events were never applied:\n{}",
+            service.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -287,7 +294,7 @@ async fn a_redelivered_event_is_applied_once() {
     assert_eq!(answer["duplicate"], true, "{answer}");
     applied(&service, 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(service.stderr().matches("live event applied").count(), 1);
+    assert_eq!(service.metric(APPLIED).await, Some(1.0));
     assert_eq!(project.stats()["upserts_per_entity"]["service/svc-once"], 1);
     service.terminate().await;
 }
@@ -362,7 +369,7 @@ async fn an_event_accepted_before_a_kill_is_applied_once_after_the_restart() {
     let log = restarted.stderr();
     assert!(
         log.lines()
-            .any(|l| l.contains("live event applied sequence=1") && l.contains("upserted=1")),
+            .any(|l| l.contains("live events applied first_sequence=1") && l.contains("upserted=1")),
         "{log}"
     );
     assert_eq!(project.stats()["upserts_per_entity"]["service/svc-kept"], 1);
@@ -458,11 +465,89 @@ async fn webhooks_only_applies_live_events_and_runs_no_resync() {
         in_port(&project, "svc-0000").is_none(),
         "no resync reads the source"
     );
+    // A request for a resync is not served: WEBHOOKS_ONLY runs none.
+    push(&service, &json!({"id": "w-2", "resync": true})).await;
+    service
+        .wait_for_metric(
+            "port_agent_live_events_total{outcome=\"ignored\",kind=\"resync\"}",
+            1.0,
+        )
+        .await;
     assert_eq!(
         service
             .metric("port_agent_runs_total{status=\"completed\"}")
             .await,
         Some(0.0)
+    );
+    assert!(in_port(&project, "svc-0000").is_none());
+    service.terminate().await;
+}
+
+/// An event that asks for a resync (Ocean's ACTION processors) gets one, in its place in line:
+/// the events before it are applied first, those after it after the resync, so the resync's
+/// data (read before them) does not undo them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_asking_for_a_resync_gets_one_in_its_place_in_line() {
+    let (project, service) = serving(1, "").await;
+    project.write_services(&[
+        support::service(0),
+        svc("svc-a", "go"),
+        svc("svc-new", "ada"),
+    ]);
+    // Port is slow: the three events wait in the inbox together.
+    slow_port(&project, 100);
+    for event in [
+        json!({"id": "r-1", "kind": "service", "upsert": [svc("svc-a", "go")]}),
+        json!({"id": "r-2", "resync": true}),
+        json!({"id": "r-3", "kind": "service", "upsert": [svc("svc-a", "rust")]}),
+    ] {
+        assert_eq!(push(&service, &event).await.0, 202);
+    }
+    applied(&service, 2).await;
+    port_faults(&project, FaultSpec::default());
+    assert!(in_port(&project, "svc-new").is_some(), "the resync ran");
+    assert_eq!(
+        in_port(&project, "svc-a").unwrap()["properties"]["language"],
+        "rust",
+        "the event after the resync request is not undone by it"
+    );
+    let log = service.stderr();
+    let asked = log.find("a live event asked for a resync").expect("logged");
+    let resync = log[asked..].find("trigger=\"event-request\"");
+    let last = log.rfind("live events applied").unwrap();
+    assert!(resync.is_some_and(|at| asked + at < last), "{log}");
+    let inspect = project
+        .agent(&["state", "inspect", "--config", "agent.yaml", "--json"])
+        .await;
+    let report: Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(report["live_events"]["waiting"], 0, "{report}");
+    service.terminate().await;
+}
+
+/// Events that wait together are applied as one run, in arrival order: forty changes of one
+/// entity pushed while Port is slow end with the last, in fewer requests than events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_waiting_together_apply_as_one_run_and_the_last_change_stands() {
+    let (project, service) = serving(1, "").await;
+    slow_port(&project, 100);
+    for i in 1..=40u64 {
+        let mut item = svc("svc-busy", "go");
+        item["stars"] = json!(i);
+        let event = json!({"id": format!("b-{i}"), "kind": "service", "upsert": [item]});
+        assert_eq!(push(&service, &event).await.0, 202);
+    }
+    applied(&service, 40).await;
+    port_faults(&project, FaultSpec::default());
+    assert_eq!(
+        in_port(&project, "svc-busy").unwrap()["properties"]["stars"],
+        40
+    );
+    let sent = project.stats()["upserts_per_entity"]["service/svc-busy"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        sent < 40,
+        "{sent} upserts for 40 events: none were applied together"
     );
     service.terminate().await;
 }
@@ -497,7 +582,7 @@ async fn an_event_port_refuses_is_a_dead_letter_with_the_reason() {
         letter["last_error"]
             .as_str()
             .unwrap()
-            .contains("Port refused 1 entities of kind service"),
+            .contains("Port refused service svc-bad"),
         "{letter}"
     );
     // Retried through the running agent (it holds the file): back in the inbox, applied again,

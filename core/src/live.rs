@@ -1,16 +1,18 @@
 //! Live events (webhooks, pushed items) applied through the same write path as a resync: mapped
 //! with every resource of their kind, compared with the state, sent only when changed, recorded
-//! after Port's answer. Each event is a run of its own in the state (trigger `live-event`).
+//! after Port's answer. Events waiting together are applied as one run (trigger `live-event`):
+//! one set of state commits for all of them, and their order kept.
 //!
 //! An updated item becomes an upsert where its resource's selector takes it, and a deletion
 //! candidate where it does not (it left the mapping's scope); a deleted item is a deletion
 //! candidate whatever the selector says. A candidate the same event upserts is kept, and only
-//! entities the state records as this integration's are deleted.
+//! entities the state records as this integration's are deleted. Where several events of a run
+//! touch one entity, the last in arrival order decides it.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use port_agent_state::{EntityKey, RunRecord, RunStatus, StateStore};
+use port_agent_state::{EntityKey, RunCounters, RunRecord, RunStatus, StateStore};
 use serde_json::value::RawValue;
 
 use crate::entity_hash::EntityHash;
@@ -18,7 +20,7 @@ use crate::mapping::budget::Limits;
 use crate::mapping::{CompiledMapping, EnvAccess, PortAppConfig, map_batch};
 use crate::port::{Entity, PortClient, UpsertOptions};
 use crate::resync::{ResyncError, with_state};
-use crate::write::{DeletionOutcome, Source, Vanished, Writer};
+use crate::write::{DeletionOutcome, Source, Vanished, Writer, key_of};
 
 /// One live event: raw items of one kind, updated and deleted.
 #[derive(Debug, Clone, Default)]
@@ -28,27 +30,37 @@ pub struct LiveEvent {
     pub delete: Vec<Box<RawValue>>,
 }
 
-/// What applying an event did.
+/// What applying events did.
 #[derive(Debug, Clone)]
 pub struct LiveOutcome {
-    /// The event's run, as recorded in the state (counters and notes included).
+    /// The events' run, as recorded in the state (counters and notes included).
     pub run: RunRecord,
-    /// Items that failed to map (by position in `upsert`); the others were applied.
-    pub item_errors: Vec<String>,
+    /// Per event (in the order given): its items that failed to map and its entities Port
+    /// refused. The rest of it was applied.
+    pub event_errors: Vec<Vec<String>>,
 }
+
+/// What one resource upserts, with each entity's hash.
+type SourceUpserts = (Source, Vec<(Entity, EntityHash)>);
+/// One kind's upserts, by resource.
+type KindUpserts = (String, Vec<SourceUpserts>);
 
 /// An event mapped: what each resource upserts, and the deletion candidates.
 #[derive(Default)]
 struct Mapped {
-    upserts: Vec<(Source, Vec<(Entity, EntityHash)>)>,
+    upserts: Vec<SourceUpserts>,
     candidates: Vec<EntityKey>,
     item_errors: Vec<String>,
 }
 
 /// Maps `event` with every compiled resource of its kind (on the calling thread: jq values are
 /// not `Send`).
-fn map_event(config: &PortAppConfig, env: EnvAccess, limits: &Limits, event: &LiveEvent) -> Mapped {
-    let mapping = CompiledMapping::compile(config, env.value());
+fn map_event(
+    mapping: &CompiledMapping,
+    config: &PortAppConfig,
+    limits: &Limits,
+    event: &LiveEvent,
+) -> Mapped {
     let mut out = Mapped::default();
     for index in mapping.resources_of_kind(&event.kind, config) {
         let Ok(resource) = &mapping.resources[index] else {
@@ -58,7 +70,7 @@ fn map_event(config: &PortAppConfig, env: EnvAccess, limits: &Limits, event: &Li
             ));
             continue;
         };
-        let batch = match map_batch(&mapping, index, &event.upsert, limits) {
+        let batch = match map_batch(mapping, index, &event.upsert, limits) {
             Ok(batch) => batch,
             Err(e) => {
                 out.item_errors.push(e.to_string());
@@ -72,11 +84,7 @@ fn map_event(config: &PortAppConfig, env: EnvAccess, limits: &Limits, event: &Li
                 .map(|(item, e)| format!("upsert item #{}: {e}", item + 1)),
         );
         // What an updated item names but does not upsert has left this resource's scope.
-        let made: HashSet<EntityKey> = batch
-            .entities
-            .iter()
-            .map(|(e, _)| crate::write::key_of(e))
-            .collect();
+        let made: HashSet<EntityKey> = batch.entities.iter().map(|(e, _)| key_of(e)).collect();
         for raw in &event.upsert {
             out.candidates.extend(
                 mapping
@@ -98,9 +106,91 @@ fn map_event(config: &PortAppConfig, env: EnvAccess, limits: &Limits, event: &Li
     out
 }
 
-/// Applies `event` to Port and the state. `Err` when Port or the state failed, and a run
-/// status `failed` when a deletion failed: the caller retries the event (what Port acknowledged
-/// is recorded, so it is not sent again).
+/// Events mapped and put together: what the run writes, and which event each written key
+/// stands for.
+#[derive(Default)]
+struct Composed {
+    /// By kind (in order of first appearance), then resource; entities in arrival order.
+    upserts: Vec<KindUpserts>,
+    candidates: Vec<EntityKey>,
+    /// The event whose action on a key stands (the last to touch it).
+    owner: HashMap<EntityKey, usize>,
+    event_errors: Vec<Vec<String>>,
+}
+
+/// Maps each event, then keeps for each entity only the last event's action on it: an upsert
+/// (from any of that event's resources) or, when that event does not upsert it, a deletion.
+fn compose(
+    config: &PortAppConfig,
+    env: EnvAccess,
+    limits: &Limits,
+    events: &[LiveEvent],
+) -> Composed {
+    let mapping = CompiledMapping::compile(config, env.value());
+    let mapped: Vec<Mapped> = events
+        .iter()
+        .map(|event| map_event(&mapping, config, limits, event))
+        .collect();
+    let mut owner: HashMap<EntityKey, usize> = HashMap::new();
+    for (i, m) in mapped.iter().enumerate() {
+        let upserted = m
+            .upserts
+            .iter()
+            .flat_map(|(_, e)| e)
+            .map(|(e, _)| key_of(e));
+        for key in upserted.chain(m.candidates.iter().cloned()) {
+            owner.insert(key, i);
+        }
+    }
+    let mut out = Composed::default();
+    for (i, m) in mapped.into_iter().enumerate() {
+        out.event_errors.push(m.item_errors);
+        let mut upserted_here = HashSet::new();
+        for (source, entities) in m.upserts {
+            let kept: Vec<_> = entities
+                .into_iter()
+                .filter(|(e, _)| {
+                    let key = key_of(e);
+                    let stands = owner.get(&key) == Some(&i);
+                    upserted_here.insert(key);
+                    stands
+                })
+                .collect();
+            add_upserts(&mut out.upserts, source, kept);
+        }
+        out.candidates.extend(
+            m.candidates
+                .into_iter()
+                .filter(|key| owner.get(key) == Some(&i) && !upserted_here.contains(key)),
+        );
+    }
+    out.owner = owner;
+    out
+}
+
+/// Adds `entities` to those of `source` (grouped by kind, then resource).
+fn add_upserts(
+    upserts: &mut Vec<KindUpserts>,
+    source: Source,
+    entities: Vec<(Entity, EntityHash)>,
+) {
+    if entities.is_empty() {
+        return;
+    }
+    let kind = match upserts.iter().position(|(k, _)| **k == *source.kind) {
+        Some(at) => &mut upserts[at].1,
+        None => {
+            upserts.push((source.kind.to_string(), Vec::new()));
+            &mut upserts.last_mut().expect("just pushed").1
+        }
+    };
+    match kind.iter_mut().find(|(s, _)| s.resource == source.resource) {
+        Some((_, existing)) => existing.extend(entities),
+        None => kind.push((source, entities)),
+    }
+}
+
+/// Applies one event (see [`apply_all`]).
 pub async fn apply(
     client: &PortClient,
     state: &Arc<StateStore>,
@@ -109,34 +199,60 @@ pub async fn apply(
     limits: Limits,
     event: LiveEvent,
 ) -> Result<LiveOutcome, ResyncError> {
-    let kind = event.kind.clone();
+    apply_all(client, state, config, env, limits, vec![event]).await
+}
+
+/// Applies `events` (in arrival order) to Port and the state, as one run. `Err` when Port or
+/// the state failed, and a run status `failed` when a deletion failed: the caller retries the
+/// events (what Port acknowledged is recorded, so it is not sent again).
+pub async fn apply_all(
+    client: &PortClient,
+    state: &Arc<StateStore>,
+    config: &PortAppConfig,
+    env: EnvAccess,
+    limits: Limits,
+    events: Vec<LiveEvent>,
+) -> Result<LiveOutcome, ResyncError> {
     let owned_config = config.clone();
-    let mapped =
-        tokio::task::spawn_blocking(move || map_event(&owned_config, env, &limits, &event))
+    let composed =
+        tokio::task::spawn_blocking(move || compose(&owned_config, env, &limits, &events))
             .await
             .map_err(|e| ResyncError::Blocking(e.to_string()))?;
+    let Composed {
+        upserts,
+        candidates,
+        owner,
+        mut event_errors,
+    } = composed;
     let mut run = with_state(state, |s| s.start_run("live-event")).await?;
     let options = UpsertOptions {
         merge: config.enable_merge_entity,
         create_missing_related_entities: config.create_missing_related_entities,
     };
-    let mut writer = Writer::new(client, Some(state.clone()), run.id, options, false);
-    let written = write(
-        &mut writer,
-        state,
-        config,
-        mapped.upserts,
-        mapped.candidates,
-    )
-    .await;
-    let mut counters = writer.take_counters();
+    let mut writer =
+        Writer::new(client, Some(state.clone()), run.id, options, false).remembering_refusals();
+    let written = write(&mut writer, state, config, upserts, candidates, &mut run).await;
+    for (key, reason) in writer.take_refusals() {
+        if let Some(&event) = owner.get(&key) {
+            event_errors[event].push(reason);
+        }
+    }
     run.status = match &written {
         Err(e) => {
-            run.notes.push(format!("the live event stopped: {e}"));
+            run.notes.push(format!("the live events stopped: {e}"));
             RunStatus::Failed
         }
         Ok(deletions) => {
-            counters.deleted += deletions.deleted.values().sum::<u64>();
+            for (kind, deleted) in &deletions.deleted {
+                add_counters(
+                    &mut run,
+                    kind,
+                    RunCounters {
+                        deleted: *deleted,
+                        ..Default::default()
+                    },
+                );
+            }
             run.notes.extend(deletions.notes.iter().cloned());
             run.notes.extend(
                 writer
@@ -146,43 +262,50 @@ pub async fn apply(
             );
             if deletions.failed {
                 RunStatus::Failed
-            } else if !mapped.item_errors.is_empty() || !writer.refused_kinds().is_empty() {
+            } else if event_errors.iter().any(|e| !e.is_empty())
+                || !writer.refused_kinds().is_empty()
+            {
                 RunStatus::CompletedWithErrors
             } else {
                 RunStatus::Completed
             }
         }
     };
-    run.kinds.insert(kind, counters);
-    run.totals += counters;
     let record = run.clone();
     with_state(state, move |s| s.finish_run(&record)).await?;
     written?;
-    Ok(LiveOutcome {
-        run,
-        item_errors: mapped.item_errors,
-    })
+    Ok(LiveOutcome { run, event_errors })
 }
 
-/// Sends the event's upserts, then deletes its candidates that the state owns and the event
-/// does not upsert.
+fn add_counters(run: &mut RunRecord, kind: &str, counters: RunCounters) {
+    *run.kinds.entry(kind.to_owned()).or_default() += counters;
+    run.totals += counters;
+}
+
+/// Sends the upserts kind by kind (counted per kind in `run`), then deletes the candidates
+/// that the state owns.
 async fn write(
     writer: &mut Writer<'_>,
     state: &Arc<StateStore>,
     config: &PortAppConfig,
-    upserts: Vec<(Source, Vec<(Entity, EntityHash)>)>,
+    upserts: Vec<KindUpserts>,
     candidates: Vec<EntityKey>,
+    run: &mut RunRecord,
 ) -> Result<DeletionOutcome, ResyncError> {
-    let mut upserted: HashSet<EntityKey> = HashSet::new();
-    for (source, entities) in upserts {
-        upserted.extend(entities.iter().map(|(e, _)| crate::write::key_of(e)));
-        writer.submit(&source, entities).await?;
+    for (kind, sources) in upserts {
+        let sent = async {
+            for (source, entities) in sources {
+                writer.submit(&source, entities).await?;
+            }
+            writer.settle().await
+        }
+        .await;
+        add_counters(run, &kind, writer.take_counters());
+        sent?;
     }
-    writer.settle().await?;
     // Each once, in key order.
     let candidates: Vec<EntityKey> = candidates
         .into_iter()
-        .filter(|key| !upserted.contains(key))
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();

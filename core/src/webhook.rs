@@ -4,7 +4,16 @@
 //! is queued or answered 2xx), and later turns the queued event into the raw items it updates and
 //! deletes, per kind.
 
+use std::future::Future;
+use std::pin::Pin;
+
 use serde_json::value::RawValue;
+
+/// The route a processor answers on unless it names others.
+pub const DEFAULT_PATH: &str = "/integration/webhook";
+
+/// What [`WebhookProcessor::handle`] returns: a processor may call the vendor's API.
+pub type HandleFuture<'a> = Pin<Box<dyn Future<Output = Result<Handled, HandleError>> + Send + 'a>>;
 
 /// A request to a webhook route, as received: path, headers and the raw body (signatures are
 /// computed over these exact bytes).
@@ -44,6 +53,13 @@ pub struct AcceptedEvent {
     pub kinds: Vec<String>,
     /// What is queued, and handed back to [`WebhookProcessor::handle`].
     pub payload: Vec<u8>,
+    /// Events with the same key are handled one after another in arrival order; events with
+    /// different keys may be handled at once (GitHub: the pull request's number). `None`: one
+    /// shared serial line, as Ocean's ungrouped events.
+    pub ordering_key: Option<String>,
+    /// Ocean's ACTION processors: the event changes no items itself but asks for a full resync
+    /// (the mapping changed upstream). `kinds` is then empty and `handle` is not called.
+    pub requests_resync: bool,
 }
 
 /// The raw items a queued event updates and deletes for one kind.
@@ -69,6 +85,11 @@ pub trait WebhookProcessor: Send + Sync + std::fmt::Debug {
     /// Stored with each queued event, to hand it back to this processor after a restart.
     fn name(&self) -> &'static str;
 
+    /// The routes (`POST`) whose requests this processor may take.
+    fn paths(&self) -> &[&'static str] {
+        &[DEFAULT_PATH]
+    }
+
     /// Whether the request is this processor's (a GitHub `ping` is nobody's: answered 200 and
     /// ignored).
     fn should_process(&self, request: &WebhookRequest<'_>) -> bool;
@@ -76,6 +97,7 @@ pub trait WebhookProcessor: Send + Sync + std::fmt::Debug {
     /// Authenticates the request, then validates it: the event to queue, or why not.
     fn accept(&self, request: &WebhookRequest<'_>) -> Result<AcceptedEvent, Refusal>;
 
-    /// The raw items the queued `payload` updates and deletes for `kind`.
-    fn handle(&self, payload: &[u8], kind: &str) -> Result<Handled, HandleError>;
+    /// The raw items the queued `payload` updates and deletes for `kind` (called once per
+    /// mapped kind it names; it may fetch them from the vendor).
+    fn handle<'a>(&'a self, payload: &'a [u8], kind: &'a str) -> HandleFuture<'a>;
 }

@@ -28,6 +28,21 @@ resources:
           properties: {url: .url, stars: .stars}
 "#;
 
+/// A `service` event.
+fn event(upsert: &[Value], delete: &[Value]) -> LiveEvent {
+    let raw = |items: &[Value]| -> Vec<Box<RawValue>> {
+        items
+            .iter()
+            .map(|v| RawValue::from_string(v.to_string()).unwrap())
+            .collect()
+    };
+    LiveEvent {
+        kind: "service".into(),
+        upsert: raw(upsert),
+        delete: raw(delete),
+    }
+}
+
 struct Setup {
     emulator: Emulator,
     client: PortClient,
@@ -87,24 +102,20 @@ impl Setup {
         upsert: &[Value],
         delete: &[Value],
     ) -> Result<LiveOutcome, port_agent_core::resync::ResyncError> {
-        let raw = |items: &[Value]| -> Vec<Box<RawValue>> {
-            items
-                .iter()
-                .map(|v| RawValue::from_string(v.to_string()).unwrap())
-                .collect()
-        };
-        let event = LiveEvent {
-            kind: "service".into(),
-            upsert: raw(upsert),
-            delete: raw(delete),
-        };
-        live::apply(
+        self.try_apply(vec![event(upsert, delete)]).await
+    }
+
+    async fn try_apply(
+        &self,
+        events: Vec<LiveEvent>,
+    ) -> Result<LiveOutcome, port_agent_core::resync::ResyncError> {
+        live::apply_all(
             &self.client,
             &self.state,
             &self.config,
             EnvAccess::Denied,
             Limits::default(),
-            event,
+            events,
         )
         .await
     }
@@ -211,12 +222,9 @@ async fn an_item_that_fails_to_map_fails_alone() {
         .push(&[json!({"title": "no name"}), svc("svc-b", 3)], &[])
         .await;
     assert_eq!(outcome.run.status, RunStatus::CompletedWithErrors);
-    assert_eq!(outcome.item_errors.len(), 1, "{:?}", outcome.item_errors);
-    assert!(
-        outcome.item_errors[0].contains("upsert item #1"),
-        "{:?}",
-        outcome.item_errors
-    );
+    let errors = &outcome.event_errors[0];
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("upsert item #1"), "{errors:?}");
     assert_eq!(setup.in_port("svc-b").unwrap()["properties"]["stars"], 3);
 }
 
@@ -240,4 +248,87 @@ async fn an_event_port_failed_applies_once_when_retried() {
     let before = setup.requests();
     setup.push(&[svc("svc-a", 1)], &[]).await;
     assert_eq!(setup.requests(), before);
+}
+
+/// Events applied together as one run end as if applied one by one: for each entity, the last
+/// event to touch it decides (an upsert after a deletion stands, a deletion after an upsert
+/// too), and Port sees one request per entity at most.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_applied_together_end_as_if_applied_in_arrival_order() {
+    let together = Setup::new().await;
+    let one_by_one = Setup::new().await;
+    let before = [svc("svc-b", 1), svc("svc-c", 1)];
+    let events = || {
+        vec![
+            event(&[svc("svc-a", 1)], &[]),
+            event(&[svc("svc-a", 2)], &[svc("svc-b", 1)]),
+            event(&[svc("svc-b", 7)], &[]),
+            event(&[svc("svc-c", 3), svc("svc-d", 1)], &[]),
+            event(&[], &[svc("svc-c", 3)]),
+            event(&[svc("svc-a", 4)], &[]),
+        ]
+    };
+    for setup in [&together, &one_by_one] {
+        setup.push(&before, &[]).await;
+    }
+    let outcome = together.try_apply(events()).await.unwrap();
+    assert_eq!(outcome.run.status, RunStatus::Completed);
+    assert!(outcome.event_errors.iter().all(Vec::is_empty));
+    // svc-a (three versions), svc-b and svc-d upserted in one bulk request: svc-a's last only.
+    let stats = together.emulator.stats();
+    assert_eq!(
+        stats["requests"]["POST /v1/blueprints/{bp}/entities/bulk"], 2,
+        "{stats}"
+    );
+    assert_eq!(stats["upserts_per_entity"]["service/svc-a"], 1, "{stats}");
+    for event in events() {
+        one_by_one.try_apply(vec![event]).await.unwrap();
+    }
+    let content = |setup: &Setup| {
+        let mut entities: Vec<Value> = setup
+            .emulator
+            .entities()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| json!([e["identifier"], e["properties"]]))
+            .collect();
+        entities.sort_by_key(|e| e.to_string());
+        entities
+    };
+    assert_eq!(content(&together), content(&one_by_one));
+    assert_eq!(together.in_port("svc-a").unwrap()["properties"]["stars"], 4);
+    assert_eq!(together.in_port("svc-b").unwrap()["properties"]["stars"], 7);
+    assert!(together.in_port("svc-c").is_none());
+}
+
+/// Port's refusal of an entity is told to the event that produced it, not to the others
+/// applied in the same run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_is_the_event_s_that_made_the_entity() {
+    let setup = Setup::new().await;
+    let mut bad = svc("svc-bad", 1);
+    bad["stars"] = json!("many");
+    let outcome = setup
+        .try_apply(vec![
+            event(&[svc("svc-a", 1)], &[]),
+            event(&[bad], &[]),
+            event(&[svc("svc-c", 1)], &[]),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(outcome.run.status, RunStatus::CompletedWithErrors);
+    assert!(outcome.event_errors[0].is_empty() && outcome.event_errors[2].is_empty());
+    assert_eq!(
+        outcome.event_errors[1].len(),
+        1,
+        "{:?}",
+        outcome.event_errors
+    );
+    assert!(
+        outcome.event_errors[1][0].contains("Port refused service svc-bad"),
+        "{:?}",
+        outcome.event_errors
+    );
+    assert!(setup.in_port("svc-a").is_some() && setup.in_port("svc-c").is_some());
 }

@@ -9,14 +9,15 @@
 use hmac::{Hmac, Mac};
 use port_agent_core::Secret;
 use port_agent_core::webhook::{
-    AcceptedEvent, HandleError, Handled, Refusal, WebhookProcessor, WebhookRequest,
+    AcceptedEvent, DEFAULT_PATH, HandleError, HandleFuture, Handled, Refusal, WebhookProcessor,
+    WebhookRequest,
 };
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use sha2::Sha256;
 
 /// The route the push endpoint answers on.
-pub const PATH: &str = "/integration/webhook";
+pub const PATH: &str = DEFAULT_PATH;
 
 /// The header carrying the body's signature.
 pub const SIGNATURE_HEADER: &str = "x-port-agent-signature-256";
@@ -63,7 +64,13 @@ pub struct PushEvent {
     /// The sender's delivery id: a redelivery with the same id is not applied twice.
     #[serde(default)]
     pub id: Option<String>,
-    pub kind: String,
+    /// Absent only in a resync request.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// `true`: the event asks for a full resync and carries no items (a pipeline that changed
+    /// what the mapping reads).
+    #[serde(default)]
+    pub resync: bool,
     #[serde(default)]
     pub upsert: Vec<Box<RawValue>>,
     #[serde(default)]
@@ -83,8 +90,14 @@ pub fn parse(body: &[u8]) -> Result<PushEvent, String> {
             e.column()
         )
     })?;
-    if event.kind.is_empty() {
-        return Err("the event's kind is empty".to_owned());
+    if event.resync {
+        if event.kind.is_some() || !event.upsert.is_empty() || !event.delete.is_empty() {
+            return Err(
+                "a resync request (\"resync\": true) carries no kind and no items".to_owned(),
+            );
+        }
+    } else if event.kind.as_deref().unwrap_or_default().is_empty() {
+        return Err("the event's kind is missing or empty".to_owned());
     }
     if event
         .id
@@ -132,21 +145,30 @@ impl WebhookProcessor for PushProcessor {
         let event = parse(request.body).map_err(Refusal::Invalid)?;
         Ok(AcceptedEvent {
             delivery_id: event.id,
-            kinds: vec![event.kind],
+            kinds: event.kind.into_iter().collect(),
             payload: request.body.to_vec(),
+            // The items are in the payload: handling fetches nothing, so nothing gains from
+            // handling events at once.
+            ordering_key: None,
+            requests_resync: event.resync,
         })
     }
 
-    fn handle(&self, payload: &[u8], kind: &str) -> Result<Handled, HandleError> {
-        let event = parse(payload).map_err(HandleError::Permanent)?;
-        if event.kind != kind {
-            return Ok(Handled::default());
-        }
-        Ok(Handled {
-            updated: event.upsert,
-            deleted: event.delete,
-        })
+    fn handle<'a>(&'a self, payload: &'a [u8], kind: &'a str) -> HandleFuture<'a> {
+        Box::pin(std::future::ready(handle_now(payload, kind)))
     }
+}
+
+/// The items are in the payload: nothing to fetch.
+fn handle_now(payload: &[u8], kind: &str) -> Result<Handled, HandleError> {
+    let event = parse(payload).map_err(HandleError::Permanent)?;
+    if event.kind.as_deref() != Some(kind) {
+        return Ok(Handled::default());
+    }
+    Ok(Handled {
+        updated: event.upsert,
+        deleted: event.delete,
+    })
 }
 
 #[cfg(test)]
@@ -195,9 +217,10 @@ mod tests {
         let accepted = processor.accept(&request).unwrap();
         assert_eq!(accepted.delivery_id.as_deref(), Some("d"));
         assert_eq!(accepted.kinds, ["service"]);
-        let handled = processor.handle(&accepted.payload, "service").unwrap();
+        assert!(!accepted.requests_resync);
+        let handled = handle_now(&accepted.payload, "service").unwrap();
         assert_eq!((handled.updated.len(), handled.deleted.len()), (1, 1));
-        let other = processor.handle(&accepted.payload, "team").unwrap();
+        let other = handle_now(&accepted.payload, "team").unwrap();
         assert!(other.updated.is_empty() && other.deleted.is_empty());
         let unsigned = WebhookRequest {
             headers: &[],
@@ -228,11 +251,15 @@ mod tests {
         assert_eq!(event.id.as_deref(), Some("d-1"));
         assert_eq!(event.upsert.len(), 1);
         assert!(event.delete.is_empty());
+        let resync = parse(br#"{"id": "d-2", "resync": true}"#).unwrap();
+        assert!(resync.resync && resync.kind.is_none());
         for bad in [
             &b"not json"[..],
             br#"{"kind": ""}"#,
             br#"{"upsert": []}"#,
             br#"{"kind": "s", "extra": "secret-ish"}"#,
+            br#"{"resync": true, "kind": "s"}"#,
+            br#"{"resync": true, "upsert": [{"a": 1}]}"#,
         ] {
             let error = parse(bad).unwrap_err();
             assert!(!error.contains("secret-ish"), "{error}");

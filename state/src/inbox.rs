@@ -149,17 +149,20 @@ impl StateStore {
         })
     }
 
-    /// Event `sequence` was applied: it leaves the inbox. Not fsynced: a crash that loses this
-    /// applies the event again, which the state's comparison makes a no-op.
-    pub fn inbox_done(&self, sequence: u64) -> Result<(), StateError> {
+    /// Events `sequences` were applied: they leave the inbox, in one commit. Not fsynced: a
+    /// crash that loses this applies the events again, which the state's comparison makes a
+    /// no-op.
+    pub fn inbox_done(&self, sequences: &[u64]) -> Result<(), StateError> {
         shield(self.path(), || {
             let mut txn = self.write()?;
             txn.set_durability(Durability::None)
                 .map_err(|e| self.storage(e))?;
-            txn.open_table(INBOX)
-                .map_err(|e| self.storage(e))?
-                .remove(sequence)
-                .map_err(|e| self.storage(e))?;
+            {
+                let mut inbox = txn.open_table(INBOX).map_err(|e| self.storage(e))?;
+                for sequence in sequences {
+                    inbox.remove(*sequence).map_err(|e| self.storage(e))?;
+                }
+            }
             txn.commit().map_err(|e| self.storage(e))
         })
     }
@@ -302,7 +305,7 @@ mod tests {
             store.inbox_pending(10).unwrap(),
             vec![(1, b"one".to_vec()), (2, b"two".to_vec())]
         );
-        store.inbox_done(1).unwrap();
+        store.inbox_done(&[1]).unwrap();
         assert_eq!(store.inbox_pending(10).unwrap(), vec![(2, b"two".to_vec())]);
         assert_eq!(store.inbox_depth().unwrap(), (1, 0));
     }
@@ -319,7 +322,7 @@ mod tests {
             store.inbox_accept(Some("d-1"), b"x", 10).unwrap(),
             Accepted::Duplicate
         );
-        store.inbox_done(1).unwrap();
+        store.inbox_done(&[1]).unwrap();
         assert_eq!(
             store.inbox_accept(Some("d-1"), b"x", 10).unwrap(),
             Accepted::Duplicate
@@ -345,7 +348,7 @@ mod tests {
         );
         assert_eq!(store.inbox_pending(10).unwrap().len(), 3);
         // Refused, so not remembered: the sender's retry is accepted once there is room.
-        store.inbox_done(1).unwrap();
+        store.inbox_done(&[1]).unwrap();
         assert_eq!(
             store.inbox_accept(Some("d-9"), b"y", 3).unwrap(),
             Accepted::Queued(4)

@@ -210,19 +210,19 @@ impl Prepared {
             .await
     }
 
-    /// Applies one live event through the resync's write path.
+    /// Applies live events (in arrival order) as one run through the resync's write path.
     pub(crate) async fn apply_live(
         &self,
         state: &Arc<StateStore>,
-        event: port_agent_core::live::LiveEvent,
+        events: Vec<port_agent_core::live::LiveEvent>,
     ) -> Result<port_agent_core::live::LiveOutcome, port_agent_core::resync::ResyncError> {
-        port_agent_core::live::apply(
+        port_agent_core::live::apply_all(
             &self.client,
             state,
             &self.port_app_config,
             self.env,
             self.limits,
-            event,
+            events,
         )
         .await
     }

@@ -42,6 +42,8 @@ enum Trigger {
     Schedule,
     /// SIGHUP: the configuration was changed.
     Reload,
+    /// A live event asked for one (Ocean's ACTION processors).
+    EventRequest,
 }
 
 impl Trigger {
@@ -52,6 +54,7 @@ impl Trigger {
             Trigger::Webhook => "webhook",
             Trigger::Schedule => "schedule",
             Trigger::Reload => "reload",
+            Trigger::EventRequest => "event-request",
         }
     }
 }
@@ -67,6 +70,10 @@ struct Service<'a> {
     metrics: Arc<Metrics>,
     /// The integration's live-event processors.
     processors: Processors,
+    /// Queued events handled at once (different ordering keys).
+    workers: usize,
+    /// False with WEBHOOKS_ONLY: a live event's request for a resync is not served.
+    resyncs: bool,
 }
 
 pub async fn serve(config_path: &Path) -> Result<(), Failure> {
@@ -97,6 +104,8 @@ pub async fn serve(config_path: &Path) -> Result<(), Failure> {
             first.push.secret.clone(),
             first.push.allow_unsigned,
         )),
+        workers: first.push.workers,
+        resyncs,
     };
     let reload = Arc::new(Notify::new());
     let signals = tokio::spawn(stop_on_signal(service.stop.clone(), Some(reload.clone())));
@@ -173,7 +182,6 @@ pub async fn serve(config_path: &Path) -> Result<(), Failure> {
                 reload: reload.clone(),
                 min_interval,
                 arrived,
-                resyncs,
             })
             .await;
         let _ = server.await;
@@ -196,14 +204,13 @@ impl Service<'_> {
             reload,
             min_interval,
             arrived,
-            resyncs,
         } = triggers;
         // Events accepted before a restart are applied before anything else. While Port cannot
         // take them, the inbox is tried again every `redrain` (doubling up to a minute).
         let mut redrain = REDRAIN_FIRST;
         let mut next_drain = match self.drain_inbox().await {
             Drained::Paused => Some(Instant::now() + redrain),
-            Drained::Empty => None,
+            Drained::Empty | Drained::ResyncWanted(_) => None,
         };
         let poll_every = polling.every;
         // The request standing at start is served by the start run.
@@ -212,6 +219,7 @@ impl Service<'_> {
         } else {
             None
         };
+        let resyncs = self.resyncs;
         let mut pending = resyncs.then_some(Trigger::Start);
         let mut next_scheduled = schedule.map(|every| Instant::now() + every);
         let mut next_poll = Instant::now() + poll_every;
@@ -290,6 +298,7 @@ impl Service<'_> {
 
     /// One run with the config as it is now. Failures are logged, never fatal to the service.
     async fn run_once(&self, trigger: Trigger) -> Option<RunStatus> {
+        tracing::info!(trigger = trigger.name(), "a resync starts");
         self.metrics.run_started();
         let mut state = None;
         let mut open_failed = false;
@@ -354,17 +363,50 @@ impl Service<'_> {
         }
     }
 
-    /// Applies the live events waiting in the inbox (between runs, never during one).
+    /// Applies the live events waiting in the inbox (between runs, never during one), and runs
+    /// the resyncs they ask for, in their place in line. A request stays queued until a resync
+    /// served it (one that completed), so a crash or an unavailable Port does not lose it.
     async fn drain_inbox(&self) -> Drained {
-        let Some(state) = self.current_state() else {
-            return Drained::Paused;
+        loop {
+            let Some(state) = self.current_state() else {
+                return Drained::Paused;
+            };
+            let sequences = match self.drain_events(&state).await {
+                Drained::ResyncWanted(sequences) => sequences,
+                other => return other,
+            };
+            if self.resyncs {
+                tracing::info!(
+                    requests = sequences.len(),
+                    "a live event asked for a resync"
+                );
+                match self.run_once(Trigger::EventRequest).await {
+                    Some(RunStatus::Completed | RunStatus::CompletedWithErrors) => {}
+                    _ if self.stop.is_cancelled() => return Drained::Empty,
+                    _ => return Drained::Paused,
+                }
+            } else {
+                tracing::warn!(
+                    requests = sequences.len(),
+                    "a live event asked for a resync; WEBHOOKS_ONLY runs none, so it is dropped"
+                );
+                self.metrics.live_event("ignored", "resync");
+            }
+            live::resync_done(&state, sequences).await;
+        }
+    }
+
+    /// Applies the waiting live events up to the next resync request.
+    async fn drain_events(&self, state: &Arc<StateStore>) -> Drained {
+        let drain = live::Drain {
+            state,
+            stop: &self.stop,
+            metrics: &self.metrics,
+            processors: &self.processors,
+            workers: self.workers,
         };
-        live::drain(
-            &state,
-            &self.stop,
-            &self.metrics,
-            &self.processors,
-            || async {
+        drain
+            .run(|| async {
                 match prepare(self.config_path, &[]).await {
                     Ok(prepared) => Some(prepared),
                     Err(failure) => {
@@ -375,9 +417,8 @@ impl Service<'_> {
                         None
                     }
                 }
-            },
-        )
-        .await
+            })
+            .await
     }
 
     /// A drain after the first: when the next one is due (the wait doubling while Port cannot
@@ -388,7 +429,7 @@ impl Service<'_> {
                 *redrain = (*redrain * 2).min(REDRAIN_MAX);
                 Some(Instant::now() + *redrain)
             }
-            Drained::Empty => {
+            Drained::Empty | Drained::ResyncWanted(_) => {
                 *redrain = REDRAIN_FIRST;
                 None
             }
@@ -414,8 +455,6 @@ struct Triggers {
     min_interval: Duration,
     /// A live event was queued.
     arrived: Arc<Notify>,
-    /// False with WEBHOOKS_ONLY: live events only.
-    resyncs: bool,
 }
 
 /// Ocean's POLLING listener: Port's resync request for this integration.

@@ -63,6 +63,10 @@ pub struct LiveEventSettings {
     /// (default false: they are refused with 401).
     #[serde(default)]
     pub allow_unsigned_webhooks: bool,
+    /// Queued events handled at once, when their ordering keys differ (default 4; Ocean's
+    /// `event_workers_count`, whose events had no order across workers).
+    #[serde(default)]
+    pub workers: Option<u64>,
 }
 
 /// What the push endpoint needs from the configuration.
@@ -71,6 +75,7 @@ pub struct PushSettings {
     pub secret: Option<Secret>,
     pub allow_unsigned: bool,
     pub inbox_capacity: usize,
+    pub workers: usize,
 }
 
 /// Bounds on mapping one raw item: an item past one fails alone (an item error naming it).
@@ -445,6 +450,11 @@ fn validate(config: &AgentConfig) -> Vec<String> {
     {
         problems.push("live_events.inbox_capacity: must be between 1 and 1000000".to_owned());
     }
+    if let Some(workers) = config.live_events.workers
+        && !(1..=64).contains(&workers)
+    {
+        problems.push("live_events.workers: must be between 1 and 64".to_owned());
+    }
     if config
         .integration
         .config
@@ -560,6 +570,7 @@ impl AgentConfig {
                 .map(|s| Secret::new(s.to_owned())),
             allow_unsigned: self.live_events.allow_unsigned_webhooks,
             inbox_capacity: self.live_events.inbox_capacity.unwrap_or(10_000) as usize,
+            workers: self.live_events.workers.unwrap_or(4) as usize,
         }
     }
 

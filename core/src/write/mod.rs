@@ -87,6 +87,10 @@ pub struct Writer<'a> {
     counters: RunCounters,
     /// Kinds with an entity Port refused in this run.
     refused_kinds: BTreeMap<String, u64>,
+    /// Each refused entity and Port's reason, when asked for ([`Writer::remembering_refusals`]):
+    /// live events name them in their dead letters. A resync does not keep them (a million
+    /// refusals would be held in memory for nothing: the log has them).
+    refusals: Option<Vec<(EntityKey, String)>>,
     progress: Option<Arc<Progress>>,
     /// Port failed for good (no answer, or unavailable after every retry): nothing more is sent.
     failure: Option<PortError>,
@@ -130,6 +134,7 @@ impl<'a> Writer<'a> {
             in_flight: FuturesUnordered::new(),
             counters: RunCounters::default(),
             refused_kinds: BTreeMap::new(),
+            refusals: None,
             progress: None,
             failure: None,
         }
@@ -139,6 +144,20 @@ impl<'a> Writer<'a> {
     pub fn with_progress(mut self, progress: Option<Arc<Progress>>) -> Self {
         self.progress = progress;
         self
+    }
+
+    /// Keeps each refused entity's key and Port's reason for [`Writer::take_refusals`].
+    pub fn remembering_refusals(mut self) -> Self {
+        self.refusals = Some(Vec::new());
+        self
+    }
+
+    /// The refusals remembered so far (see [`Writer::remembering_refusals`]).
+    pub fn take_refusals(&mut self) -> Vec<(EntityKey, String)> {
+        self.refusals
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     pub fn run_id(&self) -> u64 {
@@ -444,6 +463,18 @@ impl<'a> Writer<'a> {
                         .refused_kinds
                         .entry(source.kind.to_string())
                         .or_default() += 1;
+                    if let Some(refusals) = &mut self.refusals {
+                        refusals.push((
+                            key_of(&entity),
+                            format!(
+                                "Port refused {} {}: {} ({})",
+                                entity.blueprint,
+                                printable(&entity.identifier_label()),
+                                printable(&error.message),
+                                error.error
+                            ),
+                        ));
+                    }
                     refused.push((key_of(&entity), hash.0));
                 }
             }
