@@ -4,7 +4,8 @@
 //! `POST /integration/webhook` with the body `{"id": "<delivery id>", "kind": "<kind>",
 //! "upsert": [raw items], "delete": [raw items]}` (either list may be absent) and the header
 //! `X-Port-Agent-Signature-256: sha256=<hex HMAC-SHA256 of the raw body with
-//! integration.config.webhookSecret>`.
+//! integration.config.webhookSecret>`. `{"id": "<delivery id>", "resync": true}` (no kind, no
+//! items) asks for a full resync instead.
 
 use hmac::{Hmac, Mac};
 use port_agent_core::Secret;
