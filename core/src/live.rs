@@ -224,7 +224,7 @@ pub async fn apply_all(
         owner,
         mut event_errors,
     } = composed;
-    let mut run = with_state(state, |s| s.start_run("live-event")).await?;
+    let mut run = with_state(state, |s| s.start_run(port_agent_state::LIVE_EVENT_TRIGGER)).await?;
     let options = UpsertOptions {
         merge: config.enable_merge_entity,
         create_missing_related_entities: config.create_missing_related_entities,

@@ -33,4 +33,6 @@ pub use raw_cache::{Block, Produced};
 pub use record::{
     Doubt, EntityKey, EntityRecord, Identity, Intent, RunCounters, RunRecord, RunStatus, Written,
 };
-pub use store::{RUNS_KEPT, Refused, SCHEMA_VERSION, Sending, StateStore, TableUsage};
+pub use store::{
+    LIVE_EVENT_TRIGGER, RUNS_KEPT, Refused, SCHEMA_VERSION, Sending, StateStore, TableUsage,
+};

@@ -14,8 +14,13 @@ use crate::record::{EntityKey, EntityRecord, Identity, Intent, RunRecord, RunSta
 pub const SCHEMA_VERSION: u32 = 4;
 
 /// Runs kept in the history; older ones are dropped as new ones start (a scheduled agent starts
-/// thousands a year).
+/// thousands a year). Beyond them, as many of the older runs that were not live events stay:
+/// live events (a run per batch, many a minute) would otherwise push every resync out of the
+/// history within minutes, and with them what `state inspect` says wrote an entity.
 pub const RUNS_KEPT: u64 = 1000;
+
+/// The trigger of the runs that apply live events.
+pub const LIVE_EVENT_TRIGGER: &str = "live-event";
 
 /// Page cache of the state file.
 const CACHE_BYTES: usize = 32 * 1024 * 1024;
@@ -458,8 +463,7 @@ impl StateStore {
                 };
                 self.put_run(&mut runs, &run)?;
                 if id > RUNS_KEPT {
-                    runs.retain_in(..=id - RUNS_KEPT, |_, _| false)
-                        .map_err(|e| self.storage(e))?;
+                    self.prune_runs(&mut runs, id - RUNS_KEPT)?;
                 }
                 run
             };
@@ -480,6 +484,31 @@ impl StateStore {
             }
             txn.commit().map_err(|e| self.storage(e))
         })
+    }
+
+    /// Drops the runs up to `last_old` (those past the newest [`RUNS_KEPT`]) except the newest
+    /// [`RUNS_KEPT`] of them that were not live events.
+    fn prune_runs(
+        &self,
+        runs: &mut redb::Table<u64, &str>,
+        last_old: u64,
+    ) -> Result<(), StateError> {
+        // Runs are compact JSON (`put_run`): the trigger is found without parsing each run.
+        let live = format!("\"trigger\":\"{LIVE_EVENT_TRIGGER}\"");
+        let mut kept = 0;
+        let mut dropped = Vec::new();
+        for entry in runs.range(..=last_old).map_err(|e| self.storage(e))?.rev() {
+            let (id, json) = entry.map_err(|e| self.storage(e))?;
+            if kept < RUNS_KEPT && !json.value().contains(&live) {
+                kept += 1;
+            } else {
+                dropped.push(id.value());
+            }
+        }
+        for id in dropped {
+            runs.remove(id).map_err(|e| self.storage(e))?;
+        }
+        Ok(())
     }
 
     /// Writes `run` into the runs table as JSON.
@@ -1065,18 +1094,50 @@ mod tests {
     }
 
     #[test]
-    fn only_the_newest_runs_are_kept() {
+    fn only_the_newest_live_event_runs_are_kept() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.redb");
         let store = StateStore::open(&path, &identity("svc")).unwrap();
         let mut last = 0;
         for _ in 0..RUNS_KEPT + 5 {
-            last = store.start_run("test").unwrap().id;
+            last = store.start_run(LIVE_EVENT_TRIGGER).unwrap().id;
         }
         let runs = store.runs(usize::MAX).unwrap();
         assert_eq!(runs.len() as u64, RUNS_KEPT);
         assert_eq!(runs[0].id, last);
         assert_eq!(runs.last().unwrap().id, last - RUNS_KEPT + 1);
+    }
+
+    #[test]
+    fn live_event_runs_do_not_push_resyncs_out_of_the_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(&dir.path().join("state.redb"), &identity("svc")).unwrap();
+        let mut resyncs = Vec::new();
+        for round in 0..3 {
+            resyncs.push(store.start_run("schedule").unwrap().id);
+            for _ in 0..RUNS_KEPT + round {
+                store.start_run(LIVE_EVENT_TRIGGER).unwrap();
+            }
+        }
+        let runs = store.runs(usize::MAX).unwrap();
+        let kept: Vec<u64> = runs
+            .iter()
+            .filter(|r| r.trigger == "schedule")
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(kept, resyncs.iter().rev().copied().collect::<Vec<_>>());
+        let live = runs
+            .iter()
+            .filter(|r| r.trigger == LIVE_EVENT_TRIGGER)
+            .count();
+        assert_eq!(live as u64, RUNS_KEPT, "the newest runs, all live events");
+        assert_eq!(runs.len() as u64, RUNS_KEPT + 3);
+        // The older non-live runs are bounded too.
+        for _ in 0..2 * RUNS_KEPT {
+            store.start_run("schedule").unwrap();
+        }
+        let runs = store.runs(usize::MAX).unwrap();
+        assert_eq!(runs.len() as u64, 2 * RUNS_KEPT, "{}", runs.len());
     }
 
     #[test]
