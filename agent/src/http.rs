@@ -628,7 +628,11 @@ mod webhook_route_tests {
         fn accept(&self, request: &WebhookRequest<'_>) -> Result<AcceptedEvent, Refusal> {
             Err(Refusal::Invalid(format!("seen on {}", request.path)))
         }
-        fn handle<'a>(&'a self, _: &'a [u8], _: &'a str) -> HandleFuture<'a> {
+        fn handle<'a>(
+            &'a self,
+            _: &'a [u8],
+            _: &'a port_agent_core::mapping::config::ResourceConfig,
+        ) -> HandleFuture<'a> {
             Box::pin(std::future::ready(Ok(Handled::default())))
         }
     }

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use port_agent_core::live::LiveEvent;
+use port_agent_core::live::{LiveEvent, LiveItems};
+use port_agent_core::mapping::config::ResourceConfig;
 use port_agent_core::resync::ResyncError;
 use port_agent_core::webhook::{
     AcceptedEvent, HandleError, Refusal, WebhookProcessor, WebhookRequest,
@@ -382,13 +383,13 @@ impl Drain<'_> {
         prepared: &crate::commands::resync::Prepared,
         batch: Vec<Entry>,
     ) -> Option<Fate> {
-        let kinds: Vec<String> = prepared.mapped_kinds().into_iter().collect();
-        let handled = handle_all(self.processors, &batch, &kinds, self.workers).await;
-        let mut ready: Vec<(&Entry, Vec<LiveEvent>)> = Vec::new();
+        let resources = &prepared.port_app_config().resources;
+        let handled = handle_all(self.processors, &batch, resources, self.workers).await;
+        let mut ready: Vec<(&Entry, LiveEvent)> = Vec::new();
         let mut retry_first: Option<&Entry> = None;
         for (entry, outcome) in batch.iter().zip(handled) {
             match outcome {
-                Handling::Done(events) => ready.push((entry, events)),
+                Handling::Done(event) => ready.push((entry, event)),
                 Handling::Failed(HandleError::Permanent(e)) => {
                     self.dead_letter(entry, 1, e, "").await;
                 }
@@ -414,25 +415,18 @@ impl Drain<'_> {
     async fn apply_ready(
         &self,
         prepared: &crate::commands::resync::Prepared,
-        ready: Vec<(&Entry, Vec<LiveEvent>)>,
+        ready: Vec<(&Entry, LiveEvent)>,
     ) -> Option<Fate> {
-        let mut owners = Vec::new();
-        let mut events = Vec::new();
-        let mut done = Vec::new();
-        for (at, (entry, entry_events)) in ready.iter().enumerate() {
-            if entry_events.is_empty() {
-                // It names nothing the mapping maps (any more).
-                done.push(entry.sequence);
-            }
-            for event in entry_events {
-                owners.push(at);
-                events.push(event.clone());
-            }
-        }
-        self.forget(done).await;
-        if events.is_empty() {
+        // Those that name nothing the mapping maps (any more) are done.
+        let (ready, done): (Vec<_>, Vec<_>) = ready
+            .into_iter()
+            .partition(|(_, event)| !event.items.is_empty());
+        self.forget(done.iter().map(|(entry, _)| entry.sequence).collect())
+            .await;
+        if ready.is_empty() {
             return None;
         }
+        let events = ready.iter().map(|(_, event)| event.clone()).collect();
         let outcome = match prepared.apply_live(self.state, events).await {
             Err(ResyncError::Port(e)) => {
                 tracing::warn!(error = %e, "Port is unavailable; live events wait");
@@ -445,10 +439,7 @@ impl Drain<'_> {
                     Ok(outcome) => outcome.run.notes.join("; "),
                 };
                 tracing::warn!(error = %why, events = ready.len(), "live events not applied together; trying each on its own");
-                for (entry, entry_events) in &ready {
-                    if entry_events.is_empty() {
-                        continue;
-                    }
+                for (entry, _) in &ready {
                     match self.apply_one(prepared, entry).await {
                         fate @ (Fate::PortDown | Fate::Stopped) => return Some(fate),
                         Fate::Applied | Fate::DeadLetter => {}
@@ -457,16 +448,9 @@ impl Drain<'_> {
                 return None;
             }
         };
-        let mut errors: Vec<Vec<String>> = vec![Vec::new(); ready.len()];
-        for (owner, event_errors) in owners.iter().zip(outcome.event_errors) {
-            errors[*owner].extend(event_errors);
-        }
         let mut applied = Vec::new();
-        for ((entry, entry_events), errors) in ready.iter().zip(errors) {
-            if entry_events.is_empty() {
-                continue;
-            }
-            let kind = &entry_events[0].kind;
+        for ((entry, event), errors) in ready.iter().zip(outcome.event_errors) {
+            let kind = &event.items[0].kind;
             if errors.is_empty() {
                 applied.push(entry.sequence);
                 self.count_applied(entry, kind);
@@ -576,19 +560,19 @@ pub(crate) async fn resync_done(state: &Arc<StateStore>, sequences: Vec<u64>) {
 
 /// What handling one queued entry came to.
 enum Handling {
-    Done(Vec<LiveEvent>),
+    Done(LiveEvent),
     Failed(HandleError),
     /// Not tried: an earlier event with its ordering key failed and must go first.
     Held,
 }
 
-/// Handles `entries` (see [`events_of`]): those with one ordering key one after another in
+/// Handles `entries` (see [`event_of`]): those with one ordering key one after another in
 /// arrival order, different keys (at most `workers`) at once. All entries without a key share
 /// one line. After a failure that may pass, the rest of its line is held.
 async fn handle_all(
     processors: &Processors,
     entries: &[Entry],
-    kinds: &[String],
+    resources: &[ResourceConfig],
     workers: usize,
 ) -> Vec<Handling> {
     use futures_util::StreamExt;
@@ -615,7 +599,7 @@ async fn handle_all(
                     None => Handling::Failed(HandleError::Permanent(
                         "the inbox entry is not readable".to_owned(),
                     )),
-                    Some(entry) => match events_of(processors, entry, kinds).await {
+                    Some(entry) => match event_of(processors, entry, resources).await {
                         Ok(events) => Handling::Done(events),
                         Err(e) => Handling::Failed(e),
                     },
@@ -638,13 +622,13 @@ async fn handle_all(
         .collect()
 }
 
-/// The live events a queued entry makes: its processor's items for each kind the mapping maps,
-/// within [`HANDLE_DEADLINE`].
-async fn events_of(
+/// The live event a queued entry makes: its processor's items for each resource of the
+/// mapping, within [`HANDLE_DEADLINE`].
+async fn event_of(
     processors: &Processors,
     opened: &Opened<'_>,
-    kinds: &[String],
-) -> Result<Vec<LiveEvent>, HandleError> {
+    resources: &[ResourceConfig],
+) -> Result<LiveEvent, HandleError> {
     let processor = processors
         .iter()
         .find(|p| p.name() == opened.processor)
@@ -654,21 +638,22 @@ async fn events_of(
                 opened.processor
             ))
         })?;
-    let handle_every_kind = async {
-        let mut events = Vec::new();
-        for kind in kinds {
-            let handled = processor.handle(opened.payload, kind).await?;
+    let handle_every_resource = async {
+        let mut event = LiveEvent::default();
+        for (index, resource) in resources.iter().enumerate() {
+            let handled = processor.handle(opened.payload, resource).await?;
             if !handled.updated.is_empty() || !handled.deleted.is_empty() {
-                events.push(LiveEvent {
-                    kind: kind.clone(),
+                event.items.push(LiveItems {
+                    kind: resource.kind.clone(),
+                    resource: Some(index),
                     upsert: handled.updated,
                     delete: handled.deleted,
                 });
             }
         }
-        Ok(events)
+        Ok(event)
     };
-    tokio::time::timeout(HANDLE_DEADLINE, handle_every_kind)
+    tokio::time::timeout(HANDLE_DEADLINE, handle_every_resource)
         .await
         .unwrap_or_else(|_| {
             Err(HandleError::Retryable(format!(
@@ -701,17 +686,17 @@ async fn attempt(
     let Some(opened) = opened else {
         return Attempt::Permanent("the inbox entry is not readable".to_owned());
     };
-    let kinds: Vec<String> = prepared.mapped_kinds().into_iter().collect();
-    let events = match events_of(processors, opened, &kinds).await {
-        Ok(events) => events,
+    let resources = &prepared.port_app_config().resources;
+    let event = match event_of(processors, opened, resources).await {
+        Ok(event) => event,
         Err(HandleError::Permanent(e)) => return Attempt::Permanent(e),
         Err(HandleError::Retryable(e)) => return Attempt::Retry(e),
     };
-    let Some(first) = events.first() else {
+    let Some(first) = event.items.first() else {
         return Attempt::Done(false);
     };
     kind.clone_from(&first.kind);
-    match prepared.apply_live(state, events).await {
+    match prepared.apply_live(state, vec![event]).await {
         Ok(outcome) if outcome.run.status == port_agent_state::RunStatus::Failed => {
             Attempt::Retry(outcome.run.notes.join("; "))
         }
@@ -803,7 +788,7 @@ mod tests {
         fn accept(&self, _: &WebhookRequest<'_>) -> Result<AcceptedEvent, Refusal> {
             unreachable!("events are queued by the test")
         }
-        fn handle<'a>(&'a self, payload: &'a [u8], _kind: &'a str) -> HandleFuture<'a> {
+        fn handle<'a>(&'a self, payload: &'a [u8], _: &'a ResourceConfig) -> HandleFuture<'a> {
             let seen = &self.seen;
             Box::pin(async move {
                 let id = String::from_utf8(payload.to_vec()).unwrap();
@@ -865,7 +850,11 @@ mod tests {
             .enumerate()
             .map(|(i, id)| entry(i as u64 + 1, id))
             .collect();
-        let handled = handle_all(&processors, &entries, &["service".to_owned()], 3).await;
+        let mapping = port_agent_core::mapping::PortAppConfig::from_yaml(
+            "resources: [{kind: service, selector: {query: 'true'}, port: {entity: {mappings: {identifier: .id, blueprint: '\"s\"'}}}}]",
+        )
+        .unwrap();
+        let handled = handle_all(&processors, &entries, &mapping.resources, 3).await;
         assert!(!*slow.same_key_at_once.lock().unwrap());
         assert_eq!(
             *slow.most_at_once.lock().unwrap(),

@@ -22,10 +22,37 @@ use crate::port::{Entity, PortClient, UpsertOptions};
 use crate::resync::{ResyncError, with_state};
 use crate::write::{DeletionOutcome, Source, Vanished, Writer, key_of};
 
-/// One live event: raw items of one kind, updated and deleted.
+/// One live event: raw items updated and deleted, per kind (and resource).
 #[derive(Debug, Clone, Default)]
 pub struct LiveEvent {
+    pub items: Vec<LiveItems>,
+}
+
+impl LiveEvent {
+    /// An event of items of one kind, for every resource of the kind.
+    pub fn of_kind(
+        kind: impl Into<String>,
+        upsert: Vec<Box<RawValue>>,
+        delete: Vec<Box<RawValue>>,
+    ) -> Self {
+        Self {
+            items: vec![LiveItems {
+                kind: kind.into(),
+                resource: None,
+                upsert,
+                delete,
+            }],
+        }
+    }
+}
+
+/// Raw items of one kind that an event updates and deletes.
+#[derive(Debug, Clone, Default)]
+pub struct LiveItems {
     pub kind: String,
+    /// The resource (index in the mapping) the items are for; `None`: every resource of the
+    /// kind.
+    pub resource: Option<usize>,
     pub upsert: Vec<Box<RawValue>>,
     pub delete: Vec<Box<RawValue>>,
 }
@@ -53,8 +80,8 @@ struct Mapped {
     item_errors: Vec<String>,
 }
 
-/// Maps `event` with every compiled resource of its kind (on the calling thread: jq values are
-/// not `Send`).
+/// Maps `event`'s items with their resources (on the calling thread: jq values are not
+/// `Send`).
 fn map_event(
     mapping: &CompiledMapping,
     config: &PortAppConfig,
@@ -62,30 +89,48 @@ fn map_event(
     event: &LiveEvent,
 ) -> Mapped {
     let mut out = Mapped::default();
-    for index in mapping.resources_of_kind(&event.kind, config) {
+    for items in &event.items {
+        map_items(mapping, config, limits, items, &mut out);
+    }
+    out
+}
+
+/// Maps `items` with every compiled resource of their kind (or the one they name) into `out`.
+fn map_items(
+    mapping: &CompiledMapping,
+    config: &PortAppConfig,
+    limits: &Limits,
+    items: &LiveItems,
+    out: &mut Mapped,
+) {
+    let resources = mapping
+        .resources_of_kind(&items.kind, config)
+        .filter(|index| items.resource.is_none_or(|only| only == *index));
+    for index in resources {
         let Ok(resource) = &mapping.resources[index] else {
             out.item_errors.push(format!(
                 "resources[{index}] (kind {}) does not compile",
-                event.kind
+                items.kind
             ));
             continue;
         };
-        let batch = match map_batch(mapping, index, &event.upsert, limits) {
+        let batch = match map_batch(mapping, index, &items.upsert, limits) {
             Ok(batch) => batch,
             Err(e) => {
                 out.item_errors.push(e.to_string());
                 continue;
             }
         };
-        out.item_errors.extend(
-            batch
-                .errors
-                .iter()
-                .map(|(item, e)| format!("upsert item #{}: {e}", item + 1)),
-        );
+        out.item_errors.extend(batch.errors.iter().map(|(item, e)| {
+            format!(
+                "resources[{index}] (kind {}) upsert item #{}: {e}",
+                items.kind,
+                item + 1
+            )
+        }));
         // What an updated item names but does not upsert has left this resource's scope.
         let made: HashSet<EntityKey> = batch.entities.iter().map(|(e, _)| key_of(e)).collect();
-        for raw in &event.upsert {
+        for raw in &items.upsert {
             out.candidates.extend(
                 mapping
                     .keys_of(resource, raw.get().as_bytes(), limits)
@@ -93,17 +138,16 @@ fn map_event(
                     .filter(|key| !made.contains(key)),
             );
         }
-        for raw in &event.delete {
+        for raw in &items.delete {
             out.candidates
                 .extend(mapping.keys_of(resource, raw.get().as_bytes(), limits));
         }
         let source = Source {
-            kind: event.kind.as_str().into(),
+            kind: items.kind.as_str().into(),
             resource: index as u32,
         };
         out.upserts.push((source, batch.entities));
     }
-    out
 }
 
 /// Events mapped and put together: what the run writes, and which event each written key

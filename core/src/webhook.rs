@@ -9,6 +9,8 @@ use std::pin::Pin;
 
 use serde_json::value::RawValue;
 
+use crate::mapping::config::ResourceConfig;
+
 /// The route a processor answers on unless it names others.
 pub const DEFAULT_PATH: &str = "/integration/webhook";
 
@@ -97,7 +99,9 @@ pub trait WebhookProcessor: Send + Sync + std::fmt::Debug {
     /// Authenticates the request, then validates it: the event to queue, or why not.
     fn accept(&self, request: &WebhookRequest<'_>) -> Result<AcceptedEvent, Refusal>;
 
-    /// The raw items the queued `payload` updates and deletes for `kind` (called once per
-    /// mapped kind it names; it may fetch them from the vendor).
-    fn handle<'a>(&'a self, payload: &'a [u8], kind: &'a str) -> HandleFuture<'a>;
+    /// The raw items the queued `payload` updates and deletes for `resource` (called once per
+    /// resource of the mapping: the same kind twice is two calls, each with its selector; an
+    /// event that does not concern the resource's kind returns nothing). It may fetch the items
+    /// from the vendor.
+    fn handle<'a>(&'a self, payload: &'a [u8], resource: &'a ResourceConfig) -> HandleFuture<'a>;
 }

@@ -36,11 +36,7 @@ fn event(upsert: &[Value], delete: &[Value]) -> LiveEvent {
             .map(|v| RawValue::from_string(v.to_string()).unwrap())
             .collect()
     };
-    LiveEvent {
-        kind: "service".into(),
-        upsert: raw(upsert),
-        delete: raw(delete),
-    }
+    LiveEvent::of_kind("service", raw(upsert), raw(delete))
 }
 
 struct Setup {
@@ -53,6 +49,10 @@ struct Setup {
 
 impl Setup {
     async fn new() -> Self {
+        Self::with_mapping(MAPPING).await
+    }
+
+    async fn with_mapping(mapping: &str) -> Self {
         let emulator = Emulator::start(EmulatorConfig::default()).await.unwrap();
         emulator
             .put_blueprint(json!({"identifier": "service", "title": "Service",
@@ -88,7 +88,7 @@ impl Setup {
             client: PortClient::new(config).unwrap(),
             emulator,
             state: Arc::new(state),
-            config: PortAppConfig::from_yaml(MAPPING).unwrap(),
+            config: PortAppConfig::from_yaml(mapping).unwrap(),
             _dir: dir,
         }
     }
@@ -331,4 +331,53 @@ async fn a_refusal_is_the_event_s_that_made_the_entity() {
         outcome.event_errors
     );
     assert!(setup.in_port("svc-a").is_some() && setup.in_port("svc-c").is_some());
+}
+
+/// Ocean's rule, per event: an entity one resource upserts is not deleted because another
+/// resource of the same kind (whose selector does not take the item) names it too — also when
+/// the processor hands the items resource by resource.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entity_one_resource_upserts_is_not_deleted_by_another_of_the_same_kind() {
+    let twice = MAPPING.to_owned()
+        + r#"
+  - kind: service
+    selector: {query: '.stars > 100'}
+    port:
+      entity:
+        mappings:
+          identifier: .name
+          title: .title
+          blueprint: '"service"'
+          properties: {url: .url, stars: .stars}
+"#;
+    let setup = Setup::with_mapping(&twice).await;
+    setup.push(&[svc("svc-a", 1)], &[]).await;
+    let raw = |v: Value| vec![RawValue::from_string(v.to_string()).unwrap()];
+    let per_resource = LiveEvent {
+        items: (0..2)
+            .map(|resource| live::LiveItems {
+                kind: "service".into(),
+                resource: Some(resource),
+                upsert: raw(svc("svc-a", 2)),
+                delete: Vec::new(),
+            })
+            .collect(),
+    };
+    let outcome = setup.try_apply(vec![per_resource]).await.unwrap();
+    assert_eq!(outcome.run.status, RunStatus::Completed);
+    assert_eq!(outcome.run.totals.deleted, 0);
+    assert_eq!(setup.in_port("svc-a").unwrap()["properties"]["stars"], 2);
+    // Items for the second resource only: its selector does not take them, so the entity it
+    // names goes.
+    let second_only = LiveEvent {
+        items: vec![live::LiveItems {
+            kind: "service".into(),
+            resource: Some(1),
+            upsert: raw(svc("svc-a", 3)),
+            delete: Vec::new(),
+        }],
+    };
+    let outcome = setup.try_apply(vec![second_only]).await.unwrap();
+    assert_eq!(outcome.run.totals.deleted, 1);
+    assert!(setup.in_port("svc-a").is_none());
 }

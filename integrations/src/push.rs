@@ -9,6 +9,7 @@
 
 use hmac::{Hmac, Mac};
 use port_agent_core::Secret;
+use port_agent_core::mapping::config::ResourceConfig;
 use port_agent_core::webhook::{
     AcceptedEvent, DEFAULT_PATH, HandleError, HandleFuture, Handled, Refusal, WebhookProcessor,
     WebhookRequest,
@@ -155,8 +156,8 @@ impl WebhookProcessor for PushProcessor {
         })
     }
 
-    fn handle<'a>(&'a self, payload: &'a [u8], kind: &'a str) -> HandleFuture<'a> {
-        Box::pin(std::future::ready(handle_now(payload, kind)))
+    fn handle<'a>(&'a self, payload: &'a [u8], resource: &'a ResourceConfig) -> HandleFuture<'a> {
+        Box::pin(std::future::ready(handle_now(payload, &resource.kind)))
     }
 }
 

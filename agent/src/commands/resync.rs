@@ -210,6 +210,11 @@ impl Prepared {
             .await
     }
 
+    /// The mapping as loaded.
+    pub(crate) fn port_app_config(&self) -> &PortAppConfig {
+        &self.port_app_config
+    }
+
     /// Applies live events (in arrival order) as one run through the resync's write path.
     pub(crate) async fn apply_live(
         &self,
