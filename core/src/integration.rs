@@ -5,7 +5,11 @@ use std::future::Future;
 use std::pin::Pin;
 
 use serde_json::value::RawValue;
+use serde_json::{Map, Value};
 use tokio::sync::mpsc;
+
+use crate::mapping::PortAppConfig;
+use crate::mapping::config::Selector;
 
 /// Raw items as JSON text, so the mapping sees number literals as written.
 pub type RawBatch = Vec<Box<RawValue>>;
@@ -20,6 +24,42 @@ pub struct FetchError {
 
 pub type FetchFuture<'a> = Pin<Box<dyn Future<Output = Result<(), FetchError>> + Send + 'a>>;
 
+/// What a fetch is for: one `resources[]` entry of the mapping, as Ocean hands it to an
+/// integration. A kind that appears twice is fetched once per entry, each with its selector.
+#[derive(Debug, Clone, Copy)]
+pub struct FetchRequest<'a> {
+    /// The entry's position in `resources[]`.
+    pub index: usize,
+    pub kind: &'a str,
+    /// The entry's selector: `query`, and the integration's own keys in `selector.extra`
+    /// (GitHub's `includedFiles`, Ocean Custom's `data_path`).
+    pub selector: &'a Selector,
+    /// The mapping's top-level keys port-agent does not read itself (GitHub's
+    /// `repositoryType`).
+    pub mapping_extra: &'a Map<String, Value>,
+}
+
+impl<'a> FetchRequest<'a> {
+    /// Resource `index` of `config`.
+    pub fn of(config: &'a PortAppConfig, index: usize) -> Self {
+        let resource = &config.resources[index];
+        Self {
+            index,
+            kind: &resource.kind,
+            selector: &resource.selector,
+            mapping_extra: &config.extra,
+        }
+    }
+
+    /// A failure of this fetch, for the kind.
+    pub fn fail(&self, message: impl Into<String>) -> FetchError {
+        FetchError {
+            kind: self.kind.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
 /// A third-party system port-agent syncs from.
 pub trait Integration: Send + Sync {
     /// The kinds it can fetch.
@@ -31,7 +71,29 @@ pub trait Integration: Send + Sync {
         Vec::new()
     }
 
-    /// Sends every raw item of `kind` into `sink`, in batches, then returns. The sink is
-    /// bounded: a slow resync slows the fetch instead of filling memory.
-    fn fetch<'a>(&'a self, kind: &'a str, sink: mpsc::Sender<RawBatch>) -> FetchFuture<'a>;
+    /// Sends every raw item the `request`ed resource names into `sink`, in batches, then
+    /// returns. The sink is bounded: a slow resync slows the fetch instead of filling memory.
+    fn fetch<'a>(
+        &'a self,
+        request: FetchRequest<'a>,
+        sink: mpsc::Sender<RawBatch>,
+    ) -> FetchFuture<'a>;
+}
+
+/// Every raw item `integration` fetches for `request`, as JSON text, in order (for tests and
+/// tools that want a kind's items at once; a resync streams them instead).
+pub async fn fetch_all(
+    integration: &dyn Integration,
+    request: FetchRequest<'_>,
+) -> Result<Vec<String>, FetchError> {
+    let (sink, mut batches) = mpsc::channel::<RawBatch>(2);
+    let collect = async {
+        let mut items = Vec::new();
+        while let Some(batch) = batches.recv().await {
+            items.extend(batch.into_iter().map(|raw| raw.get().to_owned()));
+        }
+        items
+    };
+    let (fetched, items) = tokio::join!(integration.fetch(request, sink), collect);
+    fetched.map(|()| items)
 }

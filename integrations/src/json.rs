@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
-use port_agent_core::integration::{FetchError, FetchFuture, Integration, RawBatch};
+use port_agent_core::integration::{FetchError, FetchFuture, FetchRequest, Integration, RawBatch};
 use port_agent_core::raw_items::RawItemReader;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
@@ -91,7 +91,12 @@ impl Integration for JsonIntegration {
             .collect()
     }
 
-    fn fetch<'a>(&'a self, kind: &'a str, sink: mpsc::Sender<RawBatch>) -> FetchFuture<'a> {
+    fn fetch<'a>(
+        &'a self,
+        request: FetchRequest<'a>,
+        sink: mpsc::Sender<RawBatch>,
+    ) -> FetchFuture<'a> {
+        let kind = request.kind;
         Box::pin(async move {
             let path = self
                 .files
@@ -120,6 +125,10 @@ mod tests {
         integration: &JsonIntegration,
         kind: &str,
     ) -> Result<Vec<String>, FetchError> {
+        let mapping = port_agent_core::mapping::PortAppConfig::from_yaml(&format!(
+            "resources: [{{kind: {kind}, selector: {{query: 'true'}}, port: {{entity: {{mappings: {{identifier: .id, blueprint: '\"b\"'}}}}}}}}]"
+        ))
+        .unwrap();
         let (tx, mut rx) = mpsc::channel::<RawBatch>(2);
         let collect = async {
             let mut items = Vec::new();
@@ -129,7 +138,8 @@ mod tests {
             }
             items
         };
-        let (result, items) = tokio::join!(integration.fetch(kind, tx), collect);
+        let fetch = integration.fetch(FetchRequest::of(&mapping, 0), tx);
+        let (result, items) = tokio::join!(fetch, collect);
         result.map(|()| items)
     }
 

@@ -19,6 +19,10 @@ pub struct PortAppConfig {
     pub entity_deletion_threshold: f64,
     #[serde(default)]
     pub resources: Vec<ResourceConfig>,
+    /// Top-level keys of the integration's own (GitHub's `repositoryType`), handed to its
+    /// fetches.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 fn yes() -> bool {

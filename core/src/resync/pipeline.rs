@@ -10,7 +10,7 @@ pub(crate) use super::raw_cache::Recheck;
 use super::raw_cache::{Fingerprints, Split, resource_fingerprint, split_cached};
 use super::{Progress, Resync, ResyncError};
 use crate::entity_hash::EntityHash;
-use crate::integration::RawBatch;
+use crate::integration::{FetchRequest, RawBatch};
 use crate::mapping::PendingBatch;
 use crate::port::{Entity, PortError};
 
@@ -93,7 +93,9 @@ impl Resync<'_> {
         let cache = cache_run
             .and_then(|run| Some((run, resource_fingerprint(&self.setup.mapping, index)?)));
         let (sink, batches) = mpsc::channel::<RawBatch>(4);
-        let fetch = self.integration.fetch(kind, sink);
+        let fetch = self
+            .integration
+            .fetch(FetchRequest::of(self.config, index), sink);
         let consume = async move {
             // Owns the receiver: however this ends, the fetch's next send fails and it stops.
             let mut batches = batches;
