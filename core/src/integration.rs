@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
 use crate::mapping::PortAppConfig;
-use crate::mapping::config::Selector;
+use crate::mapping::config::{ResourceConfig, Selector};
 
 /// Raw items as JSON text, so the mapping sees number literals as written.
 pub type RawBatch = Vec<Box<RawValue>>;
@@ -69,6 +69,21 @@ pub trait Integration: Send + Sync {
     /// its setting, for `port-agent config validate`.
     fn check(&self) -> Vec<String> {
         Vec::new()
+    }
+
+    /// Problems with one `resources[]` entry (a kind it cannot fetch, a selector it cannot
+    /// use), each naming the key, for `port-agent config validate`.
+    fn check_resource(&self, resource: &ResourceConfig) -> Vec<String> {
+        let kinds = self.kinds();
+        if kinds.contains(&resource.kind) {
+            Vec::new()
+        } else {
+            vec![format!(
+                "kind '{}': this integration cannot fetch it (it has: {})",
+                resource.kind,
+                kinds.join(", ")
+            )]
+        }
     }
 
     /// Sends every raw item the `request`ed resource names into `sink`, in batches, then

@@ -1,5 +1,6 @@
 //! The systems port-agent syncs from: one module each, behind `port_agent_core::integration`.
 
+pub mod custom;
 pub mod json;
 pub mod push;
 

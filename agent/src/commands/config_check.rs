@@ -76,14 +76,12 @@ pub fn validate(config_path: &Path) -> Result<(), Failure> {
             kinds = integration.kinds();
             if let Some(mapping) = &mapping {
                 for (i, resource) in mapping.resources.iter().enumerate() {
-                    if !kinds.contains(&resource.kind) {
-                        problems.push(format!(
-                            "resources[{i}].kind '{}': integration {} cannot fetch it (it has: {})",
-                            resource.kind,
-                            settings.integration.integration_type,
-                            kinds.join(", ")
-                        ));
-                    }
+                    problems.extend(integration.check_resource(resource).into_iter().map(|p| {
+                        format!(
+                            "resources[{i}] ({}): {p}",
+                            settings.integration.integration_type
+                        )
+                    }));
                 }
             }
         }

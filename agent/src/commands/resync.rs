@@ -9,6 +9,7 @@ use port_agent_core::integration::Integration;
 use port_agent_core::mapping::{CompiledMapping, MappingPool, PortAppConfig};
 use port_agent_core::port::PortClient;
 use port_agent_core::resync::{IntegrationSetup, Progress, Resync, ResyncOptions, ResyncReport};
+use port_agent_integrations::custom::CustomIntegration;
 use port_agent_integrations::json::JsonIntegration;
 use port_agent_state::{Identity, RunCounters, RunStatus, StateStore};
 use serde_json::{Value, json};
@@ -41,8 +42,11 @@ pub(crate) fn integration(loaded: &Loaded) -> Result<Box<dyn Integration>, Failu
         "json" => JsonIntegration::from_config(&settings.config, &loaded.base_dir())
             .map(|i| Box::new(i) as Box<dyn Integration>)
             .map_err(|e| config_error(anyhow!("{}: {e}", loaded.path.display()))),
+        "custom" => CustomIntegration::from_config(&settings.config)
+            .map(|i| Box::new(i) as Box<dyn Integration>)
+            .map_err(|e| config_error(anyhow!("{}: {e}", loaded.path.display()))),
         other => Err(config_error(anyhow!(
-            "{}: integration.type '{other}' is not built into this port-agent (built in: json)",
+            "{}: integration.type '{other}' is not built into this port-agent (built in: json, custom)",
             loaded.path.display()
         ))),
     }

@@ -272,6 +272,31 @@ impl Jq {
     }
 }
 
+/// One jq expression of an integration's own (Ocean Custom's `data_path`, a path parameter's
+/// `field`), compiled once, run without `$ENV`. Not `Send` (jq values are `Rc`): use it on one
+/// thread.
+#[derive(Debug)]
+pub struct Query {
+    jq: Jq,
+    program: Program,
+}
+
+impl Query {
+    pub fn new(expression: &str) -> Result<Self, CompileError> {
+        let jq = Jq::new(Val::obj(jaq_json::Map::default()));
+        let program = jq.compile(expression)?;
+        Ok(Self { jq, program })
+    }
+
+    /// The first output on `input`, as JSON (`None` when there is none).
+    pub fn first(&self, input: &serde_json::Value) -> Result<Option<serde_json::Value>, EvalError> {
+        let output = self
+            .jq
+            .first(&self.program, super::value::from_json(input))?;
+        Ok(output.as_ref().map(super::value::to_json))
+    }
+}
+
 /// Where `part` starts inside `whole`, when it is a slice of it (errors in the prelude are not).
 fn offset_in(whole: &str, part: &str) -> usize {
     let start = (part.as_ptr() as usize).wrapping_sub(whole.as_ptr() as usize);

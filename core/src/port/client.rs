@@ -13,8 +13,8 @@ use tokio::sync::Semaphore;
 use super::auth::TokenCache;
 use super::error::PortError;
 use super::rate_limit::RateLimiter;
-use super::retry::{Idempotency, RetryPolicy, is_retryable_status, is_retryable_transport};
 use crate::Secret;
+use crate::retry::{Idempotency, RetryPolicy, is_retryable_status, is_retryable_transport};
 
 /// Who is talking to Port. Port records entity writes under the User-Agent built from this,
 /// and "the entities this integration owns" are found by it.

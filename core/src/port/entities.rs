@@ -13,7 +13,7 @@ use super::error::PortError;
 use super::model::{
     DeleteReport, Entity, EntityError, OwnedEntitiesPage, UpsertOptions, UpsertOutcome,
 };
-use super::retry::{Idempotency, is_retryable_status};
+use crate::retry::{Idempotency, is_retryable_status};
 use crate::text::printable;
 
 /// A batch ready to send: the entities' positions in the caller's slice and their JSON.

@@ -8,7 +8,7 @@ mod error;
 mod model;
 mod rate_limit;
 mod resources;
-pub mod retry;
+pub use crate::retry;
 
 pub use client::{BulkLimits, ClientStats, IntegrationIdentity, PortClient, PortClientConfig};
 pub use error::PortError;

@@ -1,4 +1,5 @@
-//! The one place that decides whether a failed Port call is tried again, and after how long.
+//! The one place that decides whether a failed HTTP call (to Port or to a vendor) is tried again,
+//! and after how long.
 
 use std::time::{Duration, SystemTime};
 

@@ -1,0 +1,289 @@
+//! The one HTTP client integrations call vendors' APIs with: a timeout, retries decided by
+//! [`crate::retry`] (408, 429 and 5xx, `Retry-After` then `x-ratelimit-reset`, jittered backoff,
+//! Ocean's 10 retries), bounded requests in flight, and errors that name the request without
+//! its credentials.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use tokio::sync::Semaphore;
+
+use crate::retry::{Idempotency, RetryPolicy, is_retryable_status, is_retryable_transport};
+use crate::secret::Secret;
+use crate::text::{printable, redact_url};
+
+/// How a client behaves.
+#[derive(Debug, Clone)]
+pub struct VendorClientConfig {
+    /// For one attempt, answer included.
+    pub timeout: Duration,
+    pub retry: RetryPolicy,
+    /// Requests in flight at once, at most.
+    pub max_in_flight: usize,
+    /// Accept any TLS certificate (Ocean Custom's `verifySsl: false`).
+    pub accept_invalid_certs: bool,
+    /// Sent with every request; values may be secrets (never printed).
+    pub headers: Vec<(String, Secret)>,
+    /// HTTP basic authentication for every request.
+    pub basic_auth: Option<(String, Secret)>,
+}
+
+impl Default for VendorClientConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(30),
+            retry: RetryPolicy::default(),
+            max_in_flight: 10,
+            accept_invalid_certs: false,
+            headers: Vec::new(),
+            basic_auth: None,
+        }
+    }
+}
+
+/// One request.
+#[derive(Debug, Clone)]
+pub struct VendorRequest {
+    pub method: Method,
+    pub url: String,
+    pub query: Vec<(String, String)>,
+    pub headers: Vec<(String, String)>,
+    pub json_body: Option<Value>,
+}
+
+impl VendorRequest {
+    pub fn get(url: impl Into<String>) -> Self {
+        Self {
+            method: Method::GET,
+            url: url.into(),
+            query: Vec::new(),
+            headers: Vec::new(),
+            json_body: None,
+        }
+    }
+}
+
+/// A successful (2xx) answer.
+#[derive(Debug, Clone)]
+pub struct VendorResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+/// A request that failed for good. Messages name the method and the URL (credentials and query
+/// removed), never a header or a body sent.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum VendorError {
+    #[error("{method} {url} answered {status}{}", detail(.message))]
+    Status {
+        method: Method,
+        url: String,
+        status: StatusCode,
+        /// The start of the vendor's answer, printable.
+        message: String,
+    },
+    #[error("{method} {url} failed: {message}")]
+    Transport {
+        method: Method,
+        url: String,
+        message: String,
+    },
+    #[error("{0}")]
+    Setup(String),
+}
+
+fn detail(message: &str) -> String {
+    if message.is_empty() {
+        String::new()
+    } else {
+        format!(": {message}")
+    }
+}
+
+impl VendorError {
+    /// The status the vendor answered, if it did.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            VendorError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// The URL as errors and logs show it: no credentials, no query (tokens travel there).
+pub fn shown_url(url: &str) -> String {
+    let without_query = url.split(['?', '#']).next().unwrap_or(url);
+    redact_url(without_query).into_owned()
+}
+
+/// A vendor's API client, shared by every fetch of an integration.
+#[derive(Debug, Clone)]
+pub struct VendorClient {
+    http: reqwest::Client,
+    config: Arc<VendorClientConfig>,
+    in_flight: Arc<Semaphore>,
+}
+
+impl VendorClient {
+    pub fn new(config: VendorClientConfig) -> Result<Self, VendorError> {
+        let http = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .danger_accept_invalid_certs(config.accept_invalid_certs)
+            .user_agent(concat!("port-agent/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| VendorError::Setup(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Self {
+            http,
+            in_flight: Arc::new(Semaphore::new(config.max_in_flight.max(1))),
+            config: Arc::new(config),
+        })
+    }
+
+    /// Sends `request`, retrying what is worth retrying; a non-2xx answer after that is an
+    /// error.
+    pub async fn send(&self, request: &VendorRequest) -> Result<VendorResponse, VendorError> {
+        let idempotency = if matches!(request.method, Method::POST | Method::PATCH) {
+            Idempotency::NotIdempotent
+        } else {
+            Idempotency::Idempotent
+        };
+        let policy = &self.config.retry;
+        let mut retry = 0;
+        loop {
+            let started = Instant::now();
+            let outcome = self.attempt(request).await;
+            let shown = shown_url(&request.url);
+            let (wait, error) = match outcome {
+                Ok(response) if response.status().is_success() => {
+                    let status = response.status();
+                    let headers = response.headers().clone();
+                    let body = response
+                        .bytes()
+                        .await
+                        .map_err(|e| self.transport(request, &e))?;
+                    tracing::debug!(method = %request.method, url = %shown, status = status.as_u16(), ms = started.elapsed().as_millis() as u64, "vendor request");
+                    return Ok(VendorResponse {
+                        status,
+                        headers,
+                        body: body.to_vec(),
+                    });
+                }
+                Ok(response) => {
+                    let status = response.status();
+                    let headers = response.headers().clone();
+                    let text = response.text().await.unwrap_or_default();
+                    let message: String = printable(text.trim()).chars().take(200).collect();
+                    let error = VendorError::Status {
+                        method: request.method.clone(),
+                        url: shown.clone(),
+                        status,
+                        message,
+                    };
+                    if !is_retryable_status(status, idempotency) {
+                        return Err(error);
+                    }
+                    (policy.delay(retry, Some(&headers)), error)
+                }
+                Err(e) => {
+                    if !is_retryable_transport(&e, idempotency) {
+                        return Err(self.transport(request, &e));
+                    }
+                    (policy.delay(retry, None), self.transport(request, &e))
+                }
+            };
+            retry += 1;
+            if retry >= policy.max_attempts {
+                return Err(error);
+            }
+            tracing::warn!(method = %request.method, url = %shown, error = %error, wait_ms = wait.as_millis() as u64, "vendor request failed; retrying");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Sends `request` and reads its answer as JSON.
+    pub async fn send_json(
+        &self,
+        request: &VendorRequest,
+    ) -> Result<(Value, HeaderMap), VendorError> {
+        let response = self.send(request).await?;
+        let value = serde_json::from_slice(&response.body).map_err(|e| VendorError::Transport {
+            method: request.method.clone(),
+            url: shown_url(&request.url),
+            message: format!("the answer is not JSON: {e}"),
+        })?;
+        Ok((value, response.headers))
+    }
+
+    async fn attempt(&self, request: &VendorRequest) -> Result<reqwest::Response, reqwest::Error> {
+        let _permit = self.in_flight.acquire().await.expect("never closed");
+        let mut builder = self
+            .http
+            .request(request.method.clone(), &request.url)
+            .query(&request.query);
+        let mut headers = HeaderMap::new();
+        let given = self
+            .config
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.expose()))
+            .chain(
+                request
+                    .headers
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_str())),
+            );
+        for (name, value) in given {
+            if let (Ok(name), Ok(mut value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                value.set_sensitive(true);
+                headers.insert(name, value);
+            }
+        }
+        builder = builder.headers(headers);
+        if let Some((user, password)) = &self.config.basic_auth {
+            builder = builder.basic_auth(user, Some(password.expose()));
+        }
+        if let Some(body) = &request.json_body {
+            builder = builder.json(body);
+        }
+        builder.send().await
+    }
+
+    fn transport(&self, request: &VendorRequest, error: &reqwest::Error) -> VendorError {
+        // reqwest's message may carry the URL with its query: only its kind is kept.
+        let message = if error.is_timeout() {
+            format!("no answer within {} s", self.config.timeout.as_secs())
+        } else if error.is_connect() {
+            "cannot connect".to_owned()
+        } else if error.is_body() || error.is_decode() {
+            "the answer was cut off".to_owned()
+        } else {
+            "the request failed".to_owned()
+        };
+        VendorError::Transport {
+            method: request.method.clone(),
+            url: shown_url(&request.url),
+            message,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shown_urls_have_no_credentials_and_no_query() {
+        assert_eq!(
+            shown_url("https://u:p@api.example.com/v1/users?token=abc&page=2"),
+            "https://[redacted]@api.example.com/v1/users"
+        );
+        assert_eq!(shown_url("http://x/y#frag"), "http://x/y");
+    }
+}
