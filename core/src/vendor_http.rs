@@ -52,6 +52,8 @@ pub struct VendorRequest {
     pub query: Vec<(String, String)>,
     pub headers: Vec<(String, String)>,
     pub json_body: Option<Value>,
+    /// A body sent as it is (a form), when there is no JSON body.
+    pub text_body: Option<String>,
 }
 
 impl VendorRequest {
@@ -62,6 +64,7 @@ impl VendorRequest {
             query: Vec::new(),
             headers: Vec::new(),
             json_body: None,
+            text_body: None,
         }
     }
 }
@@ -251,6 +254,8 @@ impl VendorClient {
         }
         if let Some(body) = &request.json_body {
             builder = builder.json(body);
+        } else if let Some(body) = &request.text_body {
+            builder = builder.body(body.clone());
         }
         builder.send().await
     }

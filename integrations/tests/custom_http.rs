@@ -147,6 +147,35 @@ async fn server() -> (String, Seen) {
                 axum::Json(json!({"data": [{"id": 1}], "meta": {"next": "same", "more": true}}))
             }),
         )
+        .route(
+            "/oauth/token",
+            axum::routing::post(
+                |State(seen): State<Seen>, h: HeaderMap, body: String| async move {
+                    let form = h
+                        .get(header::CONTENT_TYPE)
+                        .is_some_and(|v| v == "application/x-www-form-urlencoded");
+                    if !form || body != "grant_type=client_credentials" {
+                        return StatusCode::BAD_REQUEST.into_response();
+                    }
+                    let n = seen.count("token");
+                    axum::Json(json!({"access_token": format!("tok-{n}"), "token_type": "bearer"}))
+                        .into_response()
+                },
+            ),
+        )
+        // Only the second token is good: the first is refused, as an expired one would be.
+        .route(
+            "/secure",
+            get(|h: HeaderMap, Query(p): Params| async move {
+                if authorized(&h, header::AUTHORIZATION, "Bearer tok-2")
+                    && p.get("tenant").is_some_and(|t| t == "tok-2")
+                {
+                    axum::Json(json!([{"id": "secret-item"}])).into_response()
+                } else {
+                    StatusCode::UNAUTHORIZED.into_response()
+                }
+            }),
+        )
         .with_state(seen.clone());
     let app = app.with_state(address.clone()).merge(flaky);
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -333,4 +362,21 @@ async fn a_malformed_page_or_a_401_on_page_3_fails_the_kind_naming_page_and_url(
         .await
         .unwrap_err();
     assert!(error.message.contains("already read"), "{error}");
+}
+
+#[tokio::test]
+async fn custom_auth_asks_for_a_token_fills_templates_and_renews_it_on_401() {
+    let (base, seen) = server().await;
+    let config = json!({
+        "authType": "custom",
+        "customAuthRequest": {"endpoint": "/oauth/token", "bodyForm": "grant_type=client_credentials"},
+        "customAuthRequestTemplate": "{\"headers\": {\"Authorization\": \"Bearer {{.access_token}}\"}, \"queryParams\": {\"tenant\": \"{{.access_token}}\"}}"
+    });
+    let items = fetch(&base, config, "/secure", json!({})).await.unwrap();
+    assert_eq!(ids(&items), [json!("secret-item")]);
+    assert_eq!(
+        seen.count("token"),
+        3,
+        "two token requests: the first token was refused"
+    );
 }

@@ -18,6 +18,7 @@
 
 pub mod pagination;
 pub mod settings;
+pub mod token;
 
 use std::collections::HashSet;
 
@@ -259,6 +260,8 @@ impl CustomIntegration {
                 basic_auth = Some((username.clone(), password.clone()));
             }
             Auth::ApiKey { header, key } => headers.push((header.clone(), key.clone())),
+            // Per request, from the token (see `Pages::send`).
+            Auth::Token(_) => {}
         }
         let client = VendorClient::new(VendorClientConfig {
             timeout: settings.timeout,
@@ -281,6 +284,47 @@ impl CustomIntegration {
             self.settings.base_url,
             path.trim_start_matches('/')
         )
+    }
+
+    /// Sends `request` with the token's credentials when `authType` is custom: a 401 gets a
+    /// new token and one more try.
+    async fn send(
+        &self,
+        request: VendorRequest,
+    ) -> Result<(Value, reqwest::header::HeaderMap), String> {
+        let Auth::Token(token) = &self.settings.auth else {
+            return self
+                .client
+                .send_json(&request)
+                .await
+                .map_err(|e| e.to_string());
+        };
+        let mut renew = false;
+        loop {
+            let credentials = token
+                .credentials(&self.client, &self.settings.base_url, renew)
+                .await?;
+            let mut authenticated = request.clone();
+            authenticated.headers.extend(credentials.headers);
+            authenticated.query.extend(credentials.query);
+            if !credentials.body.is_empty() {
+                let mut body = match authenticated.json_body.take() {
+                    Some(Value::Object(map)) => map,
+                    _ => Map::new(),
+                };
+                body.extend(credentials.body);
+                authenticated.json_body = Some(Value::Object(body));
+            }
+            match self.client.send_json(&authenticated).await {
+                Err(e) if e.status() == Some(reqwest::StatusCode::UNAUTHORIZED) && !renew => {
+                    tracing::info!(
+                        "custom authentication: the token was refused; asking for a new one"
+                    );
+                    renew = true;
+                }
+                answer => return answer.map_err(|e| e.to_string()),
+            }
+        }
     }
 
     /// The pages of `call`, with `parameters` filled in its path.
@@ -401,11 +445,11 @@ impl Pages<'_> {
             query: page.query.clone(),
             headers: self.call.headers.clone(),
             json_body: self.call.body.clone(),
+            text_body: None,
         };
         let (body, headers) = self
             .integration
-            .client
-            .send_json(&request)
+            .send(request)
             .await
             .map_err(|e| format!("{where_}: {e}"))?;
         let link = headers

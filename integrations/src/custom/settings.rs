@@ -2,10 +2,13 @@
 //! `.port/spec.yaml` names in camelCase, or the snake_case names `OCEAN__INTEGRATION__CONFIG__*`
 //! variables give; numbers as numbers or as text ("100"), as its spec declares them strings.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use port_agent_core::Secret;
 use serde_json::{Map, Value};
+
+use super::token::{self, TokenAuth};
 
 /// How pages follow one another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,8 +26,16 @@ pub enum PaginationType {
 pub enum Auth {
     None,
     Bearer(Secret),
-    Basic { username: String, password: Secret },
-    ApiKey { header: String, key: Secret },
+    Basic {
+        username: String,
+        password: Secret,
+    },
+    ApiKey {
+        header: String,
+        key: Secret,
+    },
+    /// A token request whose answer fills templates in every request.
+    Token(Arc<TokenAuth>),
 }
 
 /// The settings a fetch needs.
@@ -155,12 +166,16 @@ impl Reader<'_> {
                     .unwrap_or_else(|| "X-API-Key".to_owned()),
                 key: self.required_secret("apiKey", &auth_type),
             },
-            "custom" => {
-                self.problems.push(
-                    "integration.config.authType: custom (a token request) is not supported yet; use none, bearer_token, basic or api_key".to_owned(),
-                );
-                Auth::None
-            }
+            "custom" => match token::read(
+                self.get("customAuthRequest"),
+                self.get("customAuthRequestTemplate"),
+            ) {
+                Ok(auth) => Auth::Token(Arc::new(auth)),
+                Err(problems) => {
+                    self.problems.extend(problems);
+                    Auth::None
+                }
+            },
             _ => {
                 self.problems.push(
                     "integration.config.authType: expected none, bearer_token, basic, api_key or custom"
