@@ -95,7 +95,9 @@ pub fn server_hint(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
         .find_map(|value| parse_wait(value.trim(), now))
 }
 
-fn parse_wait(value: &str, now: SystemTime) -> Option<Duration> {
+/// A wait as Ocean reads `Retry-After` and `x-ratelimit-reset`: seconds up to 10000, an epoch
+/// time in seconds beyond, else an HTTP or ISO 8601 date.
+pub fn parse_wait(value: &str, now: SystemTime) -> Option<Duration> {
     if let Ok(number) = value.parse::<f64>() {
         if !number.is_finite() || number < 0.0 {
             return None;

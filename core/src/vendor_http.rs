@@ -15,6 +15,87 @@ use crate::retry::{Idempotency, RetryPolicy, is_retryable_status, is_retryable_t
 use crate::secret::Secret;
 use crate::text::{printable, redact_url};
 
+/// Who a request is for: a resync leaves part of the vendor's quota to live events.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Priority {
+    #[default]
+    Resync,
+    Live,
+}
+
+/// A vendor's request quota as its answers tell it (`x-ratelimit-limit`, `-remaining`, `-reset`).
+#[derive(Debug, Clone, Copy)]
+struct Quota {
+    limit: u64,
+    remaining: u64,
+    reset_at: Instant,
+}
+
+/// The quota of one credential, learned from answers; requests wait before exhausting it.
+#[derive(Debug, Default)]
+struct RateScope {
+    quota: std::sync::Mutex<Option<Quota>>,
+}
+
+impl RateScope {
+    /// Waits until a request of `priority` may go, and counts it. A resync keeps
+    /// `1 - resync_share` of the quota for live events; a live request uses it to the last.
+    async fn admit(&self, priority: Priority, resync_share: f64) {
+        loop {
+            let wait = {
+                let mut quota = self.quota.lock().unwrap_or_else(|e| e.into_inner());
+                let Some(known) = quota.as_mut() else { return };
+                let now = Instant::now();
+                if now >= known.reset_at {
+                    *quota = None;
+                    return;
+                }
+                let floor = match priority {
+                    // What the resync may use, rounded down; the rest is kept.
+                    Priority::Resync => known
+                        .limit
+                        .saturating_sub((known.limit as f64 * resync_share).floor() as u64),
+                    Priority::Live => 0,
+                };
+                if known.remaining > floor {
+                    known.remaining -= 1;
+                    return;
+                }
+                known.reset_at - now
+            };
+            tracing::info!(
+                ?priority,
+                wait_ms = wait.as_millis() as u64,
+                "the vendor's rate limit is near: waiting for its reset"
+            );
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// What an answer says of the quota.
+    fn learn(&self, headers: &HeaderMap) {
+        let number =
+            |name: &str| -> Option<u64> { headers.get(name)?.to_str().ok()?.trim().parse().ok() };
+        let (Some(limit), Some(remaining)) =
+            (number("x-ratelimit-limit"), number("x-ratelimit-remaining"))
+        else {
+            return;
+        };
+        let Some(reset_in) = headers
+            .get("x-ratelimit-reset")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| crate::retry::parse_wait(v.trim(), std::time::SystemTime::now()))
+        else {
+            return;
+        };
+        *self.quota.lock().unwrap_or_else(|e| e.into_inner()) = Some(Quota {
+            limit,
+            remaining,
+            reset_at: Instant::now() + reset_in,
+        });
+    }
+}
+
 /// How a client behaves.
 #[derive(Debug, Clone)]
 pub struct VendorClientConfig {
@@ -29,6 +110,8 @@ pub struct VendorClientConfig {
     pub headers: Vec<(String, Secret)>,
     /// HTTP basic authentication for every request.
     pub basic_auth: Option<(String, Secret)>,
+    /// The share of a learned quota a resync may use (default 0.95: live events keep 5 %).
+    pub resync_share: f64,
 }
 
 impl Default for VendorClientConfig {
@@ -40,6 +123,7 @@ impl Default for VendorClientConfig {
             accept_invalid_certs: false,
             headers: Vec::new(),
             basic_auth: None,
+            resync_share: 0.95,
         }
     }
 }
@@ -54,6 +138,7 @@ pub struct VendorRequest {
     pub json_body: Option<Value>,
     /// A body sent as it is (a form), when there is no JSON body.
     pub text_body: Option<String>,
+    pub priority: Priority,
 }
 
 impl VendorRequest {
@@ -65,6 +150,7 @@ impl VendorRequest {
             headers: Vec::new(),
             json_body: None,
             text_body: None,
+            priority: Priority::Resync,
         }
     }
 }
@@ -129,6 +215,8 @@ pub struct VendorClient {
     http: reqwest::Client,
     config: Arc<VendorClientConfig>,
     in_flight: Arc<Semaphore>,
+    /// One scope per client: an integration makes one client per credential.
+    scope: Arc<RateScope>,
 }
 
 impl VendorClient {
@@ -142,6 +230,7 @@ impl VendorClient {
         Ok(Self {
             http,
             in_flight: Arc::new(Semaphore::new(config.max_in_flight.max(1))),
+            scope: Arc::new(RateScope::default()),
             config: Arc::new(config),
         })
     }
@@ -222,6 +311,9 @@ impl VendorClient {
     }
 
     async fn attempt(&self, request: &VendorRequest) -> Result<reqwest::Response, reqwest::Error> {
+        self.scope
+            .admit(request.priority, self.config.resync_share)
+            .await;
         let _permit = self.in_flight.acquire().await.expect("never closed");
         let mut builder = self
             .http
@@ -257,7 +349,9 @@ impl VendorClient {
         } else if let Some(body) = &request.text_body {
             builder = builder.body(body.clone());
         }
-        builder.send().await
+        let response = builder.send().await?;
+        self.scope.learn(response.headers());
+        Ok(response)
     }
 
     fn transport(&self, request: &VendorRequest, error: &reqwest::Error) -> VendorError {

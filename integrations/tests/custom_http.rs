@@ -13,6 +13,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use port_agent_core::integration::{FetchError, FetchRequest, fetch_all};
 use port_agent_core::mapping::PortAppConfig;
+use port_agent_core::vendor_http::{Priority, VendorRequest};
 use port_agent_integrations::custom::CustomIntegration;
 use serde_json::{Value, json};
 
@@ -379,4 +380,118 @@ async fn custom_auth_asks_for_a_token_fills_templates_and_renews_it_on_401() {
         3,
         "two token requests: the first token was refused"
     );
+}
+
+/// A vendor that reports its quota: 100 an hour, 12 left when the test starts, the window
+/// ending 3 s from now (then 100 again).
+#[derive(Clone)]
+struct Quota {
+    state: Arc<Mutex<(u64, Instant)>>,
+    requests: Arc<Mutex<Vec<&'static str>>>,
+}
+
+/// Answers `body`, counting the request against the quota (429 when none is left).
+fn answer(quota: &Quota, who: &'static str, body: Value) -> axum::response::Response {
+    let mut state = quota.state.lock().unwrap();
+    if Instant::now() >= state.1 {
+        *state = (100, Instant::now() + Duration::from_secs(3600));
+    }
+    if state.0 == 0 {
+        return (StatusCode::TOO_MANY_REQUESTS, "quota exhausted").into_response();
+    }
+    state.0 -= 1;
+    quota.requests.lock().unwrap().push(who);
+    let reset = std::time::SystemTime::now() + (state.1 - Instant::now());
+    let epoch = reset
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let mut response = axum::Json(body).into_response();
+    let headers = response.headers_mut();
+    headers.insert("x-ratelimit-limit", "100".parse().unwrap());
+    headers.insert(
+        "x-ratelimit-remaining",
+        state.0.to_string().parse().unwrap(),
+    );
+    headers.insert("x-ratelimit-reset", format!("{epoch:.3}").parse().unwrap());
+    response
+}
+
+async fn quota_server() -> (String, Quota) {
+    let quota = Quota {
+        state: Arc::new(Mutex::new((
+            12,
+            Instant::now() + Duration::from_millis(1500),
+        ))),
+        requests: Arc::default(),
+    };
+    let app = Router::new()
+        .route(
+            "/pages",
+            get(|State(q): State<Quota>, Query(p): Params| async move {
+                let page = number(&p, "page", 1);
+                answer(
+                    &q,
+                    "resync",
+                    json!({"items": [{"id": page}], "has_more": page < 20}),
+                )
+            }),
+        )
+        .route(
+            "/event",
+            get(|State(q): State<Quota>| async move { answer(&q, "live", json!({"id": "live"})) }),
+        )
+        .with_state(quota.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{address}"), quota)
+}
+
+#[tokio::test]
+async fn a_resync_stops_at_its_share_of_the_quota_and_a_live_request_still_gets_through() {
+    let (base, quota) = quota_server().await;
+    let config = json!({"baseUrl": base, "paginationType": "page", "hasMorePath": "has_more"});
+    let integration =
+        Arc::new(CustomIntegration::from_config(config.as_object().unwrap()).unwrap());
+    let resync = {
+        let integration = integration.clone();
+        tokio::spawn(async move {
+            let mapping = PortAppConfig::from_yaml(
+                "resources: [{kind: /pages, selector: {query: 'true', data_path: .items}, port: {entity: {mappings: {identifier: .id, blueprint: '\"b\"'}}}}]",
+            )
+            .unwrap();
+            fetch_all(integration.as_ref(), FetchRequest::of(&mapping, 0)).await
+        })
+    };
+    // 12 left, 5 kept for live events (5 % of 100): the resync makes 7 requests and waits.
+    let resync_requests = || {
+        quota
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|w| **w == "resync")
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while resync_requests() < 7 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(resync_requests(), 7, "the resync went past its share");
+    assert!(!resync.is_finished());
+    let mut live = VendorRequest::get(integration.url("/event"));
+    live.priority = Priority::Live;
+    let started = Instant::now();
+    let (answer, _) = integration.client().send_json(&live).await.unwrap();
+    assert_eq!(answer["id"], "live");
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "the live request waited"
+    );
+    // After the reset the resync reads the rest.
+    let items = resync.await.unwrap().unwrap();
+    assert_eq!(items.len(), 20);
+    assert_eq!(resync_requests(), 20);
 }

@@ -25,7 +25,9 @@ use std::collections::HashSet;
 use port_agent_core::integration::{FetchError, FetchFuture, FetchRequest, Integration, RawBatch};
 use port_agent_core::mapping::config::ResourceConfig;
 use port_agent_core::mapping::jq::Query;
-use port_agent_core::vendor_http::{VendorClient, VendorClientConfig, VendorRequest, shown_url};
+use port_agent_core::vendor_http::{
+    Priority, VendorClient, VendorClientConfig, VendorRequest, shown_url,
+};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -269,13 +271,20 @@ impl CustomIntegration {
             accept_invalid_certs: !settings.verify_ssl,
             headers,
             basic_auth,
+            resync_share: settings.resync_share,
             ..VendorClientConfig::default()
         })
         .map_err(|e| e.to_string())?;
         Ok(Self { settings, client })
     }
 
-    fn url(&self, path: &str) -> String {
+    /// The client every request of this integration goes through (one rate-limit scope).
+    pub fn client(&self) -> &VendorClient {
+        &self.client
+    }
+
+    /// `path` on the base URL (a full URL stays as it is).
+    pub fn url(&self, path: &str) -> String {
         if path.starts_with("http://") || path.starts_with("https://") {
             return path.to_owned();
         }
@@ -446,6 +455,7 @@ impl Pages<'_> {
             headers: self.call.headers.clone(),
             json_body: self.call.body.clone(),
             text_body: None,
+            priority: Priority::Resync,
         };
         let (body, headers) = self
             .integration

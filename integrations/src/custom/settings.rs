@@ -62,6 +62,9 @@ pub struct Settings {
     /// `customHeaders` (JSON object; `${VAR}` read from the environment), sent with every
     /// request. Values may be credentials.
     pub custom_headers: Vec<(String, Secret)>,
+    /// `resyncQuotaShare` (port-agent's own): the share of a quota the vendor reports
+    /// (`x-ratelimit-*`) that a resync may use, the rest kept for live events (default 0.95).
+    pub resync_share: f64,
 }
 
 /// Names compare without case and without `_`/`-`, as Ocean's decamelizing does.
@@ -113,6 +116,21 @@ impl Reader<'_> {
                     "integration.config.{name}: expected a whole number from {} to {}",
                     range.start(),
                     range.end()
+                ));
+                default
+            }
+        }
+    }
+
+    fn share(&mut self, name: &str, default: f64) -> f64 {
+        let Some(text) = self.text(name) else {
+            return default;
+        };
+        match text.trim().parse::<f64>() {
+            Ok(share) if (0.0..=1.0).contains(&share) => share,
+            _ => {
+                self.problems.push(format!(
+                    "integration.config.{name}: expected a number from 0 to 1"
                 ));
                 default
             }
@@ -316,6 +334,7 @@ impl Settings {
             verify_ssl: reader.flag("verifySsl", true),
             max_concurrent_requests: reader.number("maxConcurrentRequests", 10, 1..=256) as usize,
             custom_headers: reader.custom_headers(),
+            resync_share: reader.share("resyncQuotaShare", 0.95),
         };
         if reader.problems.is_empty() {
             Ok(settings)

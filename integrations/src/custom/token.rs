@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use port_agent_core::mapping::jq::Query;
-use port_agent_core::vendor_http::{VendorClient, VendorError, VendorRequest};
+use port_agent_core::vendor_http::{Priority, VendorClient, VendorError, VendorRequest};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use tokio::sync::Mutex;
@@ -211,6 +211,8 @@ impl TokenAuth {
             headers,
             json_body: request.body.clone(),
             text_body: request.body_form.clone(),
+            // The token is needed whoever asks.
+            priority: Priority::Live,
         };
         let (answer, _) = client.send_json(&call).await.map_err(|e: VendorError| {
             format!("the token request (customAuthRequest) failed: {e}")
