@@ -419,10 +419,7 @@ fn answer(quota: &Quota, who: &'static str, body: Value) -> axum::response::Resp
 
 async fn quota_server() -> (String, Quota) {
     let quota = Quota {
-        state: Arc::new(Mutex::new((
-            12,
-            Instant::now() + Duration::from_millis(1500),
-        ))),
+        state: Arc::new(Mutex::new((12, Instant::now() + Duration::from_secs(3)))),
         requests: Arc::default(),
     };
     let app = Router::new()
