@@ -63,6 +63,16 @@ enum Command {
     /// Check the agent config.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// The integrations built into this port-agent.
+    #[command(subcommand)]
+    Integrations(IntegrationsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum IntegrationsCommand {
+    /// Each built-in integration: its version, the kinds it fetches and its settings (type,
+    /// required, sensitive, default), from its `.port/spec.yaml`.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -289,6 +299,7 @@ fn main() -> ExitCode {
         Command::State(StateCommand::Export { target, .. }) => {
             commands::state::export(&target.config, &target.state)
         }
+        Command::Integrations(IntegrationsCommand::List) => commands::integrations::list(),
         Command::Config(ConfigCommand::Validate { config }) => {
             commands::config_check::validate(&config.config)
         }

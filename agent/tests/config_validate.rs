@@ -45,7 +45,7 @@ async fn every_problem_is_reported_at_once() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     for expected in [
         "properties.stars",
-        "resources[2].kind 'repository': integration json cannot fetch it",
+        "resources[2] (json): kind 'repository': this integration cannot fetch it",
         "blueprint [0] has no \"identifier\"",
         "integration.config.kinds.team: cannot read",
         "4 problems",
@@ -55,4 +55,73 @@ async fn every_problem_is_reported_at_once() {
             "missing {expected:?} in:\n{stderr}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integrations_list_shows_each_built_in_with_its_settings() {
+    let project = Project::new(0).await;
+    let out = project.agent(&["integrations", "list"]).await;
+    support::assert_success(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for expected in [
+        "custom ",
+        "json ",
+        "baseUrl                    url      required",
+        "apiToken                   string   required when authType is bearer_token; sensitive",
+        "webhookSecret              string   sensitive",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+}
+
+/// `integration.config` is held to the integration's `.port/spec.yaml`: every setting's problem
+/// named at once, no value repeated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_settings_are_checked_against_the_spec() {
+    let project = Project::new(0).await;
+    let config = std::fs::read_to_string(project.root().join("agent.yaml"))
+        .unwrap()
+        .replace(
+            "type: json, config: {kinds: {service: ./services.jsonl, team: ./teams.jsonl}}",
+            "type: custom, config: {paginationType: pages-s3cret, verifySsl: maybe, customAuthRequest: '[1]'}",
+        );
+    std::fs::write(project.root().join("agent.yaml"), config).unwrap();
+    let out = project
+        .agent(&["config", "validate", "--config", "agent.yaml"])
+        .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for expected in [
+        "integration.config.baseUrl: required",
+        "integration.config.paginationType: expected one of",
+        "integration.config.verifySsl: expected true or false",
+        "integration.config.customAuthRequest: expected an object",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+    assert!(!stderr.contains("s3cret"), "{stderr}");
+}
+
+/// No mapping file and no blueprints where Ocean looks for them: the integration's own
+/// `.port/resources/` stand in (Ocean's `initializePortResources`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_resources_the_integration_s_defaults_are_used() {
+    let project = Project::new(0).await;
+    std::fs::remove_dir_all(project.root().join(".port")).unwrap();
+    let config = std::fs::read_to_string(project.root().join("agent.yaml"))
+        .unwrap()
+        .replace("mapping: ./port-app-config.yaml\n", "");
+    std::fs::write(project.root().join("agent.yaml"), config).unwrap();
+    let out = project
+        .agent(&["config", "validate", "--config", "agent.yaml"])
+        .await;
+    support::assert_success(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("0 resources"), "{stdout}");
 }

@@ -12,6 +12,7 @@ pub mod rebuild;
 pub mod resync;
 pub mod retry;
 pub mod secret;
+pub mod spec;
 pub mod text;
 pub mod vendor_http;
 pub mod verify;

@@ -1,11 +1,52 @@
-//! The systems port-agent syncs from: one module each, behind `port_agent_core::integration`.
+//! The systems port-agent syncs from: one module each, behind `port_agent_core::integration`,
+//! each with Ocean's `.port/` folder (`spec.yaml`, default `resources/`) beside its code.
 
 pub mod custom;
 pub mod json;
-pub mod push;
+
+pub use json::push;
 
 use port_agent_core::Secret;
 use port_agent_core::webhook::WebhookProcessor;
+
+/// A built-in integration: what `port-agent integrations list` shows and what the agent
+/// enforces on `integration.config`.
+#[derive(Debug, Clone, Copy)]
+pub struct BuiltIn {
+    /// `integration.type`.
+    pub name: &'static str,
+    /// Its `.port/spec.yaml`.
+    pub spec: &'static str,
+    /// Its `.port/resources/blueprints.json`, used when the user gives none.
+    pub blueprints: &'static str,
+    /// Its `.port/resources/port-app-config.yml`, used when the user gives none.
+    pub mapping: &'static str,
+    /// The kinds it fetches, in words.
+    pub kinds: &'static str,
+}
+
+/// Every built-in integration.
+pub const BUILT_IN: &[BuiltIn] = &[
+    BuiltIn {
+        name: "custom",
+        spec: include_str!("custom/.port/spec.yaml"),
+        blueprints: include_str!("custom/.port/resources/blueprints.json"),
+        mapping: include_str!("custom/.port/resources/port-app-config.yml"),
+        kinds: "any endpoint path of the API (e.g. /api/v1/users)",
+    },
+    BuiltIn {
+        name: "json",
+        spec: include_str!("json/.port/spec.yaml"),
+        blueprints: include_str!("json/.port/resources/blueprints.json"),
+        mapping: include_str!("json/.port/resources/port-app-config.yml"),
+        kinds: "any kind named under integration.config.kinds",
+    },
+];
+
+/// The built-in integration of type `name`.
+pub fn built_in(name: &str) -> Option<&'static BuiltIn> {
+    BUILT_IN.iter().find(|b| b.name == name)
+}
 
 /// The live-event processors of integration `integration_type`: the `json` integration's push
 /// endpoint (signed with `secret`; unsigned events only with `allow_unsigned`).
@@ -20,5 +61,23 @@ pub fn webhook_processors(
             allow_unsigned,
         })],
         _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_built_in_ships_a_spec_and_default_resources_that_read() {
+        for built_in in BUILT_IN {
+            let spec = port_agent_core::spec::IntegrationSpec::from_yaml(built_in.spec)
+                .unwrap_or_else(|e| panic!("{}: {e}", built_in.name));
+            assert!(!spec.configurations.is_empty(), "{}", built_in.name);
+            let blueprints: serde_json::Value = serde_json::from_str(built_in.blueprints).unwrap();
+            assert!(blueprints.is_array(), "{}", built_in.name);
+            port_agent_core::mapping::PortAppConfig::from_yaml(built_in.mapping)
+                .unwrap_or_else(|e| panic!("{}: {e}", built_in.name));
+        }
     }
 }

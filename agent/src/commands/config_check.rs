@@ -9,7 +9,7 @@ use anyhow::anyhow;
 use port_agent_core::mapping::{CompiledMapping, PortAppConfig};
 
 use crate::Failure;
-use crate::commands::resync::{blueprints, integration};
+use crate::commands::resync::{blueprints, default_mapping, integration, integration_dependencies};
 use crate::config;
 
 pub fn validate(config_path: &Path) -> Result<(), Failure> {
@@ -23,6 +23,13 @@ pub fn validate(config_path: &Path) -> Result<(), Failure> {
         None => {
             notes.push("mapping: port: read from the integration in Port at each run; not checked here (`port check` tests the connection)".to_owned());
             None
+        }
+        Some(_) if let Some(built_in) = default_mapping(&loaded) => {
+            notes.push(format!(
+                "no mapping file: the {} integration's default mapping is used",
+                built_in.name
+            ));
+            PortAppConfig::from_yaml(built_in.mapping).ok()
         }
         Some(path) => match PortAppConfig::from_file(&path) {
             Ok(mapping) => {
@@ -41,8 +48,7 @@ pub fn validate(config_path: &Path) -> Result<(), Failure> {
         },
     };
 
-    let resources = loaded.resolve(&settings.resources_path);
-    let blueprint_count = match blueprints(&resources) {
+    let blueprint_count = match blueprints(&loaded) {
         Ok(found) => {
             for (i, blueprint) in found.iter().enumerate() {
                 if blueprint
@@ -52,7 +58,10 @@ pub fn validate(config_path: &Path) -> Result<(), Failure> {
                 {
                     problems.push(format!(
                         "{}: blueprint [{i}] has no \"identifier\"",
-                        resources.join("blueprints.json").display()
+                        loaded
+                            .resolve(&settings.resources_path)
+                            .join("blueprints.json")
+                            .display()
                     ));
                 }
             }
@@ -67,6 +76,12 @@ pub fn validate(config_path: &Path) -> Result<(), Failure> {
     let mut kinds = Vec::new();
     match integration(&loaded) {
         Ok(integration) => {
+            // When the integration cannot be made, its own errors say what is missing.
+            problems.extend(
+                integration_dependencies(&loaded)
+                    .into_iter()
+                    .map(|p| format!("{}: {p}", loaded.path.display())),
+            );
             problems.extend(
                 integration
                     .check()

@@ -1,6 +1,7 @@
 //! One module a command.
 
 pub mod config_check;
+pub mod integrations;
 pub mod mapping;
 pub mod port_check;
 pub mod resync;

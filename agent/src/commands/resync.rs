@@ -9,6 +9,8 @@ use port_agent_core::integration::Integration;
 use port_agent_core::mapping::{CompiledMapping, MappingPool, PortAppConfig};
 use port_agent_core::port::PortClient;
 use port_agent_core::resync::{IntegrationSetup, Progress, Resync, ResyncOptions, ResyncReport};
+use port_agent_core::spec::IntegrationSpec;
+use port_agent_integrations::BuiltIn;
 use port_agent_integrations::custom::CustomIntegration;
 use port_agent_integrations::json::JsonIntegration;
 use port_agent_state::{Identity, RunCounters, RunStatus, StateStore};
@@ -38,32 +40,95 @@ fn run_error(e: impl Into<anyhow::Error>) -> Failure {
 /// The integration named by `integration.type`.
 pub(crate) fn integration(loaded: &Loaded) -> Result<Box<dyn Integration>, Failure> {
     let settings = &loaded.config.integration;
-    match settings.integration_type.as_str() {
-        "json" => JsonIntegration::from_config(&settings.config, &loaded.base_dir())
-            .map(|i| Box::new(i) as Box<dyn Integration>)
-            .map_err(|e| config_error(anyhow!("{}: {e}", loaded.path.display()))),
-        "custom" => CustomIntegration::from_config(&settings.config)
-            .map(|i| Box::new(i) as Box<dyn Integration>)
-            .map_err(|e| config_error(anyhow!("{}: {e}", loaded.path.display()))),
-        other => Err(config_error(anyhow!(
-            "{}: integration.type '{other}' is not built into this port-agent (built in: json, custom)",
-            loaded.path.display()
-        ))),
-    }
+    let config = integration_config(loaded)?;
+    let built = match settings.integration_type.as_str() {
+        "json" => JsonIntegration::from_config(&config, &loaded.base_dir())
+            .map(|i| Box::new(i) as Box<dyn Integration>),
+        "custom" => {
+            CustomIntegration::from_config(&config).map(|i| Box::new(i) as Box<dyn Integration>)
+        }
+        other => Err(format!("integration.type '{other}' has no implementation")),
+    };
+    built.map_err(|e| config_error(anyhow!("{}: {e}", loaded.path.display())))
 }
 
-/// `resources_path/blueprints.json`, when there is one.
-pub(crate) fn blueprints(resources: &Path) -> Result<Vec<Value>, Failure> {
-    let path = resources.join("blueprints.json");
-    if !path.exists() {
-        return Ok(Vec::new());
-    }
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read {}", path.display()))
-        .map_err(config_error)?;
+/// `integration.config` checked against the integration's `.port/spec.yaml` and completed
+/// with its defaults; every problem at once.
+pub(crate) fn integration_config(
+    loaded: &Loaded,
+) -> Result<serde_json::Map<String, Value>, Failure> {
+    let settings = &loaded.config.integration;
+    let built_in = built_in_integration(loaded)?;
+    let spec = IntegrationSpec::from_yaml(built_in.spec).map_err(|e| config_error(anyhow!(e)))?;
+    spec.apply(&settings.config).map_err(|problems| {
+        config_error(anyhow!(
+            "{}: {}",
+            loaded.path.display(),
+            problems.join("\n  ")
+        ))
+    })
+}
+
+/// Settings required by another's value (the spec's `dependencies`) that are missing.
+pub(crate) fn integration_dependencies(loaded: &Loaded) -> Vec<String> {
+    let (Ok(built_in), Ok(config)) = (built_in_integration(loaded), integration_config(loaded))
+    else {
+        // Reported by `integration`.
+        return Vec::new();
+    };
+    IntegrationSpec::from_yaml(built_in.spec)
+        .map(|spec| spec.check_dependencies(&config))
+        .unwrap_or_default()
+}
+
+fn built_in_integration(loaded: &Loaded) -> Result<&'static BuiltIn, Failure> {
+    let name = &loaded.config.integration.integration_type;
+    port_agent_integrations::built_in(name).ok_or_else(|| {
+        let names: Vec<&str> = port_agent_integrations::BUILT_IN
+            .iter()
+            .map(|b| b.name)
+            .collect();
+        config_error(anyhow!(
+            "{}: integration.type '{name}' is not built into this port-agent (built in: {})",
+            loaded.path.display(),
+            names.join(", ")
+        ))
+    })
+}
+
+/// `resources_path/blueprints.json`, else the integration's own default blueprints (its
+/// `.port/resources/`, as Ocean's `initializePortResources` uses them).
+pub(crate) fn blueprints(loaded: &Loaded) -> Result<Vec<Value>, Failure> {
+    let path = loaded
+        .resolve(&loaded.config.resources_path)
+        .join("blueprints.json");
+    let (text, source) = if path.exists() {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))
+            .map_err(config_error)?;
+        (text, path.display().to_string())
+    } else {
+        match built_in_integration(loaded) {
+            Ok(built_in) => (
+                built_in.blueprints.to_owned(),
+                format!("the {} integration's default blueprints", built_in.name),
+            ),
+            Err(_) => return Ok(Vec::new()),
+        }
+    };
     serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a JSON array of blueprints", path.display()))
+        .with_context(|| format!("{source} is not a JSON array of blueprints"))
         .map_err(config_error)
+}
+
+/// The integration whose default mapping stands in: no `mapping` set and no file where Ocean
+/// looks by default (`resources_path/port-app-config.yml`).
+pub(crate) fn default_mapping(loaded: &Loaded) -> Option<&'static BuiltIn> {
+    let path = loaded.mapping_path()?;
+    if loaded.config.mapping.is_some() || path.exists() {
+        return None;
+    }
+    built_in_integration(loaded).ok()
 }
 
 /// The mapping: a local file, or (`mapping: port`) the one stored on the integration in Port.
@@ -81,6 +146,17 @@ async fn mapping(loaded: &Loaded, client: &PortClient) -> Result<(PortAppConfig,
         })?;
         return Ok((config, stored));
     };
+    if let Some(built_in) = default_mapping(loaded) {
+        tracing::info!(
+            integration = built_in.name,
+            "no mapping file at {}: using the integration's default mapping",
+            path.display()
+        );
+        let config =
+            PortAppConfig::from_yaml(built_in.mapping).map_err(|e| config_error(anyhow!(e)))?;
+        let stored: Value = serde_yaml_ng::from_str(built_in.mapping).map_err(config_error)?;
+        return Ok((config, stored));
+    }
     let config = PortAppConfig::from_file(&path).map_err(config_error)?;
     let text = std::fs::read_to_string(&path).map_err(config_error)?;
     let stored: Value = serde_yaml_ng::from_str(&text).map_err(config_error)?;
@@ -118,7 +194,6 @@ pub(crate) async fn prepare(config_path: &Path, kinds: &[String]) -> Result<Prep
     let loaded = config::load(config_path)?;
     let config = &loaded.config;
     let client = PortClient::new(config.port_client_config()).map_err(config_error)?;
-    let resources = loaded.resolve(&config.resources_path);
     let (port_app_config, stored_mapping) = mapping(&loaded, &client).await?;
     let compiled = CompiledMapping::compile(&port_app_config, config.jq_env_access().value());
     for resource in &compiled.resources {
@@ -156,7 +231,7 @@ pub(crate) async fn prepare(config_path: &Path, kinds: &[String]) -> Result<Prep
         identifier: config.integration.identifier.clone(),
         integration_type: config.integration.integration_type.clone(),
         version: config.integration.version.clone(),
-        blueprints: blueprints(&resources)?,
+        blueprints: blueprints(&loaded)?,
         mapping: stored_mapping,
         // Port takes whole minutes.
         interval_minutes: config

@@ -8,6 +8,8 @@
 //!   config: {kinds: {service: ./data/services.jsonl}}   # relative to the config file
 //! ```
 
+pub mod push;
+
 use std::collections::BTreeMap;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
