@@ -66,6 +66,15 @@ enum Command {
     /// The integrations built into this port-agent.
     #[command(subcommand)]
     Integrations(IntegrationsCommand),
+    /// Make a new integration in the port-agent workspace: its module, its `.port/` (spec and
+    /// default resources) and a test against a local HTTP server, registered and ready to build.
+    New {
+        /// Lower-case letters, digits and _ (it becomes `integration.type`).
+        name: String,
+        /// The port-agent workspace (the folder with `integrations/`).
+        #[arg(long, default_value = ".")]
+        workspace: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -300,6 +309,9 @@ fn main() -> ExitCode {
             commands::state::export(&target.config, &target.state)
         }
         Command::Integrations(IntegrationsCommand::List) => commands::integrations::list(),
+        Command::New { name, workspace } => {
+            commands::new_integration::new_integration(&name, &workspace)
+        }
         Command::Config(ConfigCommand::Validate { config }) => {
             commands::config_check::validate(&config.config)
         }

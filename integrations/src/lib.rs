@@ -3,15 +3,30 @@
 
 pub mod custom;
 pub mod json;
+// port-agent new: modules above this line
 
 pub use json::push;
 
+use std::path::Path;
+
 use port_agent_core::Secret;
+use port_agent_core::integration::Integration;
 use port_agent_core::webhook::WebhookProcessor;
+use serde_json::{Map, Value};
+
+/// Makes an integration from its `integration.config` (already checked against its spec and
+/// completed with its defaults) and the config file's folder (relative paths start there).
+pub type Make = fn(&Map<String, Value>, &Path) -> Result<Box<dyn Integration>, String>;
+
+fn boxed<I: Integration + 'static>(
+    made: Result<I, String>,
+) -> Result<Box<dyn Integration>, String> {
+    made.map(|i| Box::new(i) as Box<dyn Integration>)
+}
 
 /// A built-in integration: what `port-agent integrations list` shows and what the agent
 /// enforces on `integration.config`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct BuiltIn {
     /// `integration.type`.
     pub name: &'static str,
@@ -23,6 +38,15 @@ pub struct BuiltIn {
     pub mapping: &'static str,
     /// The kinds it fetches, in words.
     pub kinds: &'static str,
+    pub make: Make,
+}
+
+impl std::fmt::Debug for BuiltIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuiltIn")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Every built-in integration.
@@ -33,6 +57,7 @@ pub const BUILT_IN: &[BuiltIn] = &[
         blueprints: include_str!("custom/.port/resources/blueprints.json"),
         mapping: include_str!("custom/.port/resources/port-app-config.yml"),
         kinds: "any endpoint path of the API (e.g. /api/v1/users)",
+        make: |config, _| boxed(custom::CustomIntegration::from_config(config)),
     },
     BuiltIn {
         name: "json",
@@ -40,7 +65,9 @@ pub const BUILT_IN: &[BuiltIn] = &[
         blueprints: include_str!("json/.port/resources/blueprints.json"),
         mapping: include_str!("json/.port/resources/port-app-config.yml"),
         kinds: "any kind named under integration.config.kinds",
+        make: |config, base_dir| boxed(json::JsonIntegration::from_config(config, base_dir)),
     },
+    // port-agent new: entries above this line
 ];
 
 /// The built-in integration of type `name`.

@@ -3,6 +3,7 @@
 pub mod config_check;
 pub mod integrations;
 pub mod mapping;
+pub mod new_integration;
 pub mod port_check;
 pub mod resync;
 pub mod service;

@@ -11,8 +11,6 @@ use port_agent_core::port::PortClient;
 use port_agent_core::resync::{IntegrationSetup, Progress, Resync, ResyncOptions, ResyncReport};
 use port_agent_core::spec::IntegrationSpec;
 use port_agent_integrations::BuiltIn;
-use port_agent_integrations::custom::CustomIntegration;
-use port_agent_integrations::json::JsonIntegration;
 use port_agent_state::{Identity, RunCounters, RunStatus, StateStore};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
@@ -39,17 +37,10 @@ fn run_error(e: impl Into<anyhow::Error>) -> Failure {
 
 /// The integration named by `integration.type`.
 pub(crate) fn integration(loaded: &Loaded) -> Result<Box<dyn Integration>, Failure> {
-    let settings = &loaded.config.integration;
+    let built_in = built_in_integration(loaded)?;
     let config = integration_config(loaded)?;
-    let built = match settings.integration_type.as_str() {
-        "json" => JsonIntegration::from_config(&config, &loaded.base_dir())
-            .map(|i| Box::new(i) as Box<dyn Integration>),
-        "custom" => {
-            CustomIntegration::from_config(&config).map(|i| Box::new(i) as Box<dyn Integration>)
-        }
-        other => Err(format!("integration.type '{other}' has no implementation")),
-    };
-    built.map_err(|e| config_error(anyhow!("{}: {e}", loaded.path.display())))
+    (built_in.make)(&config, &loaded.base_dir())
+        .map_err(|e| config_error(anyhow!("{}: {e}", loaded.path.display())))
 }
 
 /// `integration.config` checked against the integration's `.port/spec.yaml` and completed
