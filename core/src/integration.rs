@@ -1,12 +1,14 @@
 //! What an integration gives the agent: the kinds it knows and, per kind, its raw items in
 //! batches. Implementations live in the `integrations` crate; the resync only sees this trait.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{OnceCell, mpsc};
 
 use crate::mapping::PortAppConfig;
 use crate::mapping::config::{ResourceConfig, Selector};
@@ -71,6 +73,12 @@ pub trait Integration: Send + Sync {
         Vec::new()
     }
 
+    /// A resync starts fetching: run-scoped caches ([`RunCache`]) open.
+    fn resync_starting(&self) {}
+
+    /// The resync's fetches are over: run-scoped caches empty.
+    fn resync_ended(&self) {}
+
     /// Problems with one `resources[]` entry (a kind it cannot fetch, a selector it cannot
     /// use), each naming the key, for `port-agent config validate`.
     fn check_resource(&self, resource: &ResourceConfig) -> Vec<String> {
@@ -111,4 +119,50 @@ pub async fn fetch_all(
     };
     let (fetched, items) = tokio::join!(integration.fetch(request, sink), collect);
     fetched.map(|()| items)
+}
+
+/// Values several fetches of one resync share (a listing of organizations or repositories that
+/// several kinds start from): fetched once per resync, by the first fetch that asks, while the
+/// others with the same key wait for it. Outside a resync (a live event) nothing is cached: a
+/// live event always reads fresh data, and nothing it reads outlives it.
+#[derive(Debug)]
+pub struct RunCache<V> {
+    /// `None` outside a resync.
+    entries: std::sync::Mutex<Option<HashMap<String, Arc<OnceCell<V>>>>>,
+}
+
+impl<V> Default for RunCache<V> {
+    fn default() -> Self {
+        Self {
+            entries: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl<V: Clone> RunCache<V> {
+    /// Call from [`Integration::resync_starting`].
+    pub fn open(&self) {
+        *self.entries.lock().unwrap_or_else(|e| e.into_inner()) = Some(HashMap::new());
+    }
+
+    /// Call from [`Integration::resync_ended`].
+    pub fn close(&self) {
+        *self.entries.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// The value for `key`: cached in this resync, or `fetch`ed (a failure is not cached).
+    pub async fn get_or_fetch<E, F, Fut>(&self, key: &str, fetch: F) -> Result<V, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, E>>,
+    {
+        let cell = {
+            let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            match entries.as_mut() {
+                Some(entries) => entries.entry(key.to_owned()).or_default().clone(),
+                None => Arc::new(OnceCell::new()),
+            }
+        };
+        cell.get_or_try_init(fetch).await.cloned()
+    }
 }

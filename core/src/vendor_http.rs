@@ -10,6 +10,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use crate::retry::{Idempotency, RetryPolicy, is_retryable_status, is_retryable_transport};
 use crate::secret::Secret;
@@ -247,8 +248,21 @@ impl VendorClient {
         let mut retry = 0;
         loop {
             let started = Instant::now();
-            let outcome = self.attempt(request).await;
             let shown = shown_url(&request.url);
+            // One span per attempt: method, URL as shown, then status and time.
+            let span = tracing::debug_span!(
+                "vendor_request",
+                method = %request.method,
+                url = %shown,
+                retry,
+                status = tracing::field::Empty,
+                ms = tracing::field::Empty,
+            );
+            let outcome = self.attempt(request).instrument(span.clone()).await;
+            if let Ok(response) = &outcome {
+                span.record("status", response.status().as_u16());
+            }
+            span.record("ms", started.elapsed().as_millis() as u64);
             let (wait, error) = match outcome {
                 Ok(response) if response.status().is_success() => {
                     let status = response.status();
@@ -257,7 +271,6 @@ impl VendorClient {
                         .bytes()
                         .await
                         .map_err(|e| self.transport(request, &e))?;
-                    tracing::debug!(method = %request.method, url = %shown, status = status.as_u16(), ms = started.elapsed().as_millis() as u64, "vendor request");
                     return Ok(VendorResponse {
                         status,
                         headers,

@@ -39,6 +39,8 @@ pub struct BuiltIn {
     /// The kinds it fetches, in words.
     pub kinds: &'static str,
     pub make: Make,
+    /// Its live-event processors, declared beside its kinds.
+    pub processors: Processors,
 }
 
 impl std::fmt::Debug for BuiltIn {
@@ -58,6 +60,7 @@ pub const BUILT_IN: &[BuiltIn] = &[
         mapping: include_str!("custom/.port/resources/port-app-config.yml"),
         kinds: "any endpoint path of the API (e.g. /api/v1/users)",
         make: |config, _| boxed(custom::CustomIntegration::from_config(config)),
+        processors: no_processors,
     },
     BuiltIn {
         name: "json",
@@ -66,6 +69,12 @@ pub const BUILT_IN: &[BuiltIn] = &[
         mapping: include_str!("json/.port/resources/port-app-config.yml"),
         kinds: "any kind named under integration.config.kinds",
         make: |config, base_dir| boxed(json::JsonIntegration::from_config(config, base_dir)),
+        processors: |settings| {
+            vec![Box::new(push::PushProcessor {
+                secret: settings.secret.clone(),
+                allow_unsigned: settings.allow_unsigned,
+            })]
+        },
     },
     // port-agent new: entries above this line
 ];
@@ -75,20 +84,27 @@ pub fn built_in(name: &str) -> Option<&'static BuiltIn> {
     BUILT_IN.iter().find(|b| b.name == name)
 }
 
-/// The live-event processors of integration `integration_type`: the `json` integration's push
-/// endpoint (signed with `secret`; unsigned events only with `allow_unsigned`).
+/// What live-event processors are made with: the integration's webhook secret, and whether
+/// unsigned events are taken (`live_events.allow_unsigned_webhooks`).
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    pub secret: Option<Secret>,
+    pub allow_unsigned: bool,
+}
+
+/// Makes an integration's live-event processors.
+pub type Processors = fn(&WebhookSettings) -> Vec<Box<dyn WebhookProcessor>>;
+
+fn no_processors(_: &WebhookSettings) -> Vec<Box<dyn WebhookProcessor>> {
+    Vec::new()
+}
+
+/// The live-event processors of integration `integration_type` (none for a type not built in).
 pub fn webhook_processors(
     integration_type: &str,
-    secret: Option<Secret>,
-    allow_unsigned: bool,
+    settings: &WebhookSettings,
 ) -> Vec<Box<dyn WebhookProcessor>> {
-    match integration_type {
-        "json" => vec![Box::new(push::PushProcessor {
-            secret,
-            allow_unsigned,
-        })],
-        _ => Vec::new(),
-    }
+    built_in(integration_type).map_or_else(Vec::new, |b| (b.processors)(settings))
 }
 
 #[cfg(test)]

@@ -143,6 +143,13 @@ async fn server() -> (String, Seen) {
             }),
         )
         .route(
+            "/counted-teams",
+            get(|State(seen): State<Seen>| async move {
+                seen.count("teams");
+                axum::Json(json!([{"id": "t1"}, {"id": "t2"}]))
+            }),
+        )
+        .route(
             "/looping",
             get(|| async {
                 axum::Json(json!({"data": [{"id": 1}], "meta": {"next": "same", "more": true}}))
@@ -491,4 +498,41 @@ async fn a_resync_stops_at_its_share_of_the_quota_and_a_live_request_still_gets_
     let items = resync.await.unwrap().unwrap();
     assert_eq!(items.len(), 20);
     assert_eq!(resync_requests(), 20);
+}
+
+/// Two resources whose paths take the same parameter from the same endpoint: within one resync
+/// the values are read once; outside a resync (a live event) they are read fresh.
+#[tokio::test]
+async fn path_parameter_values_are_read_once_per_resync() {
+    use port_agent_core::integration::Integration;
+    let (base, seen) = server().await;
+    let config = json!({"baseUrl": base});
+    let integration = CustomIntegration::from_config(config.as_object().unwrap()).unwrap();
+    let parameter = json!({"team_id": {"endpoint": "/counted-teams", "field": ".id"}});
+    let resource = |kind: &str| json!({"kind": kind, "selector": {"query": "true", "endpoint": "/teams/{team_id}/members", "data_path": ".members", "path_parameters": parameter}, "port": {"entity": {"mappings": {"identifier": ".name", "blueprint": "\"b\""}}}});
+    let mapping = PortAppConfig::from_yaml(
+        &json!({"resources": [resource("members"), resource("members-again")]}).to_string(),
+    )
+    .unwrap();
+    integration.resync_starting();
+    for index in 0..2 {
+        let items = fetch_all(&integration, FetchRequest::of(&mapping, index))
+            .await
+            .unwrap();
+        assert_eq!(items.len(), 2);
+    }
+    integration.resync_ended();
+    assert_eq!(
+        seen.count("teams"),
+        2,
+        "one read in the resync, and this count"
+    );
+    fetch_all(&integration, FetchRequest::of(&mapping, 0))
+        .await
+        .unwrap();
+    assert_eq!(
+        seen.count("teams"),
+        4,
+        "a fetch outside a resync reads again"
+    );
 }

@@ -101,8 +101,10 @@ pub async fn serve(config_path: &Path) -> Result<(), Failure> {
         metrics: Arc::new(Metrics::default()),
         processors: Arc::new(port_agent_integrations::webhook_processors(
             &first.identity.integration_type,
-            first.push.secret.clone(),
-            first.push.allow_unsigned,
+            &port_agent_integrations::WebhookSettings {
+                secret: first.push.secret.clone(),
+                allow_unsigned: first.push.allow_unsigned,
+            },
         )),
         workers: first.push.workers,
         resyncs,

@@ -379,7 +379,21 @@ impl Resync<'_> {
 
     /// Runs every resource in scope through the writer, recording counters, checkpoints and
     /// notes in `run`.
+    /// Fetches, maps and writes every resource in scope, with the integration's run-scoped
+    /// caches (shared listings) alive for exactly this while.
     async fn run_resources(
+        &self,
+        options: &ResyncOptions,
+        run: &mut RunRecord,
+        writer: &mut Writer<'_>,
+    ) -> Result<ResourcesRan, ResyncError> {
+        self.integration.resync_starting();
+        let ran = self.run_each_resource(options, run, writer).await;
+        self.integration.resync_ended();
+        ran
+    }
+
+    async fn run_each_resource(
         &self,
         options: &ResyncOptions,
         run: &mut RunRecord,

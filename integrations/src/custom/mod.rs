@@ -21,8 +21,11 @@ pub mod settings;
 pub mod token;
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
-use port_agent_core::integration::{FetchError, FetchFuture, FetchRequest, Integration, RawBatch};
+use port_agent_core::integration::{
+    FetchError, FetchFuture, FetchRequest, Integration, RawBatch, RunCache,
+};
 use port_agent_core::mapping::config::ResourceConfig;
 use port_agent_core::mapping::jq::Query;
 use port_agent_core::vendor_http::{
@@ -244,6 +247,8 @@ fn items_of(
 pub struct CustomIntegration {
     settings: Settings,
     client: VendorClient,
+    /// Path-parameter values, read once per resync however many resources need them.
+    parameter_values: Arc<RunCache<Vec<String>>>,
 }
 
 impl CustomIntegration {
@@ -275,7 +280,11 @@ impl CustomIntegration {
             ..VendorClientConfig::default()
         })
         .map_err(|e| e.to_string())?;
-        Ok(Self { settings, client })
+        Ok(Self {
+            settings,
+            client,
+            parameter_values: Arc::default(),
+        })
     }
 
     /// The client every request of this integration goes through (one rate-limit scope).
@@ -353,8 +362,21 @@ impl CustomIntegration {
         }
     }
 
-    /// The values of a path parameter: each item's `field`, where `filter` is true.
+    /// The values of a path parameter (see [`CustomIntegration::read_parameter_values`]),
+    /// read once per resync for each distinct source.
     async fn parameter_values(
+        &self,
+        name: &str,
+        parameter: &PathParameter,
+    ) -> Result<Vec<String>, String> {
+        let key = format!("{parameter:?}");
+        self.parameter_values
+            .get_or_fetch(&key, || self.read_parameter_values(name, parameter))
+            .await
+    }
+
+    /// The values of a path parameter: each item's `field`, where `filter` is true.
+    async fn read_parameter_values(
         &self,
         name: &str,
         parameter: &PathParameter,
@@ -520,6 +542,14 @@ impl Integration for CustomIntegration {
     /// Any endpoint path is a kind.
     fn kinds(&self) -> Vec<String> {
         Vec::new()
+    }
+
+    fn resync_starting(&self) {
+        self.parameter_values.open();
+    }
+
+    fn resync_ended(&self) {
+        self.parameter_values.close();
     }
 
     fn check_resource(&self, resource: &ResourceConfig) -> Vec<String> {
