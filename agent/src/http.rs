@@ -46,9 +46,10 @@ struct Recorded {
     /// Set while the agent cannot work (e.g. its state file cannot be written).
     unready: Option<String>,
     /// Live events by (outcome, kind).
-    live_events: BTreeMap<(&'static str, String), u64>,
+    live_events: BTreeMap<(&'static str, String, String), u64>,
     /// Events waiting in the inbox, as last seen.
     inbox_waiting: u64,
+    inbox_oldest_received_ms: Option<i64>,
     /// Seconds from an event's receipt to Port's acknowledgement: counts per bucket, sum.
     live_latency: [u64; LATENCY_BUCKETS.len()],
     live_latency_sum: f64,
@@ -104,19 +105,31 @@ impl Metrics {
         self.ready.store(true, Ordering::Relaxed);
     }
 
-    /// A live event's outcome (`received`, `accepted`, `rejected`, `duplicate`, `refused_full`,
-    /// `applied`, `dead_lettered`) for `kind` (empty when unknown).
-    pub fn live_event(&self, outcome: &'static str, kind: &str) {
+    /// A live event's outcome (`received`, `accepted`, `rejected`, `ignored`, `duplicate`,
+    /// `refused_full`, `applied`, `dead_lettered`) on route `path` for `kind` (empty when
+    /// unknown).
+    pub fn live_event(&self, outcome: &'static str, path: &str, kind: &str) {
         *self
             .recorded()
             .live_events
-            .entry((outcome, kind.to_owned()))
+            .entry((outcome, path.to_owned(), kind.to_owned()))
             .or_default() += 1;
     }
 
-    /// How many events wait in the inbox.
-    pub fn inbox_waiting(&self, waiting: u64) {
-        self.recorded().inbox_waiting = waiting;
+    /// How many events wait in the inbox, and when the oldest was received (ms since the
+    /// epoch): its age is worked out when the metrics are read, so it grows while the agent
+    /// is busy applying.
+    pub fn inbox_waiting(&self, waiting: u64, oldest_received_ms: Option<i64>) {
+        let mut recorded = self.recorded();
+        recorded.inbox_waiting = waiting;
+        recorded.inbox_oldest_received_ms = oldest_received_ms;
+    }
+
+    /// An event was queued at `received_ms`; `waiting` wait now.
+    pub fn inbox_queued(&self, waiting: u64, received_ms: i64) {
+        let mut recorded = self.recorded();
+        recorded.inbox_waiting = waiting;
+        recorded.inbox_oldest_received_ms.get_or_insert(received_ms);
     }
 
     /// An event reached Port `seconds` after it was received.
@@ -210,9 +223,13 @@ impl Metrics {
         let live: Vec<(String, f64)> = recorded
             .live_events
             .iter()
-            .map(|((outcome, kind), n)| {
+            .map(|((outcome, path, kind), n)| {
                 (
-                    format!("{{outcome=\"{outcome}\",kind=\"{}\"}}", escape(kind)),
+                    format!(
+                        "{{outcome=\"{outcome}\",path=\"{}\",kind=\"{}\"}}",
+                        escape(path),
+                        escape(kind)
+                    ),
                     *n as f64,
                 )
             })
@@ -220,7 +237,7 @@ impl Metrics {
         metric(
             "port_agent_live_events_total",
             "counter",
-            "Live events on /integration/webhook, by outcome and kind.",
+            "Live events by outcome, route and kind.",
             &live,
         );
         metric(
@@ -228,6 +245,14 @@ impl Metrics {
             "gauge",
             "Live events accepted and not yet applied.",
             &gauge(recorded.inbox_waiting as f64),
+        );
+        metric(
+            "port_agent_inbox_oldest_age_seconds",
+            "gauge",
+            "How long the oldest live event waiting in the inbox has waited.",
+            &gauge(recorded.inbox_oldest_received_ms.map_or(0.0, |at| {
+                (jiff::Timestamp::now().as_millisecond() - at).max(0) as f64 / 1000.0
+            })),
         );
         let mut cumulative = 0;
         let mut buckets: Vec<(String, f64)> = LATENCY_BUCKETS

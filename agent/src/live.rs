@@ -32,7 +32,7 @@ const FIRST_WAIT: Duration = Duration::from_secs(1);
 const RETRY_AFTER_SECONDS: &str = "5";
 
 /// An inbox entry: a version byte, the receipt time (ms since the epoch), the processor's name
-/// (a length byte, then the name), the ordering key (two length bytes, `NO_KEY` for none, then
+/// (a length byte, then the name), the route it came on (the same way), the ordering key (two length bytes, `NO_KEY` for none, then
 /// the key), a flags byte, then the payload the processor accepted. Version 2 (before ordering
 /// keys and resync requests) is still read.
 const ENVELOPE: u8 = 3;
@@ -41,7 +41,7 @@ const NO_KEY: u16 = u16::MAX;
 /// Flag: the event asks for a resync.
 const REQUESTS_RESYNC: u8 = 1;
 
-fn envelope(processor: &str, event: &AcceptedEvent) -> Vec<u8> {
+fn envelope(processor: &str, path: &str, event: &AcceptedEvent) -> Vec<u8> {
     let now = jiff::Timestamp::now().as_millisecond();
     let name = &processor.as_bytes()[..processor.len().min(255)];
     let key = event
@@ -53,6 +53,9 @@ fn envelope(processor: &str, event: &AcceptedEvent) -> Vec<u8> {
     out.extend_from_slice(&now.to_le_bytes());
     out.push(name.len() as u8);
     out.extend_from_slice(name);
+    let path = &path.as_bytes()[..path.len().min(255)];
+    out.push(path.len() as u8);
+    out.extend_from_slice(path);
     match key {
         Some(key) => {
             out.extend_from_slice(&(key.len() as u16).to_le_bytes());
@@ -74,6 +77,8 @@ fn envelope(processor: &str, event: &AcceptedEvent) -> Vec<u8> {
 struct Opened<'a> {
     received_ms: i64,
     processor: &'a str,
+    /// The route it came on.
+    path: &'a str,
     ordering_key: Option<&'a str>,
     requests_resync: bool,
     payload: &'a [u8],
@@ -92,11 +97,15 @@ fn open_envelope(bytes: &[u8]) -> Option<Opened<'_>> {
         return Some(Opened {
             received_ms,
             processor,
+            path: port_agent_core::webhook::DEFAULT_PATH,
             ordering_key: None,
             requests_resync: false,
             payload: rest,
         });
     }
+    let (&path_len, rest) = rest.split_first()?;
+    let path = std::str::from_utf8(rest.get(..usize::from(path_len))?).ok()?;
+    let rest = &rest[usize::from(path_len)..];
     let key_len = u16::from_le_bytes(rest.get(..2)?.try_into().ok()?);
     let (ordering_key, rest) = if key_len == NO_KEY {
         (None, &rest[2..])
@@ -111,6 +120,7 @@ fn open_envelope(bytes: &[u8]) -> Option<Opened<'_>> {
     Some(Opened {
         received_ms,
         processor,
+        path,
         ordering_key,
         requests_resync: flags & REQUESTS_RESYNC != 0,
         payload,
@@ -159,7 +169,7 @@ pub async fn receive(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Response {
-    route.metrics.live_event("received", "");
+    route.metrics.live_event("received", path, "");
     let headers: Vec<(String, String)> = headers
         .iter()
         .filter_map(|(n, v)| Some((n.as_str().to_ascii_lowercase(), v.to_str().ok()?.to_owned())))
@@ -178,7 +188,7 @@ pub async fn receive(
         match processor.accept(&request) {
             Ok(event) => accepted.push((processor.name(), event)),
             Err(refusal) => {
-                route.metrics.live_event("rejected", "");
+                route.metrics.live_event("rejected", path, "");
                 let status = match refusal {
                     Refusal::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
                     Refusal::Invalid(_) => StatusCode::BAD_REQUEST,
@@ -188,7 +198,7 @@ pub async fn receive(
         }
     }
     if accepted.is_empty() {
-        route.metrics.live_event("ignored", "");
+        route.metrics.live_event("ignored", path, "");
         return answer(StatusCode::OK, json!({"ok": true, "ignored": true}));
     }
     if let Some(kind) = accepted
@@ -196,7 +206,7 @@ pub async fn receive(
         .flat_map(|(_, e)| &e.kinds)
         .find(|k| !route.kinds.contains(*k))
     {
-        route.metrics.live_event("rejected", "");
+        route.metrics.live_event("rejected", path, "");
         return answer(
             StatusCode::BAD_REQUEST,
             json!({"ok": false, "error": format!("kind {kind:?} is not mapped by any resource")}),
@@ -219,7 +229,7 @@ pub async fn receive(
         };
         // Delivery ids are the sender's: scoped by processor.
         let id = event.delivery_id.as_ref().map(|id| format!("{name}:{id}"));
-        let (bytes, capacity) = (envelope(name, &event), route.inbox_capacity);
+        let (bytes, capacity) = (envelope(name, path, &event), route.inbox_capacity);
         let state = state.clone();
         let stored = tokio::task::spawn_blocking(move || {
             let accepted = state.inbox_accept(id.as_deref(), &bytes, capacity)?;
@@ -228,8 +238,10 @@ pub async fn receive(
         .await;
         answered = match stored {
             Ok(Ok((Accepted::Queued(sequence), waiting))) => {
-                route.metrics.live_event("accepted", &kind);
-                route.metrics.inbox_waiting(waiting);
+                route.metrics.live_event("accepted", path, &kind);
+                route
+                    .metrics
+                    .inbox_queued(waiting, jiff::Timestamp::now().as_millisecond());
                 route.arrived.notify_one();
                 answer(
                     StatusCode::ACCEPTED,
@@ -237,11 +249,11 @@ pub async fn receive(
                 )
             }
             Ok(Ok((Accepted::Duplicate, _))) => {
-                route.metrics.live_event("duplicate", &kind);
+                route.metrics.live_event("duplicate", path, &kind);
                 answer(StatusCode::ACCEPTED, json!({"ok": true, "duplicate": true}))
             }
             Ok(Ok((Accepted::Full, _))) => {
-                route.metrics.live_event("refused_full", &kind);
+                route.metrics.live_event("refused_full", path, &kind);
                 return busy("the inbox is full; try again later");
             }
             Ok(Err(e)) => {
@@ -306,6 +318,11 @@ impl Entry {
     fn opened(&self) -> Option<Opened<'_>> {
         open_envelope(&self.bytes)
     }
+
+    /// The route it came on, for metrics.
+    fn path(&self) -> &str {
+        self.opened().map_or("", |o| o.path)
+    }
 }
 
 impl Drain<'_> {
@@ -366,12 +383,7 @@ impl Drain<'_> {
     }
 
     async fn report_depth(&self) {
-        let reader = self.state.clone();
-        if let Ok(Ok((waiting, _))) =
-            tokio::task::spawn_blocking(move || reader.inbox_depth()).await
-        {
-            self.metrics.inbox_waiting(waiting);
-        }
+        report_inbox(self.state, self.metrics).await;
     }
 
     /// Handles the batch's events (different ordering keys at once), applies those handled as
@@ -474,7 +486,7 @@ impl Drain<'_> {
     }
 
     fn count_applied(&self, entry: &Entry, kind: &str) {
-        self.metrics.live_event("applied", kind);
+        self.metrics.live_event("applied", entry.path(), kind);
         if let Some(opened) = entry.opened() {
             let now = jiff::Timestamp::now().as_millisecond();
             self.metrics
@@ -493,7 +505,7 @@ impl Drain<'_> {
 
     async fn dead_letter(&self, entry: &Entry, attempts: u32, error: String, kind: &str) {
         tracing::error!(sequence = entry.sequence, error = %error, "a live event failed; it is a dead letter now (`port-agent state retry-dead-letters`)");
-        self.metrics.live_event("dead_lettered", kind);
+        self.metrics.live_event("dead_lettered", entry.path(), kind);
         let (state, sequence) = (self.state.clone(), entry.sequence);
         let _ = tokio::task::spawn_blocking(move || {
             state.inbox_dead_letter(sequence, attempts, &error)
@@ -549,6 +561,24 @@ impl Drain<'_> {
         }
         self.dead_letter(entry, attempts, last_error, &kind).await;
         Fate::DeadLetter
+    }
+}
+
+/// Tells the metrics how many events wait and when the oldest came.
+pub(crate) async fn report_inbox(state: &Arc<StateStore>, metrics: &Metrics) {
+    let reader = state.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        let (waiting, _) = reader.inbox_depth()?;
+        let oldest = reader.inbox_pending(1)?;
+        Ok::<_, port_agent_state::StateError>((waiting, oldest))
+    })
+    .await;
+    if let Ok(Ok((waiting, oldest))) = read {
+        let received = oldest
+            .first()
+            .and_then(|(_, bytes)| open_envelope(bytes))
+            .map(|o| o.received_ms);
+        metrics.inbox_waiting(waiting, received);
     }
 }
 
@@ -730,9 +760,9 @@ mod tests {
             ordering_key: Some("pull_request-7".into()),
             requests_resync: true,
         };
-        let bytes = envelope("gh", &event);
+        let bytes = envelope("gh", "/hooks/gh", &event);
         let opened = open_envelope(&bytes).unwrap();
-        assert_eq!(opened.processor, "gh");
+        assert_eq!((opened.processor, opened.path), ("gh", "/hooks/gh"));
         assert_eq!(opened.ordering_key, Some("pull_request-7"));
         assert!(opened.requests_resync);
         assert_eq!(opened.payload, b"{\"a\":1}");
@@ -741,7 +771,7 @@ mod tests {
             requests_resync: false,
             ..event
         };
-        let opened_keyless = envelope("gh", &keyless);
+        let opened_keyless = envelope("gh", "/hooks/gh", &keyless);
         let opened = open_envelope(&opened_keyless).unwrap();
         assert_eq!((opened.ordering_key, opened.requests_resync), (None, false));
         assert_eq!(opened.payload, b"{\"a\":1}");
@@ -824,7 +854,7 @@ mod tests {
         };
         Entry {
             sequence,
-            bytes: envelope("slow", &event),
+            bytes: envelope("slow", "/integration/webhook", &event),
         }
     }
 

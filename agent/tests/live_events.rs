@@ -146,7 +146,7 @@ fn in_port(project: &Project, id: &str) -> Option<Value> {
         .cloned()
 }
 
-const APPLIED: &str = "port_agent_live_events_total{outcome=\"applied\",kind=\"service\"}";
+const APPLIED: &str = "port_agent_live_events_total{outcome=\"applied\",path=\"/integration/webhook\",kind=\"service\"}";
 
 /// Waits until the agent has applied `n` live events of kind `service`.
 async fn applied(service: &RunningService, n: usize) {
@@ -242,7 +242,7 @@ async fn pushed_events_create_change_and_delete_and_an_identical_one_sends_nothi
     assert!(in_port(&project, "svc-0001").is_none());
     service
         .wait_for_metric(
-            "port_agent_live_events_total{outcome=\"applied\",kind=\"service\"}",
+            "port_agent_live_events_total{outcome=\"applied\",path=\"/integration/webhook\",kind=\"service\"}",
             5.0,
         )
         .await;
@@ -276,7 +276,7 @@ async fn bad_signatures_bodies_and_kinds_are_refused_and_nothing_is_applied() {
     assert!(!service.stderr().contains(SECRET));
     service
         .wait_for_metric(
-            "port_agent_live_events_total{outcome=\"rejected\",kind=\"\"}",
+            "port_agent_live_events_total{outcome=\"rejected\",path=\"/integration/webhook\",kind=\"\"}",
             4.0,
         )
         .await;
@@ -394,6 +394,17 @@ async fn events_wait_while_port_is_unavailable_and_apply_once_it_is_back() {
     assert_eq!(status, 202, "accepting needs only the state, not Port");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(in_port(&project, "svc-patient").is_none());
+    // The waiting event's age is told (the agent tries again after 2 s).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let age = service.metric("port_agent_inbox_oldest_age_seconds").await;
+        if age.is_some_and(|a| a >= 1.5) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "oldest age {age:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(service.metric("port_agent_inbox_waiting").await, Some(1.0));
     port_faults(&project, FaultSpec::default());
     applied(&service, 1).await;
     assert_eq!(
@@ -469,7 +480,7 @@ async fn webhooks_only_applies_live_events_and_runs_no_resync() {
     push(&service, &json!({"id": "w-2", "resync": true})).await;
     service
         .wait_for_metric(
-            "port_agent_live_events_total{outcome=\"ignored\",kind=\"resync\"}",
+            "port_agent_live_events_total{outcome=\"ignored\",path=\"\",kind=\"resync\"}",
             1.0,
         )
         .await;
@@ -566,7 +577,7 @@ async fn an_event_port_refuses_is_a_dead_letter_with_the_reason() {
     .await;
     service
         .wait_for_metric(
-            "port_agent_live_events_total{outcome=\"dead_lettered\",kind=\"service\"}",
+            "port_agent_live_events_total{outcome=\"dead_lettered\",path=\"/integration/webhook\",kind=\"service\"}",
             1.0,
         )
         .await;
@@ -594,7 +605,7 @@ async fn an_event_port_refuses_is_a_dead_letter_with_the_reason() {
     assert!(String::from_utf8_lossy(&retry.stdout).contains("1 dead letters back in the inbox"));
     service
         .wait_for_metric(
-            "port_agent_live_events_total{outcome=\"dead_lettered\",kind=\"service\"}",
+            "port_agent_live_events_total{outcome=\"dead_lettered\",path=\"/integration/webhook\",kind=\"service\"}",
             2.0,
         )
         .await;

@@ -392,7 +392,7 @@ impl Service<'_> {
                     requests = sequences.len(),
                     "a live event asked for a resync; WEBHOOKS_ONLY runs none, so it is dropped"
                 );
-                self.metrics.live_event("ignored", "resync");
+                self.metrics.live_event("ignored", "", "resync");
             }
             live::resync_done(&state, sequences).await;
         }
