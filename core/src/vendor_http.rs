@@ -113,6 +113,8 @@ pub struct VendorClientConfig {
     pub basic_auth: Option<(String, Secret)>,
     /// The share of a learned quota a resync may use (default 0.95: live events keep 5 %).
     pub resync_share: f64,
+    /// Certificates (PEM) trusted besides the usual roots: a company's own CA.
+    pub extra_roots_pem: Option<Vec<u8>>,
 }
 
 impl Default for VendorClientConfig {
@@ -125,6 +127,7 @@ impl Default for VendorClientConfig {
             headers: Vec::new(),
             basic_auth: None,
             resync_share: 0.95,
+            extra_roots_pem: None,
         }
     }
 }
@@ -222,10 +225,24 @@ pub struct VendorClient {
 
 impl VendorClient {
     pub fn new(config: VendorClientConfig) -> Result<Self, VendorError> {
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(config.timeout)
             .danger_accept_invalid_certs(config.accept_invalid_certs)
-            .user_agent(concat!("port-agent/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("port-agent/", env!("CARGO_PKG_VERSION")));
+        if let Some(pem) = &config.extra_roots_pem {
+            let roots = reqwest::Certificate::from_pem_bundle(pem).map_err(|_| {
+                VendorError::Setup("the CA certificates are not PEM certificates".to_owned())
+            })?;
+            if roots.is_empty() {
+                return Err(VendorError::Setup(
+                    "the CA certificate file holds no certificate".to_owned(),
+                ));
+            }
+            for root in roots {
+                builder = builder.add_root_certificate(root);
+            }
+        }
+        let http = builder
             .build()
             .map_err(|e| VendorError::Setup(format!("cannot build the HTTP client: {e}")))?;
         Ok(Self {

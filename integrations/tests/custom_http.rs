@@ -536,3 +536,23 @@ async fn path_parameter_values_are_read_once_per_resync() {
         "a fetch outside a resync reads again"
     );
 }
+
+/// A company CA is trusted from a PEM file; a file that is not one is refused at start,
+/// naming the setting.
+#[tokio::test]
+async fn a_ca_certificate_file_is_read_and_a_bad_one_named() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let good = json!({"baseUrl": "https://api.example.com", "caCertificate": fixtures.join("test-ca.pem")});
+    assert!(CustomIntegration::from_config(good.as_object().unwrap()).is_ok());
+    let not_pem = json!({"baseUrl": "https://api.example.com", "caCertificate": fixtures.join("../custom_http.rs")});
+    let error = CustomIntegration::from_config(not_pem.as_object().unwrap()).unwrap_err();
+    assert!(
+        error.contains("integration.config.caCertificate")
+            && error.contains("holds no certificate"),
+        "{error}"
+    );
+    let missing =
+        json!({"baseUrl": "https://api.example.com", "caCertificate": "/nonexistent/ca.pem"});
+    let error = CustomIntegration::from_config(missing.as_object().unwrap()).unwrap_err();
+    assert!(error.contains("cannot read /nonexistent/ca.pem"), "{error}");
+}

@@ -270,7 +270,17 @@ impl CustomIntegration {
             // Per request, from the token (see `Pages::send`).
             Auth::Token(_) => {}
         }
+        let extra_roots_pem = match &settings.ca_certificate {
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                format!(
+                    "integration.config.caCertificate: cannot read {}: {e}",
+                    path.display()
+                )
+            })?),
+            None => None,
+        };
         let client = VendorClient::new(VendorClientConfig {
+            extra_roots_pem,
             timeout: settings.timeout,
             max_in_flight: settings.max_concurrent_requests,
             accept_invalid_certs: !settings.verify_ssl,
@@ -279,7 +289,7 @@ impl CustomIntegration {
             resync_share: settings.resync_share,
             ..VendorClientConfig::default()
         })
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("integration.config.caCertificate: {e}"))?;
         Ok(Self {
             settings,
             client,

@@ -65,6 +65,9 @@ pub struct Settings {
     /// `resyncQuotaShare` (port-agent's own): the share of a quota the vendor reports
     /// (`x-ratelimit-*`) that a resync may use, the rest kept for live events (default 0.95).
     pub resync_share: f64,
+    /// `caCertificate` (port-agent's own), else `SSL_CERT_FILE`: a PEM file of certificates
+    /// trusted besides the usual roots.
+    pub ca_certificate: Option<std::path::PathBuf>,
 }
 
 /// Names compare without case and without `_`/`-`, as Ocean's decamelizing does.
@@ -335,6 +338,10 @@ impl Settings {
             max_concurrent_requests: reader.number("maxConcurrentRequests", 10, 1..=256) as usize,
             custom_headers: reader.custom_headers(),
             resync_share: reader.share("resyncQuotaShare", 0.95),
+            ca_certificate: reader
+                .text("caCertificate")
+                .or_else(|| std::env::var("SSL_CERT_FILE").ok())
+                .map(std::path::PathBuf::from),
         };
         if reader.problems.is_empty() {
             Ok(settings)
