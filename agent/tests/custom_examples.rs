@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use axum::Router;
 use axum::extract::{Query, State};
@@ -41,11 +41,31 @@ fn recorded(name: &str, file: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-/// What the vendor stand-in needs: its address, and whether page 2 is refused from now on.
+/// What the vendor stand-in needs: its address, whether page 2 is refused from now on, and
+/// how many GitHub pages it answered in full and as not modified.
 #[derive(Clone)]
 struct Vendor {
     address: String,
     revoke_page_2: Arc<AtomicBool>,
+    full: Arc<AtomicU64>,
+    not_modified: Arc<AtomicU64>,
+}
+
+/// A GitHub page answered as GitHub does: with its ETag, or 304 when the client has it.
+fn github_page(vendor: &Vendor, headers: &HeaderMap, file: &str, etag: &str) -> Response {
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .is_some_and(|v| v == etag)
+    {
+        vendor.not_modified.fetch_add(1, Ordering::Relaxed);
+        return StatusCode::NOT_MODIFIED.into_response();
+    }
+    vendor.full.fetch_add(1, Ordering::Relaxed);
+    let mut response = axum::Json(recorded("github", file)).into_response();
+    response
+        .headers_mut()
+        .insert(header::ETAG, etag.parse().unwrap());
+    response
 }
 
 fn authorized(headers: &HeaderMap) -> bool {
@@ -72,7 +92,7 @@ async fn github_repos(
     }
     match page {
         None | Some("1") => {
-            let mut response = axum::Json(recorded("github", "repos-page-1.json")).into_response();
+            let mut response = github_page(&vendor, &headers, "repos-page-1.json", "\"p1-v1\"");
             let next = format!(
                 "http://{}/orgs/acme/repos?per_page=100&type=all&page=2",
                 vendor.address
@@ -86,7 +106,7 @@ async fn github_repos(
         Some("2") if vendor.revoke_page_2.load(Ordering::Relaxed) => {
             (StatusCode::UNAUTHORIZED, "Bad credentials").into_response()
         }
-        Some("2") => axum::Json(recorded("github", "repos-page-2.json")).into_response(),
+        Some("2") => github_page(&vendor, &headers, "repos-page-2.json", "W/\"p2-v1\""),
         Some(_) => axum::Json(Value::Array(Vec::new())).into_response(),
     }
 }
@@ -123,6 +143,8 @@ async fn vendor() -> Vendor {
     let vendor = Vendor {
         address: listener.local_addr().unwrap().to_string(),
         revoke_page_2: Arc::new(AtomicBool::new(false)),
+        full: Arc::default(),
+        not_modified: Arc::default(),
     };
     let app = Router::new()
         .route("/orgs/acme/repos", get(github_repos))
@@ -228,12 +250,25 @@ async fn the_github_example_pages_by_link_header_and_a_401_on_page_2_deletes_not
         Value::Null
     );
 
+    assert_eq!(vendor.full.load(Ordering::Relaxed), 2);
     let before = writes(&emulator);
     assert_ok(&resync(dir.path(), &emulator, &vendor).await);
     assert_eq!(
         writes(&emulator),
         before,
         "an unchanged resync sends nothing"
+    );
+    // Asked with the ETags kept in the state: both pages came back 304, and were reused.
+    assert_eq!(
+        (
+            vendor.full.load(Ordering::Relaxed),
+            vendor.not_modified.load(Ordering::Relaxed)
+        ),
+        (2, 2)
+    );
+    assert_eq!(
+        identifiers(&emulator),
+        ["docs", "infra", "payments", "web-app"]
     );
 
     // The token loses access to page 2: the kind fails, nothing it held is deleted.

@@ -12,6 +12,7 @@ use tokio::sync::{OnceCell, mpsc};
 
 use crate::mapping::PortAppConfig;
 use crate::mapping::config::{ResourceConfig, Selector};
+use crate::vendor_http::ValidatorStore;
 
 /// Raw items as JSON text, so the mapping sees number literals as written.
 pub type RawBatch = Vec<Box<RawValue>>;
@@ -39,6 +40,9 @@ pub struct FetchRequest<'a> {
     /// The mapping's top-level keys port-agent does not read itself (GitHub's
     /// `repositoryType`).
     pub mapping_extra: &'a Map<String, Value>,
+    /// Where validated answers are kept for conditional requests, for an integration that
+    /// makes them (`None` in a dry run: it writes nothing).
+    pub validators: Option<&'a dyn ValidatorStore>,
 }
 
 impl<'a> FetchRequest<'a> {
@@ -50,6 +54,7 @@ impl<'a> FetchRequest<'a> {
             kind: &resource.kind,
             selector: &resource.selector,
             mapping_extra: &config.extra,
+            validators: None,
         }
     }
 

@@ -3,8 +3,12 @@
 //! Ocean's 10 retries), bounded requests in flight, and errors that name the request without
 //! its credentials.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use port_agent_state::{StateStore, Validated};
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode};
@@ -130,6 +134,70 @@ impl Default for VendorClientConfig {
             extra_roots_pem: None,
         }
     }
+}
+
+/// Where validated answers (`ETag` and body) are kept between resyncs, for conditional
+/// requests. The agent's is the state file ([`StateValidators`]).
+pub trait ValidatorStore: Send + Sync + std::fmt::Debug {
+    fn get<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Option<Validated>> + Send + 'a>>;
+    fn put<'a>(
+        &'a self,
+        key: &'a str,
+        validated: Validated,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+}
+
+/// Validated answers in the state file (off the async runtime; a failure is a miss, logged).
+#[derive(Debug, Clone)]
+pub struct StateValidators(pub Arc<StateStore>);
+
+impl ValidatorStore for StateValidators {
+    fn get<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Option<Validated>> + Send + 'a>> {
+        Box::pin(async move {
+            let (state, key) = (self.0.clone(), key.to_owned());
+            match tokio::task::spawn_blocking(move || state.validated(&key)).await {
+                Ok(Ok(found)) => found,
+                _ => None,
+            }
+        })
+    }
+
+    fn put<'a>(
+        &'a self,
+        key: &'a str,
+        validated: Validated,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            let (state, key) = (self.0.clone(), key.to_owned());
+            if let Ok(Err(e)) =
+                tokio::task::spawn_blocking(move || state.keep_validated(&key, &validated)).await
+            {
+                tracing::warn!(error = %e, "cannot keep a validated answer; the next request is made in full");
+            }
+        })
+    }
+}
+
+/// The key a request's validated answer is kept under: a hash, so that credentials in a query
+/// never reach the state file.
+fn validator_key(request: &VendorRequest) -> String {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(request.method.as_str().as_bytes());
+    hasher.update(b" ");
+    hasher.update(request.url.as_bytes());
+    for (name, value) in &request.query {
+        hasher.update(b"\0");
+        hasher.update(name.as_bytes());
+        hasher.update(b"=");
+        hasher.update(value.as_bytes());
+    }
+    hasher.finalize().to_hex().to_string()
 }
 
 /// One request.
@@ -281,7 +349,10 @@ impl VendorClient {
             }
             span.record("ms", started.elapsed().as_millis() as u64);
             let (wait, error) = match outcome {
-                Ok(response) if response.status().is_success() => {
+                Ok(response)
+                    if response.status().is_success()
+                        || response.status() == StatusCode::NOT_MODIFIED =>
+                {
                     let status = response.status();
                     let headers = response.headers().clone();
                     let body = response
@@ -337,6 +408,73 @@ impl VendorClient {
             url: shown_url(&request.url),
             message: format!("the answer is not JSON: {e}"),
         })?;
+        Ok((value, response.headers))
+    }
+
+    /// As [`VendorClient::send_json`], for a GET asked conditionally: with the `ETag` of the
+    /// answer `validators` kept for the same request, a `304 Not Modified` reuses that answer
+    /// (body and `Link` header); a full answer with an `ETag` is kept for next time.
+    pub async fn send_json_validated(
+        &self,
+        request: &VendorRequest,
+        validators: Option<&dyn ValidatorStore>,
+    ) -> Result<(Value, HeaderMap), VendorError> {
+        let Some(store) = validators.filter(|_| request.method == Method::GET) else {
+            return self.send_json(request).await;
+        };
+        let key = validator_key(request);
+        let kept = store.get(&key).await;
+        let mut conditional = request.clone();
+        if let Some(kept) = &kept {
+            conditional
+                .headers
+                .push(("If-None-Match".to_owned(), kept.etag.clone()));
+        }
+        let response = self.send(&conditional).await?;
+        let not_json = |e: serde_json::Error| VendorError::Transport {
+            method: request.method.clone(),
+            url: shown_url(&request.url),
+            message: format!("the answer is not JSON: {e}"),
+        };
+        if response.status == StatusCode::NOT_MODIFIED
+            && let Some(kept) = kept
+        {
+            let mut headers = response.headers;
+            if let Some(link) = kept
+                .link
+                .as_deref()
+                .and_then(|l| HeaderValue::from_str(l).ok())
+            {
+                headers.insert(reqwest::header::LINK, link);
+            }
+            tracing::debug!(url = %shown_url(&request.url), "not modified: the kept answer is used");
+            return Ok((
+                serde_json::from_slice(&kept.body).map_err(not_json)?,
+                headers,
+            ));
+        }
+        let value = serde_json::from_slice(&response.body).map_err(not_json)?;
+        let etag = response
+            .headers
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok());
+        if let Some(etag) = etag {
+            let link = response
+                .headers
+                .get(reqwest::header::LINK)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            store
+                .put(
+                    &key,
+                    Validated {
+                        etag: etag.to_owned(),
+                        link,
+                        body: response.body,
+                    },
+                )
+                .await;
+        }
         Ok((value, response.headers))
     }
 

@@ -26,6 +26,7 @@ mod migrations;
 mod raw_cache;
 mod record;
 mod store;
+mod validators;
 
 pub use error::StateError;
 pub use inbox::{Accepted, DeadLetter};
@@ -36,3 +37,4 @@ pub use record::{
 pub use store::{
     LIVE_EVENT_TRIGGER, RUNS_KEPT, Refused, SCHEMA_VERSION, Sending, StateStore, TableUsage,
 };
+pub use validators::{MAX_VALIDATED_BODY, MAX_VALIDATORS, Validated};

@@ -848,6 +848,10 @@ impl StateStore {
                 usage_of("raw_blocks", txn.open_table(RAW_BLOCKS)),
                 usage_of("inbox", txn.open_table(crate::inbox::INBOX)),
                 usage_of("dead_letters", txn.open_table(crate::inbox::DEAD_LETTERS)),
+                usage_of(
+                    "http_validators",
+                    txn.open_table(crate::validators::VALIDATORS),
+                ),
                 usage_of("runs", txn.open_table(RUNS)),
                 usage_of("checkpoints", txn.open_table(CHECKPOINTS)),
                 usage_of("meta", txn.open_table(META)),

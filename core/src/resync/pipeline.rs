@@ -13,6 +13,7 @@ use crate::entity_hash::EntityHash;
 use crate::integration::{FetchRequest, RawBatch};
 use crate::mapping::PendingBatch;
 use crate::port::{Entity, PortError};
+use crate::vendor_http::{StateValidators, ValidatorStore};
 
 /// One batch after mapping.
 pub(crate) struct Mapped {
@@ -93,9 +94,15 @@ impl Resync<'_> {
         let cache = cache_run
             .and_then(|run| Some((run, resource_fingerprint(&self.setup.mapping, index)?)));
         let (sink, batches) = mpsc::channel::<RawBatch>(4);
-        let fetch = self
-            .integration
-            .fetch(FetchRequest::of(self.config, index), sink);
+        // Validators are state writes: not in a dry run.
+        let validators = cache_run
+            .and(self.state.as_ref())
+            .map(|state| StateValidators(state.clone()));
+        let request = FetchRequest {
+            validators: validators.as_ref().map(|v| v as &dyn ValidatorStore),
+            ..FetchRequest::of(self.config, index)
+        };
+        let fetch = self.integration.fetch(request, sink);
         let consume = async move {
             // Owns the receiver: however this ends, the fetch's next send fails and it stops.
             let mut batches = batches;

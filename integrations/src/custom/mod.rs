@@ -29,7 +29,7 @@ use port_agent_core::integration::{
 use port_agent_core::mapping::config::ResourceConfig;
 use port_agent_core::mapping::jq::Query;
 use port_agent_core::vendor_http::{
-    Priority, VendorClient, VendorClientConfig, VendorRequest, shown_url,
+    Priority, ValidatorStore, VendorClient, VendorClientConfig, VendorRequest, shown_url,
 };
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -319,11 +319,12 @@ impl CustomIntegration {
     async fn send(
         &self,
         request: VendorRequest,
+        validators: Option<&dyn ValidatorStore>,
     ) -> Result<(Value, reqwest::header::HeaderMap), String> {
         let Auth::Token(token) = &self.settings.auth else {
             return self
                 .client
-                .send_json(&request)
+                .send_json_validated(&request, validators)
                 .await
                 .map_err(|e| e.to_string());
         };
@@ -343,7 +344,11 @@ impl CustomIntegration {
                 body.extend(credentials.body);
                 authenticated.json_body = Some(Value::Object(body));
             }
-            match self.client.send_json(&authenticated).await {
+            match self
+                .client
+                .send_json_validated(&authenticated, validators)
+                .await
+            {
                 Err(e) if e.status() == Some(reqwest::StatusCode::UNAUTHORIZED) && !renew => {
                     tracing::info!(
                         "custom authentication: the token was refused; asking for a new one"
@@ -356,7 +361,12 @@ impl CustomIntegration {
     }
 
     /// The pages of `call`, with `parameters` filled in its path.
-    fn pages<'a>(&'a self, call: &'a Call, parameters: Vec<(String, String)>) -> Pages<'a> {
+    fn pages<'a>(
+        &'a self,
+        call: &'a Call,
+        parameters: Vec<(String, String)>,
+        validators: Option<&'a dyn ValidatorStore>,
+    ) -> Pages<'a> {
         let mut path = call.path.clone();
         for (name, value) in &parameters {
             path = path.replace(&format!("{{{name}}}"), value);
@@ -368,6 +378,7 @@ impl CustomIntegration {
             call,
             parameters,
             url,
+            validators,
             seen: HashSet::new(),
         }
     }
@@ -400,7 +411,7 @@ impl CustomIntegration {
             data_path: parameter.data_path.clone(),
         };
         let mut values = Vec::new();
-        let mut pages = self.pages(&call, Vec::new());
+        let mut pages = self.pages(&call, Vec::new(), None);
         let failed = |e: String| format!("path parameter {name}: {e}");
         while let Some(items) = pages.next().await.map_err(failed)? {
             let (field, filter) = (parameter.field.clone(), parameter.filter.clone());
@@ -437,8 +448,12 @@ impl CustomIntegration {
                     .collect()
             }
         };
+        // Conditional requests only where asked for (`conditionalRequests`).
+        let validators = request
+            .validators
+            .filter(|_| self.settings.conditional_requests);
         for parameters in endpoints {
-            let mut pages = self.pages(&call, parameters);
+            let mut pages = self.pages(&call, parameters, validators);
             while let Some(items) = pages.next().await.map_err(|e| request.fail(e))? {
                 let batch: RawBatch = items
                     .iter()
@@ -464,6 +479,8 @@ struct Pages<'a> {
     url: String,
     /// The next page to read; `None` after the last.
     page: Option<PageRequest>,
+    /// Where validated answers are kept, with `conditionalRequests`.
+    validators: Option<&'a dyn ValidatorStore>,
     /// Requests made: one made again means the API loops.
     seen: HashSet<(String, Vec<(String, String)>)>,
 }
@@ -491,7 +508,7 @@ impl Pages<'_> {
         };
         let (body, headers) = self
             .integration
-            .send(request)
+            .send(request, self.validators)
             .await
             .map_err(|e| format!("{where_}: {e}"))?;
         let link = headers

@@ -68,6 +68,9 @@ pub struct Settings {
     /// `caCertificate` (port-agent's own), else `SSL_CERT_FILE`: a PEM file of certificates
     /// trusted besides the usual roots.
     pub ca_certificate: Option<std::path::PathBuf>,
+    /// `conditionalRequests` (port-agent's own): GETs carry `If-None-Match` with the `ETag` of
+    /// the answer kept from the last resync, and a `304` reuses it.
+    pub conditional_requests: bool,
 }
 
 /// Names compare without case and without `_`/`-`, as Ocean's decamelizing does.
@@ -342,6 +345,7 @@ impl Settings {
                 .text("caCertificate")
                 .or_else(|| std::env::var("SSL_CERT_FILE").ok())
                 .map(std::path::PathBuf::from),
+            conditional_requests: reader.flag("conditionalRequests", false),
         };
         if reader.problems.is_empty() {
             Ok(settings)
