@@ -171,6 +171,9 @@ async fn run() {
             acked_at.push(Instant::now());
         }
     }
+    // Open loop, as webhook senders are: each push leaves at its time whether or not the
+    // ones before it were answered.
+    let mut pushes = Vec::with_capacity(total as usize);
     for i in 0..total {
         let due = started + interval * i as u32;
         while Instant::now() < due {
@@ -179,19 +182,27 @@ async fn run() {
         let body = json!({"id": format!("e-{i}"), "kind": "service",
             "upsert": [{"name": format!("svc-{}", i % 500), "version": i}]})
         .to_string();
-        let status = client
+        let request = client
             .post(format!("http://{address}/integration/webhook"))
             .header(
                 "X-Port-Agent-Signature-256",
                 port_agent_integrations::push::signature(SECRET.as_bytes(), body.as_bytes()),
             )
-            .body(body)
-            .send()
-            .await
-            .map(|r| r.status().as_u16())
-            .unwrap_or(0);
+            .body(body);
+        let pushed_at = Instant::now();
+        pushes.push(tokio::spawn(async move {
+            let status = request
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0);
+            (pushed_at, status)
+        }));
+    }
+    for push in pushes {
+        let (pushed_at, status) = push.await.unwrap();
         if status == 202 {
-            sent_at.push(Instant::now());
+            sent_at.push(pushed_at);
         } else {
             refused += 1;
         }

@@ -690,6 +690,7 @@ mod webhook_route_tests {
                 inbox_capacity: 10,
                 state,
                 arrived: Arc::new(Notify::new()),
+                inbox: crate::live::InboxWriter::start(),
             }),
         });
         let (status, body) = status_of(&router, "/hooks/vendor").await;

@@ -141,6 +141,103 @@ pub struct WebhookRoute {
     pub state: SharedState,
     /// Told when an event is queued.
     pub arrived: Arc<Notify>,
+    /// Writes accepted events to the inbox, a burst in one commit.
+    pub inbox: InboxWriter,
+}
+
+/// One accepted event on its way into the inbox, and where its outcome goes.
+struct AcceptJob {
+    state: Arc<StateStore>,
+    id: Option<String>,
+    bytes: Vec<u8>,
+    capacity: usize,
+    reply: tokio::sync::oneshot::Sender<Result<(Accepted, u64), String>>,
+}
+
+/// Jobs written in one commit, at most.
+const ACCEPT_GROUP: usize = 256;
+
+/// Writes accepted events into the inbox from a thread of its own: the events that arrive
+/// while one commit is being flushed to disk go together in the next, so a burst of webhooks
+/// costs a few fsyncs, not one each. Each request still gets its 2xx only once its event is on
+/// disk. The thread ends when the route (every sender) is gone.
+#[derive(Debug, Clone)]
+pub struct InboxWriter {
+    jobs: tokio::sync::mpsc::Sender<AcceptJob>,
+}
+
+impl InboxWriter {
+    pub fn start() -> Self {
+        let (jobs, mut queue) = tokio::sync::mpsc::channel::<AcceptJob>(1024);
+        std::thread::Builder::new()
+            .name("inbox-writer".to_owned())
+            .spawn(move || {
+                while let Some(first) = queue.blocking_recv() {
+                    let mut group = vec![first];
+                    while group.len() < ACCEPT_GROUP {
+                        match queue.try_recv() {
+                            Ok(job) => group.push(job),
+                            Err(_) => break,
+                        }
+                    }
+                    write_group(group);
+                }
+            })
+            .expect("a thread can be started");
+        Self { jobs }
+    }
+
+    /// Queues `bytes` (delivery `id`) in `state`'s inbox; its outcome and how many wait.
+    async fn accept(
+        &self,
+        state: Arc<StateStore>,
+        id: Option<String>,
+        bytes: Vec<u8>,
+        capacity: usize,
+    ) -> Result<(Accepted, u64), String> {
+        let (reply, outcome) = tokio::sync::oneshot::channel();
+        let job = AcceptJob {
+            state,
+            id,
+            bytes,
+            capacity,
+            reply,
+        };
+        let stopped = || "the inbox writer has stopped".to_owned();
+        self.jobs.send(job).await.map_err(|_| stopped())?;
+        outcome.await.map_err(|_| stopped())?
+    }
+}
+
+/// Writes `group` (one commit per state file among them: a reopened file is another) and
+/// answers each job.
+fn write_group(mut group: Vec<AcceptJob>) {
+    while !group.is_empty() {
+        let state = group[0].state.clone();
+        let (same, rest): (Vec<AcceptJob>, Vec<AcceptJob>) = group
+            .into_iter()
+            .partition(|job| Arc::ptr_eq(&job.state, &state));
+        group = rest;
+        let events: Vec<(Option<&str>, &[u8])> = same
+            .iter()
+            .map(|job| (job.id.as_deref(), job.bytes.as_slice()))
+            .collect();
+        let written = state
+            .inbox_accept_many(&events, same[0].capacity)
+            .and_then(|outcomes| Ok((outcomes, state.inbox_depth()?.0)));
+        match written {
+            Ok((outcomes, waiting)) => {
+                for (job, outcome) in same.into_iter().zip(outcomes) {
+                    let _ = job.reply.send(Ok((outcome, waiting)));
+                }
+            }
+            Err(e) => {
+                for job in same {
+                    let _ = job.reply.send(Err(e.to_string()));
+                }
+            }
+        }
+    }
 }
 
 fn answer(status: StatusCode, body: serde_json::Value) -> Response {
@@ -230,14 +327,9 @@ pub async fn receive(
         // Delivery ids are the sender's: scoped by processor.
         let id = event.delivery_id.as_ref().map(|id| format!("{name}:{id}"));
         let (bytes, capacity) = (envelope(name, path, &event), route.inbox_capacity);
-        let state = state.clone();
-        let stored = tokio::task::spawn_blocking(move || {
-            let accepted = state.inbox_accept(id.as_deref(), &bytes, capacity)?;
-            Ok::<_, port_agent_state::StateError>((accepted, state.inbox_depth()?.0))
-        })
-        .await;
+        let stored = route.inbox.accept(state.clone(), id, bytes, capacity).await;
         answered = match stored {
-            Ok(Ok((Accepted::Queued(sequence), waiting))) => {
+            Ok((Accepted::Queued(sequence), waiting)) => {
                 route.metrics.live_event("accepted", path, &kind);
                 route
                     .metrics
@@ -248,17 +340,13 @@ pub async fn receive(
                     json!({"ok": true, "sequence": sequence}),
                 )
             }
-            Ok(Ok((Accepted::Duplicate, _))) => {
+            Ok((Accepted::Duplicate, _)) => {
                 route.metrics.live_event("duplicate", path, &kind);
                 answer(StatusCode::ACCEPTED, json!({"ok": true, "duplicate": true}))
             }
-            Ok(Ok((Accepted::Full, _))) => {
+            Ok((Accepted::Full, _)) => {
                 route.metrics.live_event("refused_full", path, &kind);
                 return busy("the inbox is full; try again later");
-            }
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "a live event could not be written to the inbox");
-                return busy("the event could not be stored; try again later");
             }
             Err(e) => {
                 tracing::error!(error = %e, "a live event could not be written to the inbox");

@@ -77,45 +77,64 @@ impl StateStore {
         event: &[u8],
         capacity: usize,
     ) -> Result<Accepted, StateError> {
+        Ok(self.inbox_accept_many(&[(id, event)], capacity)?[0])
+    }
+
+    /// Queues `events` in arrival order as [`StateStore::inbox_accept`] does each, in one
+    /// fsynced commit: many webhooks arriving at once cost one disk flush.
+    pub fn inbox_accept_many(
+        &self,
+        events: &[(Option<&str>, &[u8])],
+        capacity: usize,
+    ) -> Result<Vec<Accepted>, StateError> {
         shield(self.path(), || {
             let mut txn = self.write()?;
             txn.set_durability(Durability::Immediate)
                 .map_err(|e| self.storage(e))?;
-            let accepted = {
+            let mut outcomes = Vec::with_capacity(events.len());
+            {
                 let mut deliveries = txn.open_table(DELIVERIES).map_err(|e| self.storage(e))?;
                 let mut inbox = txn.open_table(INBOX).map_err(|e| self.storage(e))?;
                 let mut meta = txn.open_table(META).map_err(|e| self.storage(e))?;
-                let seen = match id {
-                    Some(id) => deliveries.get(id).map_err(|e| self.storage(e))?.is_some(),
-                    None => false,
-                };
-                if seen {
-                    Accepted::Duplicate
-                } else if inbox.len().map_err(|e| self.storage(e))? >= capacity as u64 {
-                    Accepted::Full
-                } else {
-                    let sequence: u64 = meta
-                        .get(NEXT_SEQUENCE)
-                        .map_err(|e| self.storage(e))?
-                        .and_then(|v| v.value().parse().ok())
-                        .unwrap_or(1);
-                    meta.insert(NEXT_SEQUENCE, (sequence + 1).to_string().as_str())
-                        .map_err(|e| self.storage(e))?;
-                    inbox.insert(sequence, event).map_err(|e| self.storage(e))?;
-                    if let Some(id) = id {
-                        deliveries
-                            .insert(id, now_ms())
-                            .map_err(|e| self.storage(e))?;
-                    }
-                    Accepted::Queued(sequence)
+                let mut next: u64 = meta
+                    .get(NEXT_SEQUENCE)
+                    .map_err(|e| self.storage(e))?
+                    .and_then(|v| v.value().parse().ok())
+                    .unwrap_or(1);
+                let mut waiting = inbox.len().map_err(|e| self.storage(e))?;
+                for (id, event) in events {
+                    // Ids written earlier in this commit are seen too: a redelivery in the
+                    // same burst is a duplicate.
+                    let seen = match id {
+                        Some(id) => deliveries.get(*id).map_err(|e| self.storage(e))?.is_some(),
+                        None => false,
+                    };
+                    let outcome = if seen {
+                        Accepted::Duplicate
+                    } else if waiting >= capacity as u64 {
+                        Accepted::Full
+                    } else {
+                        inbox.insert(next, *event).map_err(|e| self.storage(e))?;
+                        if let Some(id) = id {
+                            deliveries
+                                .insert(*id, now_ms())
+                                .map_err(|e| self.storage(e))?;
+                        }
+                        waiting += 1;
+                        next += 1;
+                        Accepted::Queued(next - 1)
+                    };
+                    outcomes.push(outcome);
                 }
-            };
-            if accepted == Accepted::Duplicate || accepted == Accepted::Full {
-                txn.abort().map_err(|e| self.storage(e))?;
-            } else {
-                txn.commit().map_err(|e| self.storage(e))?;
+                meta.insert(NEXT_SEQUENCE, next.to_string().as_str())
+                    .map_err(|e| self.storage(e))?;
             }
-            Ok(accepted)
+            if outcomes.iter().any(|o| matches!(o, Accepted::Queued(_))) {
+                txn.commit().map_err(|e| self.storage(e))?;
+            } else {
+                txn.abort().map_err(|e| self.storage(e))?;
+            }
+            Ok(outcomes)
         })
     }
 
@@ -328,6 +347,47 @@ mod tests {
             Accepted::Duplicate
         );
         assert_eq!(store.inbox_forget_old_deliveries().unwrap(), 0);
+    }
+
+    #[test]
+    fn a_burst_is_accepted_in_one_commit_with_its_own_duplicates_and_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir.path().join("state.redb"));
+        store.inbox_accept(Some("d-0"), b"before", 10).unwrap();
+        let burst: Vec<(Option<&str>, &[u8])> = vec![
+            (Some("d-1"), b"one"),
+            (Some("d-0"), b"again"),
+            (Some("d-1"), b"one again"),
+            (None, b"anonymous"),
+            (Some("d-2"), b"past the bound"),
+        ];
+        let outcomes = store.inbox_accept_many(&burst, 3).unwrap();
+        assert_eq!(
+            outcomes,
+            [
+                Accepted::Queued(2),
+                Accepted::Duplicate,
+                Accepted::Duplicate,
+                Accepted::Queued(3),
+                Accepted::Full
+            ]
+        );
+        let pending: Vec<Vec<u8>> = store
+            .inbox_pending(10)
+            .unwrap()
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect();
+        assert_eq!(
+            pending,
+            [b"before".to_vec(), b"one".to_vec(), b"anonymous".to_vec()]
+        );
+        // A refused delivery id was not remembered: it is taken once there is room.
+        store.inbox_done(&[1]).unwrap();
+        assert_eq!(
+            store.inbox_accept(Some("d-2"), b"later", 3).unwrap(),
+            Accepted::Queued(4)
+        );
     }
 
     #[test]

@@ -144,6 +144,7 @@ pub async fn serve(config_path: &Path) -> Result<(), Failure> {
                     inbox_capacity: first.push.inbox_capacity,
                     state: service.state.clone(),
                     arrived: arrived.clone(),
+                    inbox: live::InboxWriter::start(),
                 }),
             }),
             service.stop.clone(),
