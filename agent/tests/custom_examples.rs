@@ -179,16 +179,6 @@ async fn resync(dir: &Path, emulator: &Emulator, vendor: &Vendor) -> Output {
         .unwrap()
 }
 
-fn entity(emulator: &Emulator, identifier: &str) -> Option<Value> {
-    emulator
-        .entities()
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["identifier"] == identifier)
-        .cloned()
-}
-
 fn identifiers(emulator: &Emulator) -> Vec<String> {
     let mut ids: Vec<String> = emulator
         .entities()
@@ -234,7 +224,7 @@ async fn the_github_example_pages_by_link_header_and_a_401_on_page_2_deletes_not
         identifiers(&emulator),
         ["docs", "infra", "payments", "web-app"]
     );
-    let payments = entity(&emulator, "payments").unwrap();
+    let payments = emulator.entity("payments").unwrap();
     assert_eq!(payments["title"], "acme/payments");
     assert_eq!(payments["properties"]["stars"], 120);
     assert_eq!(
@@ -246,7 +236,7 @@ async fn the_github_example_pages_by_link_header_and_a_401_on_page_2_deletes_not
         "https://github.com/acme/payments"
     );
     assert_eq!(
-        entity(&emulator, "docs").unwrap()["properties"]["language"],
+        emulator.entity("docs").unwrap()["properties"]["language"],
         Value::Null
     );
 
@@ -307,7 +297,7 @@ async fn the_slack_example_pages_by_cursor_and_an_unchanged_resync_sends_nothing
         ],
         "three pages of channels (the archived one outside the selector), the users, and the creator Port made for the relation"
     );
-    let incidents = entity(&emulator, "C02ABCDEF").unwrap();
+    let incidents = emulator.entity("C02ABCDEF").unwrap();
     assert_eq!(incidents["title"], "incidents");
     assert_eq!(incidents["properties"]["member_count"], 12);
     assert_eq!(
@@ -316,7 +306,7 @@ async fn the_slack_example_pages_by_cursor_and_an_unchanged_resync_sends_nothing
     );
     assert_eq!(incidents["relations"]["creator"], "U012AB3CD");
     assert_eq!(
-        entity(&emulator, "U01USER").unwrap()["properties"]["is_admin"],
+        emulator.entity("U01USER").unwrap()["properties"]["is_admin"],
         true
     );
 

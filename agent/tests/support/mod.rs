@@ -123,12 +123,7 @@ impl Project {
     /// The entity Port holds as `identifier` (any blueprint); panics when there is none.
     pub fn port_entity(&self, identifier: &str) -> Value {
         self.emulator
-            .entities()
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["identifier"] == identifier)
-            .cloned()
+            .entity(identifier)
             .unwrap_or_else(|| panic!("Port holds no entity {identifier}"))
     }
 

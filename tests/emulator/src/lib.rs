@@ -169,6 +169,15 @@ impl Emulator {
         control::entities_json(&self.state)
     }
 
+    /// The entity held as `identifier` (any blueprint), if any.
+    pub fn entity(&self, identifier: &str) -> Option<Value> {
+        self.entities()
+            .as_array()?
+            .iter()
+            .find(|e| e["identifier"] == identifier)
+            .cloned()
+    }
+
     /// As `POST /_emulator/faults`.
     pub fn set_faults(&self, spec: FaultSpec) -> Result<(), String> {
         lock(&self.state.faults).set(spec)
