@@ -136,14 +136,7 @@ fn svc(name: &str, lang: &str) -> Value {
 }
 
 fn in_port(project: &Project, id: &str) -> Option<Value> {
-    project
-        .emulator
-        .entities()
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["identifier"] == id)
-        .cloned()
+    project.emulator.entity(id)
 }
 
 const APPLIED: &str = "port_agent_live_events_total{outcome=\"applied\",path=\"/integration/webhook\",kind=\"service\"}";

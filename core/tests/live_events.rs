@@ -121,13 +121,7 @@ impl Setup {
     }
 
     fn in_port(&self, id: &str) -> Option<Value> {
-        self.emulator
-            .entities()
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["identifier"] == id)
-            .cloned()
+        self.emulator.entity(id)
     }
 
     fn requests(&self) -> u64 {
