@@ -5,6 +5,7 @@ pub mod commands;
 pub mod config;
 pub mod http;
 pub mod live;
+pub mod notify;
 
 /// How a command failed, which decides the exit code.
 #[derive(Debug)]

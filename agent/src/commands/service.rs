@@ -24,6 +24,7 @@ use crate::commands::resync::{open_state, prepare, print, stop_on_signal};
 use crate::config::ListenerType;
 use crate::http::{self, Metrics, SharedState};
 use crate::live::{self, Drained, Processors, WebhookRoute};
+use crate::notify::Notifier;
 
 /// First wait before the inbox is tried again while Port cannot take live events, and the
 /// longest.
@@ -111,6 +112,15 @@ pub async fn serve(config_path: &Path) -> Result<(), Failure> {
     };
     let reload = Arc::new(Notify::new());
     let signals = tokio::spawn(stop_on_signal(service.stop.clone(), Some(reload.clone())));
+    // systemd (Type=notify): ready once the state is open (above) and Port answers; watchdog
+    // pings while the runtime runs.
+    let notifier = Arc::new(Notifier::from_env());
+    let systemd = tokio::spawn(tell_systemd(
+        notifier.clone(),
+        first.client.clone(),
+        first.setup.identifier.clone(),
+        service.stop.clone(),
+    ));
     let outcome = if listener == ListenerType::Once {
         match service.run_once(Trigger::Start).await {
             Some(RunStatus::Completed) => Ok(()),
@@ -191,8 +201,40 @@ pub async fn serve(config_path: &Path) -> Result<(), Failure> {
         drop(beacon);
         Ok(())
     };
+    notifier.notify("STOPPING=1");
+    systemd.abort();
     signals.abort();
     outcome
+}
+
+/// `READY=1` as soon as Port answers (tried every 5 s until it does), then watchdog pings
+/// until `stop`.
+async fn tell_systemd(
+    notifier: Arc<Notifier>,
+    client: PortClient,
+    identifier: String,
+    stop: CancellationToken,
+) {
+    let watchdog = notifier.watchdog(stop.clone());
+    let ready = async {
+        loop {
+            match client.get_integration(&identifier).await {
+                Ok(_) => {
+                    notifier.notify("READY=1");
+                    tracing::info!("ready: the state is open and Port answers");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "Port does not answer yet; not ready");
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    }
+                }
+            }
+        }
+    };
+    tokio::join!(watchdog, ready);
 }
 
 impl Service<'_> {
