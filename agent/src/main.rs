@@ -66,6 +66,13 @@ enum Command {
     /// The integrations built into this port-agent.
     #[command(subcommand)]
     Integrations(IntegrationsCommand),
+    /// Whether a running agent is ready (`GET /health/ready`): exit 0 when it is, 1 otherwise.
+    /// For a container's HEALTHCHECK.
+    Health {
+        /// The agent's `http.listen` address.
+        #[arg(long, default_value = "127.0.0.1:8000")]
+        address: String,
+    },
     /// Make a new integration in the port-agent workspace: its module, its `.port/` (spec and
     /// default resources) and a test against a local HTTP server, registered and ready to build.
     New {
@@ -309,6 +316,7 @@ fn main() -> ExitCode {
             commands::state::export(&target.config, &target.state)
         }
         Command::Integrations(IntegrationsCommand::List) => commands::integrations::list(),
+        Command::Health { address } => runtime.block_on(commands::health::check(&address)),
         Command::New { name, workspace } => {
             commands::new_integration::new_integration(&name, &workspace)
         }

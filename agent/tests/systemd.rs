@@ -112,3 +112,36 @@ async fn under_systemd_it_is_ready_pings_the_watchdog_and_stops_cleanly() {
         "the state file is in STATE_DIRECTORY"
     );
 }
+
+/// `port-agent health`, a container's HEALTHCHECK where no curl is: 0 when the agent is ready,
+/// 1 when none answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_command_tells_a_ready_agent_from_none() {
+    let project = Project::new(2).await;
+    use_listener(&project, "event_listener: {type: WEBHOOK}");
+    let service = support::RunningService::start(project.root()).await;
+    let address = service.address.clone();
+    let health = |address: String| async move {
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_port-agent"))
+                .args(["health", "--address", &address])
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let ready = loop {
+        let out = health(address.clone()).await;
+        if out.status.success() || Instant::now() > deadline {
+            break out;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(ready.status.success(), "{ready:?}");
+    assert_eq!(String::from_utf8_lossy(&ready.stdout).trim(), "200: ready");
+    service.terminate().await;
+    let gone = health(address).await;
+    assert_eq!(gone.status.code(), Some(1), "{gone:?}");
+}
