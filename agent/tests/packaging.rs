@@ -39,7 +39,10 @@ fn every_file_the_image_copies_exists() {
             copied += 1;
         }
     }
-    assert!(copied > 0, "the Dockerfile copies no file of the repository");
+    assert!(
+        copied > 0,
+        "the Dockerfile copies no file of the repository"
+    );
 }
 
 #[test]
@@ -53,7 +56,10 @@ fn the_image_config_with_ocean_variables_validates() {
         .env("OCEAN__PORT__CLIENT_SECRET", "secret")
         .env("OCEAN__INTEGRATION__IDENTIFIER", "my-api")
         .env("OCEAN__INTEGRATION__TYPE", "custom")
-        .env("OCEAN__INTEGRATION__CONFIG__BASE_URL", "https://api.example.com")
+        .env(
+            "OCEAN__INTEGRATION__CONFIG__BASE_URL",
+            "https://api.example.com",
+        )
         .env("OCEAN__EVENT_LISTENER__TYPE", "POLLING")
         .output()
         .unwrap();
