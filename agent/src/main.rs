@@ -21,8 +21,24 @@ struct Cli {
     /// (default: info for `run`, a service whose lifecycle is worth a line; warn otherwise).
     #[arg(long, global = true, env = "PORT_AGENT_LOG")]
     log: Option<String>,
+    /// How log lines are written: text (for people and journald), or json (one object a line,
+    /// with the run's and the resource's fields, for log pipelines; the container image's
+    /// default).
+    #[arg(
+        long,
+        global = true,
+        env = "PORT_AGENT_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -245,11 +261,19 @@ fn main() -> ExitCode {
     let filter =
         tracing_subscriber::EnvFilter::try_new(cli.log.as_deref().unwrap_or(default_level))
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs
+            .json()
+            .with_current_span(false)
+            .with_span_list(true)
+            .init(),
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         // State calls run on blocking threads; a few suffice (redb serializes writers), and
@@ -260,9 +284,10 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            return report(Failure::Run(
-                anyhow::Error::new(e).context("cannot start the async runtime"),
-            ));
+            return report(
+                Failure::Run(anyhow::Error::new(e).context("cannot start the async runtime")),
+                cli.log_format,
+            );
         }
     };
     let outcome = match cli.command {
@@ -342,11 +367,19 @@ fn main() -> ExitCode {
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
-        Err(failure) => report(failure),
+        Err(failure) => report(failure, cli.log_format),
     }
 }
 
-fn report(failure: Failure) -> ExitCode {
-    let _ = writeln!(std::io::stderr(), "error: {:#}", failure.error());
+/// The failure on stderr: a line for people, or a JSON log line when logs are JSON.
+fn report(failure: Failure, format: LogFormat) -> ExitCode {
+    match format {
+        LogFormat::Text => {
+            let _ = writeln!(std::io::stderr(), "error: {:#}", failure.error());
+        }
+        LogFormat::Json => {
+            tracing::error!(exit_code = failure.exit_code(), "{:#}", failure.error())
+        }
+    }
     ExitCode::from(failure.exit_code())
 }

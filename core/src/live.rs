@@ -12,8 +12,11 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use port_agent_state::{EntityKey, RunCounters, RunRecord, RunStatus, StateStore};
+use port_agent_state::{
+    EntityKey, LIVE_EVENT_TRIGGER, RunCounters, RunRecord, RunStatus, StateStore,
+};
 use serde_json::value::RawValue;
+use tracing::Instrument;
 
 use crate::entity_hash::EntityHash;
 use crate::mapping::budget::Limits;
@@ -268,14 +271,17 @@ pub async fn apply_all(
         owner,
         mut event_errors,
     } = composed;
-    let mut run = with_state(state, |s| s.start_run(port_agent_state::LIVE_EVENT_TRIGGER)).await?;
+    let mut run = with_state(state, |s| s.start_run(LIVE_EVENT_TRIGGER)).await?;
     let options = UpsertOptions {
         merge: config.enable_merge_entity,
         create_missing_related_entities: config.create_missing_related_entities,
     };
     let mut writer =
         Writer::new(client, Some(state.clone()), run.id, options, false).remembering_refusals();
-    let written = write(&mut writer, state, config, upserts, candidates, &mut run).await;
+    let span = tracing::info_span!("run", id = run.id, trigger = LIVE_EVENT_TRIGGER);
+    let written = write(&mut writer, state, config, upserts, candidates, &mut run)
+        .instrument(span)
+        .await;
     for (key, reason) in writer.take_refusals() {
         if let Some(&event) = owner.get(&key) {
             event_errors[event].push(reason);

@@ -17,6 +17,7 @@ use port_agent_state::{
 };
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 pub use crate::write::PlannedChange;
 pub(crate) use pipeline::{Mapped, Recheck, ResourceRun};
@@ -275,7 +276,13 @@ impl Resync<'_> {
         )
         .with_progress(self.progress.clone());
         let mut state_error = None;
-        match self.sync(options, &mut run, &mut writer).await {
+        // Every line the run logs carries its id and trigger (and, below, its resource).
+        let span = tracing::info_span!("run", id = run.id, trigger = %options.trigger);
+        match self
+            .sync(options, &mut run, &mut writer)
+            .instrument(span)
+            .await
+        {
             Ok(status) => run.status = status,
             Err(e) => {
                 if matches!(e, ResyncError::State(_) | ResyncError::Blocking(_)) {
@@ -437,7 +444,12 @@ impl Resync<'_> {
                     )),
                     ..Default::default()
                 },
-                Ok(_) => self.run_resource(index, &resource.kind, writer).await?,
+                Ok(_) => {
+                    let span = tracing::info_span!("resource", index, kind = %resource.kind);
+                    self.run_resource(index, &resource.kind, writer)
+                        .instrument(span)
+                        .await?
+                }
             };
             if let Some(reason) = &outcome.failed {
                 tracing::error!(resource = index, kind = %resource.kind, reason = %reason, "resource failed; this run deletes nothing");
