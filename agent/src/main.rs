@@ -116,6 +116,12 @@ enum ConfigCommand {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// The configuration in effect: each value with where it came from (the file, an
+    /// environment variable, a default), secrets redacted.
+    Show {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -344,6 +350,9 @@ fn main() -> ExitCode {
         Command::Health { address } => runtime.block_on(commands::health::check(&address)),
         Command::New { name, workspace } => {
             commands::new_integration::new_integration(&name, &workspace)
+        }
+        Command::Config(ConfigCommand::Show { config }) => {
+            commands::config_show::show(&config.config)
         }
         Command::Config(ConfigCommand::Validate { config }) => {
             commands::config_check::validate(&config.config)

@@ -125,3 +125,31 @@ async fn without_resources_the_integration_s_defaults_are_used() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("0 resources"), "{stdout}");
 }
+
+/// `config show`: each value with its source, secrets redacted whatever set them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_show_tells_each_value_s_source_and_hides_secrets() {
+    let project = Project::new(0).await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_port-agent"))
+        .args(["config", "show", "--config", "agent.yaml"])
+        .current_dir(project.root())
+        .env_remove("PORT_AGENT_CONFIG")
+        .env("OCEAN__PORT__CLIENT_SECRET", "s3cret-from-env")
+        .env("OCEAN__INTEGRATION__CONFIG__WEBHOOK_SECRET", "hook-s3cret")
+        .output()
+        .unwrap();
+    support::assert_success(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = |key: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{key} ")))
+            .unwrap_or_else(|| panic!("no {key} in:\n{stdout}"))
+            .to_owned()
+    };
+    assert!(line("port.client_secret").contains("[redacted]    # env OCEAN__PORT__CLIENT_SECRET"));
+    assert!(line("integration.config.webhook_secret").contains("[redacted]"));
+    assert!(line("port.client_id").contains("emulator-client    # file"));
+    assert!(line("http.listen").ends_with("# default"), "{stdout}");
+    assert!(!stdout.contains("s3cret"), "{stdout}");
+}

@@ -1,6 +1,7 @@
 //! One module a command.
 
 pub mod config_check;
+pub mod config_show;
 pub mod health;
 pub mod integrations;
 pub mod mapping;

@@ -3,7 +3,7 @@
 //!
 //! Precedence, highest first: command-line flags, the process environment, `.env`, the file.
 
-mod env;
+pub mod env;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
