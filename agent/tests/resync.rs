@@ -661,6 +661,24 @@ resources:
         "{text}"
     );
     assert!(text.contains("unchanged 82 upserted 0"), "{text}");
+    assert!(!text.contains("no record of"), "{text}");
+    // An entity it never wrote: inspect says what that means.
+    let missing = project
+        .agent(&[
+            "state",
+            "inspect",
+            "--config",
+            "agent.yaml",
+            "--identifier",
+            "svc-nowhere",
+        ])
+        .await;
+    let missing = String::from_utf8_lossy(&missing.stdout);
+    assert!(missing.contains("0 entities believed in Port"), "{missing}");
+    assert!(
+        missing.contains("no record of svc-nowhere: port-agent has not written it"),
+        "{missing}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -361,7 +361,15 @@ pub fn inspect_report(store: &StateStore, filter: &InspectFilter) -> Result<Valu
         })
         .collect();
     let identity = store.identity();
+    // Asked about one entity the state has no record of: say what that means.
+    let not_found = match (&filter.identifier, entities.is_empty()) {
+        (Some(identifier), true) => Some(format!(
+            "no record of {identifier}: port-agent has not written it to Port (or deleted it since). Either no resource's mapping produces it from the items fetched (try `port-agent mapping test` on an item), or Port refused it (see the runs' notes below), or the runs that would write it did not complete"
+        )),
+        _ => None,
+    };
     Ok(json!({
+        "not_found": not_found,
         "state": store.path().display().to_string(),
         "integration": {"type": identity.integration_type, "identifier": identity.integration_identifier, "port_base_url": identity.port_base_url},
         "entities": entities.iter().map(|(k, r)| {
@@ -467,6 +475,9 @@ fn write_inspect_text(out: &mut impl Write, report: &Value) -> std::io::Result<(
     )?;
     let entities = report["entities"].as_array().cloned().unwrap_or_default();
     writeln!(out, "{} entities believed in Port:", entities.len())?;
+    if let Some(why) = report["not_found"].as_str() {
+        writeln!(out, "  {}", printable(why))?;
+    }
     for e in &entities {
         let later = e["later_hashes"].as_array().map_or(0, Vec::len);
         writeln!(
