@@ -12,10 +12,11 @@ if ! command -v systemd-analyze >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
 fi
 cargo build --locked -q -p port-agent
+target=${CARGO_TARGET_DIR:-$PWD/target}
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 # The unit as installed, its ExecStart pointed at this build (verify checks it is executable).
-sed "s|^ExecStart=/usr/bin/port-agent|ExecStart=$PWD/target/debug/port-agent|" \
+sed "s|^ExecStart=/usr/bin/port-agent|ExecStart=$target/debug/port-agent|" \
   packaging/systemd/port-agent.service > "$scratch/port-agent.service"
 systemd-analyze verify "$scratch/port-agent.service"
 exposure=$(systemd-analyze security --offline=yes "$scratch/port-agent.service" 2>&1 \
@@ -56,7 +57,7 @@ echo ".deb: $(basename "$package") unpacked, files and modes as packaged, unit v
 
 # The installed binary, run as the unit runs it, against the Port emulator.
 cargo build --locked -q -p port-emulator
-"$PWD/target/debug/port-emulator" --listen 127.0.0.1:0 >"$scratch/emulator.out" 2>&1 &
+"$target/debug/port-emulator" --listen 127.0.0.1:0 >"$scratch/emulator.out" 2>&1 &
 emulator=$!
 trap 'kill "$emulator" 2>/dev/null || true; rm -rf "$scratch"' EXIT
 for _ in $(seq 50); do
