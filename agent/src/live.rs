@@ -584,11 +584,7 @@ impl Drain<'_> {
 
     /// Takes applied events out of the inbox.
     async fn forget(&self, sequences: Vec<u64>) {
-        if sequences.is_empty() {
-            return;
-        }
-        let state = self.state.clone();
-        let _ = tokio::task::spawn_blocking(move || state.inbox_done(&sequences)).await;
+        forget(self.state, sequences).await;
     }
 
     async fn dead_letter(&self, entry: &Entry, attempts: u32, error: String, kind: &str) {
@@ -672,6 +668,14 @@ pub(crate) async fn report_inbox(state: &Arc<StateStore>, metrics: &Metrics) {
 
 /// Resync requests `sequences` were served (or cannot be, with WEBHOOKS_ONLY): out of the inbox.
 pub(crate) async fn resync_done(state: &Arc<StateStore>, sequences: Vec<u64>) {
+    forget(state, sequences).await;
+}
+
+/// Takes `sequences` out of the inbox (applied, or served).
+async fn forget(state: &Arc<StateStore>, sequences: Vec<u64>) {
+    if sequences.is_empty() {
+        return;
+    }
     let state = state.clone();
     let _ = tokio::task::spawn_blocking(move || state.inbox_done(&sequences)).await;
 }

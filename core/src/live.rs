@@ -237,18 +237,6 @@ fn add_upserts(
     }
 }
 
-/// Applies one event (see [`apply_all`]).
-pub async fn apply(
-    client: &PortClient,
-    state: &Arc<StateStore>,
-    config: &PortAppConfig,
-    env: EnvAccess,
-    limits: Limits,
-    event: LiveEvent,
-) -> Result<LiveOutcome, ResyncError> {
-    apply_all(client, state, config, env, limits, vec![event]).await
-}
-
 /// Applies `events` (in arrival order) to Port and the state, as one run. `Err` when Port or
 /// the state failed, and a run status `failed` when a deletion failed: the caller retries the
 /// events (what Port acknowledged is recorded, so it is not sent again).
