@@ -6,6 +6,8 @@
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::text::value_text;
+
 /// The parts of `spec.yaml` port-agent reads (Ocean's UI keys are ignored).
 #[derive(Debug, Clone, Deserialize)]
 pub struct IntegrationSpec {
@@ -175,13 +177,7 @@ impl IntegrationSpec {
             if let Some(allowed) = &setting.allowed
                 && !allowed.contains(&value)
             {
-                let names: Vec<String> = allowed
-                    .iter()
-                    .map(|v| match v {
-                        Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    })
-                    .collect();
+                let names: Vec<String> = allowed.iter().map(value_text).collect();
                 problems.push(format!("{key}: expected one of {}", names.join(", ")));
                 continue;
             }
@@ -216,10 +212,7 @@ impl IntegrationSpec {
                         .as_ref()
                         .is_some_and(|set| set.contains(value));
                 if applies {
-                    let shown = match value {
-                        Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    };
+                    let shown = value_text(value);
                     problems.push(format!(
                         "integration.config.{}: required when {} is {shown}",
                         setting.name, dependency.on

@@ -55,6 +55,15 @@ pub fn without_values(message: &str) -> String {
     message.to_owned()
 }
 
+/// A JSON value as text for a person or a query string: a string as it is (no quotes),
+/// anything else as JSON (`true`, `3`, `{"a":1}`).
+pub fn value_text(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// `url` without the `user:password@` part.
 pub fn redact_url(url: &str) -> Cow<'_, str> {
     let Some((scheme, rest)) = url.split_once("://") else {

@@ -5,6 +5,7 @@ use std::io::Write;
 use std::path::Path;
 
 use port_agent_core::spec::IntegrationSpec;
+use port_agent_core::text::value_text;
 use serde_json::{Map, Value};
 
 use crate::Failure;
@@ -63,13 +64,6 @@ fn leaves(prefix: &str, value: &Value, out: &mut Vec<(String, Value)>) {
     }
 }
 
-fn shown(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
 pub fn show(config_path: &Path) -> Result<(), Failure> {
     let loaded = config::load(config_path)?;
     let text = std::fs::read_to_string(config_path).map_err(|e| Failure::Config(e.into()))?;
@@ -93,7 +87,7 @@ pub fn show(config_path: &Path) -> Result<(), Failure> {
             .iter()
             .find(|o| key == &o.key || key.starts_with(&format!("{}.", o.key)))
             .map_or_else(|| "file".to_owned(), |o| format!("env {}", o.variable));
-        rows.push((key.clone(), shown(value), source));
+        rows.push((key.clone(), value_text(value), source));
     }
     // What the agent fills in when the file and the environment say nothing.
     let has = |key: &str| {
@@ -135,7 +129,7 @@ pub fn show(config_path: &Path) -> Result<(), Failure> {
                     .is_some_and(|n| port_agent_core::spec::same_name(n, &setting.name))
             });
             if let (false, Some(default)) = (named, &setting.default) {
-                defaulted.push((key, shown(default)));
+                defaulted.push((key, value_text(default)));
             }
         }
     }

@@ -5,16 +5,9 @@ use std::io::Write;
 
 use anyhow::anyhow;
 use port_agent_core::spec::{Configuration, IntegrationSpec};
-use serde_json::Value;
+use port_agent_core::text::value_text;
 
 use crate::Failure;
-
-fn shown(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
 
 /// One setting's line: name, type, then what applies (required, sensitive, default, values).
 fn setting_line(setting: &Configuration) -> String {
@@ -24,8 +17,8 @@ fn setting_line(setting: &Configuration) -> String {
     }
     for dependency in setting.dependencies.iter().filter(|d| d.then.required) {
         let when = match (&dependency.when.equals, &dependency.when.one_of) {
-            (Some(value), _) => shown(value),
-            (None, Some(values)) => values.iter().map(shown).collect::<Vec<_>>().join("|"),
+            (Some(value), _) => value_text(value),
+            (None, Some(values)) => values.iter().map(value_text).collect::<Vec<_>>().join("|"),
             (None, None) => continue,
         };
         notes.push(format!("required when {} is {when}", dependency.on));
@@ -34,10 +27,10 @@ fn setting_line(setting: &Configuration) -> String {
         notes.push("sensitive".to_owned());
     }
     if let Some(default) = &setting.default {
-        notes.push(format!("default {}", shown(default)));
+        notes.push(format!("default {}", value_text(default)));
     }
     if let Some(allowed) = &setting.allowed {
-        let values: Vec<String> = allowed.iter().map(shown).collect();
+        let values: Vec<String> = allowed.iter().map(value_text).collect();
         notes.push(format!("one of {}", values.join(", ")));
     }
     format!(

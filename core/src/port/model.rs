@@ -79,10 +79,7 @@ impl Entity {
 
     /// The identifier as text, for messages: the literal, or the search query's JSON.
     pub fn identifier_label(&self) -> String {
-        match &self.identifier {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        }
+        crate::text::value_text(&self.identifier)
     }
 }
 

@@ -28,6 +28,7 @@ use port_agent_core::integration::{
 };
 use port_agent_core::mapping::config::ResourceConfig;
 use port_agent_core::mapping::jq::Query;
+use port_agent_core::text::value_text;
 use port_agent_core::vendor_http::{
     Priority, ValidatorStore, VendorClient, VendorClientConfig, VendorRequest, shown_url,
 };
@@ -106,12 +107,8 @@ fn pairs(map: Option<&Map<String, Value>>) -> Vec<(String, String)> {
     for (key, value) in map.into_iter().flatten() {
         match value {
             Value::Null => {}
-            Value::Array(values) => out.extend(
-                values
-                    .iter()
-                    .map(|v| (key.clone(), pagination::query_text(v))),
-            ),
-            other => out.push((key.clone(), pagination::query_text(other))),
+            Value::Array(values) => out.extend(values.iter().map(|v| (key.clone(), value_text(v)))),
+            other => out.push((key.clone(), value_text(other))),
         }
     }
     out

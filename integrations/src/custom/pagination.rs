@@ -1,6 +1,7 @@
 //! How one page leads to the next, per Ocean Custom's pagination types (its
 //! `http_server/handlers.py`), as a pure function of the settings and the page's answer.
 
+use port_agent_core::text::value_text;
 use serde_json::Value;
 
 use super::settings::{PaginationType, Settings};
@@ -42,15 +43,6 @@ fn truthy(value: Option<&Value>) -> bool {
         Some(Value::String(s)) => !s.is_empty(),
         Some(Value::Array(a)) => !a.is_empty(),
         Some(Value::Object(o)) => !o.is_empty(),
-    }
-}
-
-/// A query value as Ocean's HTTP client (httpx) writes it.
-pub fn query_text(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        Value::Bool(b) => b.to_string(),
-        other => other.to_string(),
     }
 }
 
@@ -192,7 +184,7 @@ pub fn next(
             if !truthy(cursor) || !more {
                 return None;
             }
-            Some(same_url(Position::Cursor(cursor.map(query_text))))
+            Some(same_url(Position::Cursor(cursor.map(value_text))))
         }
         (PaginationType::NextLink, _) => {
             let path = settings.next_link_path.as_str();
@@ -201,7 +193,7 @@ pub fn next(
                 .and_then(|o| o.get(path))
                 .or_else(|| path.contains('.').then(|| nested(page, path)).flatten())
                 .filter(|v| truthy(Some(v)))?;
-            let url = resolve(&settings.base_url, &current.url, &query_text(link));
+            let url = resolve(&settings.base_url, &current.url, &value_text(link));
             Some(request(settings, url, Vec::new(), number, Position::Url))
         }
         (PaginationType::HeaderLink, _) => {

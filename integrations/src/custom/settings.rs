@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use port_agent_core::Secret;
+use port_agent_core::text::value_text;
 use serde_json::{Map, Value};
 
 use super::token::{self, TokenAuth};
@@ -251,11 +252,8 @@ impl Reader<'_> {
         parsed
             .into_iter()
             .map(|(name, value)| {
-                let text = match value {
-                    Value::String(s) => s,
-                    other => other.to_string(),
-                };
-                let resolved = resolve_env_references(&text, |name| std::env::var(name).ok());
+                let resolved =
+                    resolve_env_references(&value_text(&value), |name| std::env::var(name).ok());
                 (name, Secret::new(resolved))
             })
             .collect()

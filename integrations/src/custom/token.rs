@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use port_agent_core::mapping::jq::Query;
+use port_agent_core::text::value_text;
 use port_agent_core::vendor_http::{Priority, VendorClient, VendorError, VendorRequest};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -88,10 +89,7 @@ pub fn fill(text: &str, answer: &Value) -> Result<String, String> {
                 )
             })?;
         out.push_str(&rest[..open]);
-        out.push_str(&match value {
-            Value::String(s) => s,
-            other => other.to_string(),
-        });
+        out.push_str(&value_text(&value));
         rest = &rest[open + 4 + len..];
     }
     out.push_str(rest);
@@ -120,13 +118,7 @@ fn fill_map(map: &Map<String, Value>, answer: &Value) -> Result<Map<String, Valu
 
 fn text_pairs(map: &Map<String, Value>) -> Vec<(String, String)> {
     map.iter()
-        .map(|(k, v)| {
-            let text = match v {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            (k.clone(), text)
-        })
+        .map(|(k, v)| (k.clone(), value_text(v)))
         .collect()
 }
 
