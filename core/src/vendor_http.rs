@@ -184,6 +184,15 @@ impl ValidatorStore for StateValidators {
     }
 }
 
+/// `body`, the answer to `request`, read as JSON.
+fn read_json(request: &VendorRequest, body: &[u8]) -> Result<Value, VendorError> {
+    serde_json::from_slice(body).map_err(|e| VendorError::Transport {
+        method: request.method.clone(),
+        url: shown_url(&request.url),
+        message: format!("the answer is not JSON: {e}"),
+    })
+}
+
 /// The key a request's validated answer is kept under: a hash, so that credentials in a query
 /// never reach the state file.
 fn validator_key(request: &VendorRequest) -> String {
@@ -403,12 +412,7 @@ impl VendorClient {
         request: &VendorRequest,
     ) -> Result<(Value, HeaderMap), VendorError> {
         let response = self.send(request).await?;
-        let value = serde_json::from_slice(&response.body).map_err(|e| VendorError::Transport {
-            method: request.method.clone(),
-            url: shown_url(&request.url),
-            message: format!("the answer is not JSON: {e}"),
-        })?;
-        Ok((value, response.headers))
+        Ok((read_json(request, &response.body)?, response.headers))
     }
 
     /// As [`VendorClient::send_json`], for a GET asked conditionally: with the `ETag` of the
@@ -431,11 +435,6 @@ impl VendorClient {
                 .push(("If-None-Match".to_owned(), kept.etag.clone()));
         }
         let response = self.send(&conditional).await?;
-        let not_json = |e: serde_json::Error| VendorError::Transport {
-            method: request.method.clone(),
-            url: shown_url(&request.url),
-            message: format!("the answer is not JSON: {e}"),
-        };
         if response.status == StatusCode::NOT_MODIFIED
             && let Some(kept) = kept
         {
@@ -448,12 +447,9 @@ impl VendorClient {
                 headers.insert(reqwest::header::LINK, link);
             }
             tracing::debug!(url = %shown_url(&request.url), "not modified: the kept answer is used");
-            return Ok((
-                serde_json::from_slice(&kept.body).map_err(not_json)?,
-                headers,
-            ));
+            return Ok((read_json(request, &kept.body)?, headers));
         }
-        let value = serde_json::from_slice(&response.body).map_err(not_json)?;
+        let value = read_json(request, &response.body)?;
         let etag = response
             .headers
             .get(reqwest::header::ETAG)
