@@ -418,12 +418,15 @@ impl Drain<'_> {
     /// a resync is asked for or the agent stops. Waiting events go as one run; an event that
     /// fails on its own (not for Port's unavailability) is retried with growing waits and after
     /// [`ATTEMPTS`] becomes a dead letter. `prepare` gives the configuration as it is now
-    /// (mapping included).
+    /// (mapping included), read once for the drain.
     pub(crate) async fn run<F, Fut>(&self, prepare: F) -> Drained
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Option<crate::commands::resync::Prepared>>,
     {
+        // The configuration (mapping compiled, mapping pool started) is prepared once a drain,
+        // when there is something to apply, not once a batch.
+        let mut prepared = None;
         loop {
             let reader = self.state.clone();
             let pending =
@@ -456,11 +459,14 @@ impl Drain<'_> {
             if batch.is_empty() {
                 return Drained::Empty;
             }
-            let Some(prepared) = prepare().await else {
+            if prepared.is_none() {
+                prepared = prepare().await;
+            }
+            let Some(prepared) = &prepared else {
                 // Logged by `prepare`; the events stay in the inbox for the next drain.
                 return Drained::Paused;
             };
-            let flow = self.apply_batch(&prepared, batch).await;
+            let flow = self.apply_batch(prepared, batch).await;
             self.report_depth().await;
             match flow {
                 Some(Fate::PortDown) => return Drained::Paused,
