@@ -153,3 +153,51 @@ async fn config_show_tells_each_value_s_source_and_hides_secrets() {
     assert!(line("http.listen").ends_with("# default"), "{stdout}");
     assert!(!stdout.contains("s3cret"), "{stdout}");
 }
+
+/// Regression: an error's cause was told twice ("No such file or directory (os error 2): No
+/// such file or directory (os error 2)") — once in the message, once more as its source.
+#[tokio::test]
+async fn a_failure_s_cause_is_told_once() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.jsonl"), "").unwrap();
+    let config = |extra: &str| {
+        format!(
+            "port: {{client_id: a, client_secret: b, base_url: 'http://127.0.0.1:9', max_retries: 0}}\n\
+             integration: {{identifier: x, type: json, config: {{kinds: {{a: a.jsonl}}}}}}\n{extra}\n"
+        )
+    };
+    let cases = [
+        ("missing-config.yaml", None, "No such file or directory"),
+        (
+            "missing-mapping.yaml",
+            Some(config("mapping: nowhere.yml")),
+            "No such file or directory",
+        ),
+        (
+            "state-nowhere.yaml",
+            Some(config("state: {path: /proc/nowhere/state.redb}")),
+            "No such file or directory",
+        ),
+        (
+            "port-unreachable.yaml",
+            Some(config("state: {path: state.redb}")),
+            "Connection refused",
+        ),
+    ];
+    for (file, content, cause) in cases {
+        if let Some(content) = content {
+            std::fs::write(dir.path().join(file), content).unwrap();
+        }
+        let out = support::agent_in(dir.path(), &["resync", "--config", file]).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{file}");
+        assert_eq!(stderr.matches(cause).count(), 1, "{file}: {stderr}");
+        if file.starts_with("port") {
+            assert_eq!(
+                stderr.matches("error sending request").count(),
+                1,
+                "{stderr}"
+            );
+        }
+    }
+}

@@ -46,20 +46,9 @@ impl<'de> Deserialize<'de> for Secret {
             serde_json::Value::Number(n) => Ok(Self(n.to_string())),
             other => Err(serde::de::Error::custom(format!(
                 "expected a string secret, found {}",
-                json_type_name(&other)
+                crate::text::value_kind(&other)
             ))),
         }
-    }
-}
-
-fn json_type_name(value: &serde_json::Value) -> &'static str {
-    match value {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "a boolean",
-        serde_json::Value::Number(_) => "a number",
-        serde_json::Value::String(_) => "a string",
-        serde_json::Value::Array(_) => "an array",
-        serde_json::Value::Object(_) => "an object",
     }
 }
 

@@ -22,6 +22,34 @@ pub fn printable(text: &str) -> Cow<'_, str> {
     )
 }
 
+/// An error and its causes on one line ("a: b: c"), each said once: reqwest repeats its own
+/// message as its first cause.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let next = cause.to_string();
+        if !text.ends_with(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// What kind of JSON value `value` is, for an error that must not show the value itself.
+pub fn value_kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "nothing",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "a list",
+        serde_json::Value::Object(_) => "a map",
+    }
+}
+
 /// A serde error message without the value it quotes: configuration values (a secret, a file's
 /// content) never reach an error. `invalid type: string "…", expected u64` becomes
 /// `expected u64, found a string`.

@@ -36,10 +36,7 @@ pub enum StateError {
     )]
     ReadOnly { path: PathBuf },
 
-    #[error("state file {path}: {source}")]
-    Storage {
-        path: PathBuf,
-        #[source]
-        source: redb::Error,
-    },
+    // The cause is in the message and not a `source`: a report of the chain would say it twice.
+    #[error("state file {path}: {cause}")]
+    Storage { path: PathBuf, cause: redb::Error },
 }

@@ -137,7 +137,7 @@ impl StateStore {
             }
             source => StateError::Storage {
                 path: self.path.clone(),
-                source,
+                cause: source,
             },
         }
     }
@@ -193,7 +193,7 @@ impl StateStore {
     fn create(path: &Path, identity: &Identity) -> Result<(), StateError> {
         let io_error = |e: std::io::Error| StateError::Storage {
             path: path.to_owned(),
-            source: redb::Error::Io(e),
+            cause: redb::Error::Io(e),
         };
         let name = path
             .file_name()
@@ -917,7 +917,7 @@ fn exists(path: &Path) -> Result<(), StateError> {
     }
     Err(StateError::Storage {
         path: path.to_owned(),
-        source: redb::Error::Io(std::io::Error::new(
+        cause: redb::Error::Io(std::io::Error::new(
             std::io::ErrorKind::NotFound,
             "no such file",
         )),
@@ -941,7 +941,7 @@ fn open_database(path: &Path) -> Result<Database, StateError> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| StateError::Storage {
             path: path.to_owned(),
-            source: redb::Error::Io(e),
+            cause: redb::Error::Io(e),
         })?;
     }
     let existed_with_data = std::fs::metadata(path)
@@ -981,7 +981,7 @@ fn open_error(path: &Path, error: DatabaseError, existed_with_data: bool) -> Sta
         },
         other => StateError::Storage {
             path: path.to_owned(),
-            source: other.into(),
+            cause: other.into(),
         },
     }
 }

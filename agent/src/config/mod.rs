@@ -226,12 +226,7 @@ fn string_like<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::
         Value::Bool(b) => Ok(b.to_string()),
         other => Err(serde::de::Error::custom(format!(
             "expected a string, found {}",
-            match other {
-                Value::Null => "nothing",
-                Value::Array(_) => "a list",
-                Value::Object(_) => "a map",
-                _ => "another kind of value",
-            }
+            port_agent_core::text::value_kind(&other)
         ))),
     }
 }
@@ -240,15 +235,16 @@ fn string_like<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::
 /// environment variable when one set it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    // The cause is in the message and not a `source`: a report of the chain would say it twice.
+    #[error("cannot read config file {path}: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("config file {path} is not valid YAML: {source}")]
+    #[error("config file {path} is not valid YAML: {cause}")]
     Yaml {
         path: PathBuf,
-        source: serde_yaml_ng::Error,
+        cause: serde_yaml_ng::Error,
     },
     #[error("config file {path}: {problems}")]
     Invalid { path: PathBuf, problems: Problems },
@@ -297,16 +293,16 @@ pub fn load_with(
     path: &Path,
     vars: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Loaded, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
         path: path.to_owned(),
-        source,
+        cause,
     })?;
     let mut tree: Value = if text.trim().is_empty() {
         Value::Object(Map::new())
     } else {
-        serde_yaml_ng::from_str(&text).map_err(|source| ConfigError::Yaml {
+        serde_yaml_ng::from_str(&text).map_err(|cause| ConfigError::Yaml {
             path: path.to_owned(),
-            source,
+            cause,
         })?
     };
     let overrides = env::apply(&mut tree, vars);

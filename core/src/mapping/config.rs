@@ -151,11 +151,9 @@ impl<'de> Deserialize<'de> for Template {
 /// Why a mapping file cannot be read.
 #[derive(Debug, thiserror::Error)]
 pub enum MappingFileError {
-    #[error("cannot read mapping file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    // The cause is in the message and not a `source`: a report of the chain would say it twice.
+    #[error("cannot read mapping file {path}: {cause}")]
+    Read { path: String, cause: std::io::Error },
     #[error("mapping file {path}: {message}")]
     Invalid { path: String, message: String },
 }
@@ -164,9 +162,9 @@ impl PortAppConfig {
     /// Reads a `port-app-config.yaml` (or .json) file.
     pub fn from_file(path: &Path) -> Result<Self, MappingFileError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| MappingFileError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| MappingFileError::Read {
             path: shown.clone(),
-            source,
+            cause,
         })?;
         Self::from_yaml(&text).map_err(|message| MappingFileError::Invalid {
             path: shown,

@@ -420,7 +420,7 @@ impl PortClient {
                             call: call.label(),
                             attempts,
                             // The URL may carry credentials; the call names the path.
-                            source: source.without_url(),
+                            cause: source.without_url(),
                         });
                     }
                     tracing::warn!(call = %call.label(), error = %source, attempt = attempts, "no answer from Port; retrying");

@@ -22,12 +22,13 @@ pub enum PortError {
     },
 
     /// No usable answer: connection refused or dropped, timeout, broken body.
-    #[error("{call}: no answer from Port (after {attempts} attempt{}): {source}", if *attempts == 1 { "" } else { "s" })]
+    /// The cause is in the message, with its own causes, and not a `source`: a report of the
+    /// chain would say it twice.
+    #[error("{call}: no answer from Port (after {attempts} attempt{}): {}", if *attempts == 1 { "" } else { "s" }, crate::text::error_chain(cause))]
     Network {
         call: String,
         attempts: u32,
-        #[source]
-        source: reqwest::Error,
+        cause: reqwest::Error,
     },
 
     /// Port refused the client id and secret.

@@ -38,7 +38,10 @@ impl JsonIntegration {
         let mut files = BTreeMap::new();
         for (kind, path) in kinds {
             let path = path.as_str().ok_or_else(|| {
-                format!("integration.config.kinds.{kind}: expected a file path, found {path}")
+                format!(
+                    "integration.config.kinds.{kind}: expected a file path, found {}",
+                    port_agent_core::text::value_kind(path)
+                )
             })?;
             files.insert(kind.clone(), base_dir.join(path));
         }
