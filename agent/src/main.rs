@@ -21,24 +21,52 @@ struct Cli {
     /// (default: info for `run`, a service whose lifecycle is worth a line; warn otherwise).
     #[arg(long, global = true, env = "PORT_AGENT_LOG")]
     log: Option<String>,
-    /// How log lines are written: text (for people and journald), or json (one object a line,
-    /// with the run's and the resource's fields, for log pipelines; the container image's
-    /// default).
+    /// How log lines are written: text (for people), json (one object a line, with the run's
+    /// and the resource's fields, for log pipelines), or auto: text on a terminal and to
+    /// journald, json anywhere else (a container's log, a pipe, a file).
     #[arg(
         long,
         global = true,
         env = "PORT_AGENT_LOG_FORMAT",
-        default_value = "text"
+        default_value = "auto"
     )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum LogFormat {
+    Auto,
     Text,
     Json,
+}
+
+impl LogFormat {
+    /// `auto` made definite by where stderr goes.
+    fn resolve(self) -> Self {
+        match self {
+            Self::Auto if std::io::IsTerminal::is_terminal(&std::io::stderr()) => Self::Text,
+            Self::Auto if stderr_is_the_journal() => Self::Text,
+            Self::Auto => Self::Json,
+            definite => definite,
+        }
+    }
+}
+
+/// Whether stderr is systemd's journal stream: `JOURNAL_STREAM` names its device and inode
+/// (a child whose stderr was redirected inherits the variable but not the stream). The
+/// journal stamps and indexes each line itself, so text reads best there.
+fn stderr_is_the_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((device, inode)) = stream.to_str().and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    std::fs::metadata("/proc/self/fd/2")
+        .is_ok_and(|stderr| device.parse() == Ok(stderr.dev()) && inode.parse() == Ok(stderr.ino()))
 }
 
 #[derive(Debug, Subcommand)]
@@ -259,7 +287,8 @@ struct ConfigArg {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    cli.log_format = cli.log_format.resolve();
     let default_level = match cli.command {
         Command::Run { .. } => "info",
         _ => "warn",
@@ -271,7 +300,7 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match cli.log_format {
-        LogFormat::Text => logs
+        LogFormat::Auto | LogFormat::Text => logs
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init(),
         LogFormat::Json => logs
@@ -383,7 +412,7 @@ fn main() -> ExitCode {
 /// The failure on stderr: a line for people, or a JSON log line when logs are JSON.
 fn report(failure: Failure, format: LogFormat) -> ExitCode {
     match format {
-        LogFormat::Text => {
+        LogFormat::Auto | LogFormat::Text => {
             let _ = writeln!(std::io::stderr(), "error: {:#}", failure.error());
         }
         LogFormat::Json => {

@@ -47,3 +47,78 @@ async fn json_logs_carry_the_run_and_the_resource_and_no_secret() {
     );
     assert!(!stderr.contains("emulator-secret"), "{stderr}");
 }
+
+/// `port-agent resync` on a config that is not there, its stderr given to `stderr`, with
+/// `JOURNAL_STREAM` set as systemd sets it when given.
+fn failing_run(
+    stderr: std::process::Stdio,
+    journal_stream: Option<String>,
+) -> std::process::Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_port-agent"));
+    command
+        .args(["resync", "--config", "/nonexistent/agent.yaml"])
+        .env_remove("PORT_AGENT_LOG_FORMAT")
+        .env_remove("JOURNAL_STREAM")
+        .stderr(stderr);
+    if let Some(stream) = journal_stream {
+        command.env("JOURNAL_STREAM", stream);
+    }
+    command.output().unwrap()
+}
+
+/// The file's `device:inode`, as `JOURNAL_STREAM` names the journal's stream.
+fn device_and_inode(file: &std::fs::File) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let metadata = file.metadata().unwrap();
+    format!("{}:{}", metadata.dev(), metadata.ino())
+}
+
+#[test]
+fn by_default_logs_are_json_off_a_terminal_and_text_to_the_journal_and_a_terminal() {
+    let is_json = |text: &str| {
+        !text.is_empty()
+            && text
+                .lines()
+                .all(|l| serde_json::from_str::<Value>(l).is_ok())
+    };
+    // A pipe (a container's log, a log shipper): JSON.
+    let out = failing_run(std::process::Stdio::piped(), None);
+    let piped = String::from_utf8_lossy(&out.stderr);
+    assert!(is_json(&piped), "{piped}");
+    assert!(piped.contains("cannot read config file"));
+
+    // The journal's stream: text. A JOURNAL_STREAM inherited by a process whose stderr went
+    // elsewhere does not count.
+    let dir = tempfile::tempdir().unwrap();
+    let journal = std::fs::File::create(dir.path().join("journal")).unwrap();
+    let elsewhere = std::fs::File::create(dir.path().join("elsewhere")).unwrap();
+    let stream = device_and_inode(&journal);
+    failing_run(journal.into(), Some(stream.clone()));
+    let to_journal = std::fs::read_to_string(dir.path().join("journal")).unwrap();
+    assert!(
+        to_journal.starts_with("error: cannot read config file"),
+        "{to_journal}"
+    );
+    failing_run(elsewhere.into(), Some(stream));
+    let redirected = std::fs::read_to_string(dir.path().join("elsewhere")).unwrap();
+    assert!(is_json(&redirected), "{redirected}");
+
+    // A terminal (script(1) gives the agent one): text.
+    let command = format!(
+        "{} resync --config /nonexistent/agent.yaml",
+        env!("CARGO_BIN_EXE_port-agent")
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env_remove("PORT_AGENT_LOG_FORMAT")
+        .env_remove("JOURNAL_STREAM")
+        .output()
+        .unwrap();
+    let terminal = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        terminal
+            .trim_start()
+            .starts_with("error: cannot read config file"),
+        "{terminal}"
+    );
+}

@@ -212,7 +212,9 @@ fn agent_command(dir: &Path, args: &[&str]) -> Command {
     command
         .args(args)
         .current_dir(dir)
-        .env_remove("PORT_AGENT_CONFIG");
+        .env_remove("PORT_AGENT_CONFIG")
+        // Tests read the lines a person reads; off a terminal the default would be JSON.
+        .env("PORT_AGENT_LOG_FORMAT", "text");
     command
 }
 
