@@ -2,7 +2,9 @@
 """Runs an installed port-agent as its systemd unit does: its ExecStart, an unprivileged user,
 StateDirectory, the EnvironmentFile's variables, NOTIFY_SOCKET and WATCHDOG_USEC; checks that it
 notifies READY=1 and pings the watchdog, that SIGTERM ends it with exit 0 and STOPPING=1, and
-that its state file is there, readable by `port-agent state stats`.
+that its state file is there, readable by `port-agent state stats`. Then the upgrade: a state
+file an older port-agent wrote (migrations/fixtures/v1.redb) is refused by a read as older, not
+corrupt, and left untouched; a command that writes migrates it, and it reads from then on.
 
 usage: run-installed-like-the-unit.py ROOT PORT_BASE_URL
 ROOT is where the .deb was unpacked; PORT_BASE_URL a Port (the emulator)."""
@@ -82,3 +84,21 @@ stats = subprocess.run([binary, "state", "stats", "--state", os.path.join(state_
 if stats.returncode != 0:
     sys.exit(f"the state is not readable after the stop: {stats.stderr}")
 print(f"installed binary as the unit runs it (user nobody): READY=1, {got.count('WATCHDOG=1')} watchdog pings, SIGTERM exit 0, STOPPING=1, state {files[0]} intact")
+
+fixture = os.path.join(os.path.dirname(os.path.abspath(__file__)), "../migrations/fixtures/v1.redb")
+old_state = os.path.join(work, "from-an-older-agent.redb")
+shutil.copy(fixture, old_state)
+before = open(old_state, "rb").read()
+read = subprocess.run([binary, "--log-format", "text", "state", "stats", "--state", old_state],
+                      capture_output=True, text=True)
+if read.returncode == 0 or "older port-agent" not in read.stderr or "corrupt" in read.stderr:
+    sys.exit(f"an older state file read by the installed binary: {read.stderr}")
+if open(old_state, "rb").read() != before:
+    sys.exit("reading an older state file changed it")
+for command in (["state", "compact"], ["state", "stats"]):
+    done = subprocess.run([binary, *command, "--state", old_state], capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(command)} on an older state file: {done.stderr}")
+if "3 entities" not in done.stdout:
+    sys.exit(f"the migrated state lost entities: {done.stdout}")
+print("installed binary on an older state file: refused to read as older (untouched), migrated by compact, 3 entities kept")

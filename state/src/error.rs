@@ -31,6 +31,16 @@ pub enum StateError {
         supported: u32,
     },
 
+    /// Only a read was asked for, and an older layout cannot be read before it is migrated.
+    #[error(
+        "state file {path} was written by an older port-agent (schema {found}; this one writes {supported}); `port-agent run`, `resync` or `state compact` of this version migrates it when it opens it, and until then only the older port-agent reads it. It was left untouched"
+    )]
+    OlderSchema {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+
     #[error(
         "state file {path} is open read-only here; this needs the agent stopped (or no agent on it)"
     )]

@@ -61,6 +61,14 @@ pub struct StateStore {
     pub(crate) blocks_confirmed: AtomicBool,
 }
 
+/// Whether opening an existing file may migrate an older layout (commands that write) or must
+/// refuse it (commands that only read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Migrate {
+    Yes,
+    No,
+}
+
 enum Handle {
     Writer(Database),
     Reader(ReadOnlyDatabase),
@@ -235,7 +243,7 @@ impl StateStore {
         shield(path, || {
             exists(path)?;
             refuse_empty(path)?;
-            Self::adopt(Handle::Writer(open_database(path)?), path)
+            Self::adopt(Handle::Writer(open_database(path)?), path, Migrate::Yes)
         })
     }
 
@@ -247,17 +255,18 @@ impl StateStore {
             exists(path)?;
             refuse_empty(path)?;
             match builder().open_read_only(path) {
-                Ok(db) => Self::adopt(Handle::Reader(db), path),
+                Ok(db) => Self::adopt(Handle::Reader(db), path, Migrate::No),
                 Err(DatabaseError::RepairAborted) => {
-                    Self::adopt(Handle::Writer(open_database(path)?), path)
+                    Self::adopt(Handle::Writer(open_database(path)?), path, Migrate::No)
                 }
                 Err(e) => Err(open_error(path, e, true)),
             }
         })
     }
 
-    /// A store over an opened file whose identity is read from it.
-    fn adopt(db: Handle, path: &Path) -> Result<Self, StateError> {
+    /// A store over an opened file whose identity is read from it; an older layout is
+    /// migrated when `migrate` allows (a command that writes), refused otherwise.
+    fn adopt(db: Handle, path: &Path, migrate: Migrate) -> Result<Self, StateError> {
         let mut store = Self {
             db,
             path: path.to_owned(),
@@ -269,8 +278,20 @@ impl StateStore {
             blocks_confirmed: AtomicBool::new(true),
         };
         match store.read_identity()? {
-            Some((identity, version)) if version <= SCHEMA_VERSION => {
+            Some((identity, SCHEMA_VERSION)) => {
                 store.identity = identity.without_credentials();
+            }
+            Some((identity, version)) if version < SCHEMA_VERSION && migrate == Migrate::Yes => {
+                store.migrate(version)?;
+                store.identity = identity.without_credentials();
+            }
+            // Read as this version's layout, it would look corrupt.
+            Some((_, version)) if version < SCHEMA_VERSION => {
+                return Err(StateError::OlderSchema {
+                    path: path.to_owned(),
+                    found: version,
+                    supported: SCHEMA_VERSION,
+                });
             }
             Some((_, version)) => {
                 return Err(StateError::NewerSchema {

@@ -106,9 +106,11 @@ fn random_page_corruptions_are_reported_never_panicked_on() {
             Ok(Err(StateError::Corrupt { .. })) => reported += 1,
             // A flipped bit in the metadata can name another integration or schema: refused
             // all the same, clearly, and left alone.
-            Ok(Err(StateError::OtherIntegration { .. } | StateError::NewerSchema { .. })) => {
-                reported += 1
-            }
+            Ok(Err(
+                StateError::OtherIntegration { .. }
+                | StateError::NewerSchema { .. }
+                | StateError::OlderSchema { .. },
+            )) => reported += 1,
             Ok(Err(other)) => panic!("round {round} (page {page}): unexpected error {other}"),
         }
     }

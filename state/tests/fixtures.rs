@@ -118,3 +118,41 @@ fn a_schema_4_file_keeps_its_confirmed_block_until_a_record_is_written() {
     store.remove(&[("service".into(), "svc-0".into())]).unwrap();
     assert_eq!(store.raw_block(&[4; 32]).unwrap(), None);
 }
+
+/// Regression: `state inspect` on a file an older port-agent wrote called it corrupt and
+/// advised moving it aside (which makes the next resync send everything again).
+#[test]
+fn reading_an_older_state_file_says_it_is_older_and_leaves_it_untouched() {
+    for version in 1..port_agent_state::SCHEMA_VERSION {
+        let (_dir, path) = fixture_copy(&format!("v{version}.redb"));
+        let before = std::fs::read(&path).unwrap();
+        let Err(error) = StateStore::open_read_only(&path) else {
+            panic!("v{version}: read as if current");
+        };
+        let message = error.to_string();
+        assert!(
+            matches!(error, port_agent_state::StateError::OlderSchema { found, .. } if found == version),
+            "{message}"
+        );
+        assert!(
+            message.contains("older port-agent") && !message.contains("corrupt"),
+            "{message}"
+        );
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            before,
+            "v{version}: the file changed"
+        );
+        // Opened to write, it is migrated, and reads from then on: by the agent, or by a
+        // state command that writes (`state compact`).
+        drop(StateStore::open(&path, &fixture_identity()).unwrap());
+        StateStore::open_read_only(&path).unwrap();
+        let (_dir, path) = fixture_copy(&format!("v{version}.redb"));
+        drop(StateStore::open_existing(&path).unwrap());
+        let store = StateStore::open_read_only(&path).unwrap();
+        assert_eq!(
+            store.schema_version().unwrap(),
+            port_agent_state::SCHEMA_VERSION
+        );
+    }
+}
