@@ -99,6 +99,15 @@ pub trait Integration: Send + Sync {
         }
     }
 
+    /// Its live-event processors. They may share what the integration holds (GitHub's client,
+    /// so both draw on one rate-limit scope). None by default.
+    fn webhook_processors(
+        &self,
+        _settings: &crate::webhook::WebhookSettings,
+    ) -> Vec<Box<dyn crate::webhook::WebhookProcessor>> {
+        Vec::new()
+    }
+
     /// Sends every raw item the `request`ed resource names into `sink`, in batches, then
     /// returns. The sink is bounded: a slow resync slows the fetch instead of filling memory.
     fn fetch<'a>(

@@ -290,6 +290,20 @@ pub fn shown_url(url: &str) -> String {
     redact_url(without_query).into_owned()
 }
 
+/// The URL of the `Link` header entry with relation `rel` (RFC 8288: `<url>; rel="next"`).
+pub fn link_with_rel(header: &str, rel: &str) -> Option<String> {
+    header.split(',').find_map(|entry| {
+        let (target, params) = entry.split_once(';')?;
+        let url = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+        params
+            .split(';')
+            .filter_map(|p| p.trim().strip_prefix("rel="))
+            .map(|v| v.trim_matches('"'))
+            .any(|rels| rels.split_whitespace().any(|r| r.eq_ignore_ascii_case(rel)))
+            .then(|| url.to_owned())
+    })
+}
+
 /// A vendor's API client, shared by every fetch of an integration.
 #[derive(Debug, Clone)]
 pub struct VendorClient {

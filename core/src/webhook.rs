@@ -82,6 +82,15 @@ pub enum HandleError {
     Permanent(String),
 }
 
+/// What live-event processors are made with: the integration's webhook secret
+/// (`integration.config.webhookSecret`), and whether unsigned events are taken
+/// (`live_events.allow_unsigned_webhooks`).
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    pub secret: Option<crate::Secret>,
+    pub allow_unsigned: bool,
+}
+
 /// One kind of webhook an integration understands.
 pub trait WebhookProcessor: Send + Sync + std::fmt::Debug {
     /// Stored with each queued event, to hand it back to this processor after a restart.

@@ -2,16 +2,16 @@
 //! each with Ocean's `.port/` folder (`spec.yaml`, default `resources/`) beside its code.
 
 pub mod custom;
+pub mod github;
 pub mod json;
+pub mod signature;
 // port-agent new: modules above this line
 
 pub use json::push;
 
 use std::path::Path;
 
-use port_agent_core::Secret;
 use port_agent_core::integration::Integration;
-use port_agent_core::webhook::WebhookProcessor;
 use serde_json::{Map, Value};
 
 /// Makes an integration from its `integration.config` (already checked against its spec and
@@ -39,8 +39,6 @@ pub struct BuiltIn {
     /// The kinds it fetches, in words.
     pub kinds: &'static str,
     pub make: Make,
-    /// Its live-event processors, declared beside its kinds.
-    pub processors: Processors,
 }
 
 impl std::fmt::Debug for BuiltIn {
@@ -60,7 +58,14 @@ pub const BUILT_IN: &[BuiltIn] = &[
         mapping: include_str!("custom/.port/resources/port-app-config.yml"),
         kinds: "any endpoint path of the API (e.g. /api/v1/users)",
         make: |config, _| boxed(custom::CustomIntegration::from_config(config)),
-        processors: no_processors,
+    },
+    BuiltIn {
+        name: "github",
+        spec: include_str!("github/.port/spec.yaml"),
+        blueprints: include_str!("github/.port/resources/blueprints.json"),
+        mapping: include_str!("github/.port/resources/port-app-config.yml"),
+        kinds: "organization, repository, pull-request, issue",
+        make: |config, _| boxed(github::GitHubIntegration::from_config(config)),
     },
     BuiltIn {
         name: "json",
@@ -69,12 +74,6 @@ pub const BUILT_IN: &[BuiltIn] = &[
         mapping: include_str!("json/.port/resources/port-app-config.yml"),
         kinds: "any kind named under integration.config.kinds",
         make: |config, base_dir| boxed(json::JsonIntegration::from_config(config, base_dir)),
-        processors: |settings| {
-            vec![Box::new(push::PushProcessor {
-                secret: settings.secret.clone(),
-                allow_unsigned: settings.allow_unsigned,
-            })]
-        },
     },
     // port-agent new: entries above this line
 ];
@@ -82,29 +81,6 @@ pub const BUILT_IN: &[BuiltIn] = &[
 /// The built-in integration of type `name`.
 pub fn built_in(name: &str) -> Option<&'static BuiltIn> {
     BUILT_IN.iter().find(|b| b.name == name)
-}
-
-/// What live-event processors are made with: the integration's webhook secret, and whether
-/// unsigned events are taken (`live_events.allow_unsigned_webhooks`).
-#[derive(Debug, Clone)]
-pub struct WebhookSettings {
-    pub secret: Option<Secret>,
-    pub allow_unsigned: bool,
-}
-
-/// Makes an integration's live-event processors.
-pub type Processors = fn(&WebhookSettings) -> Vec<Box<dyn WebhookProcessor>>;
-
-fn no_processors(_: &WebhookSettings) -> Vec<Box<dyn WebhookProcessor>> {
-    Vec::new()
-}
-
-/// The live-event processors of integration `integration_type` (none for a type not built in).
-pub fn webhook_processors(
-    integration_type: &str,
-    settings: &WebhookSettings,
-) -> Vec<Box<dyn WebhookProcessor>> {
-    built_in(integration_type).map_or_else(Vec::new, |b| (b.processors)(settings))
 }
 
 #[cfg(test)]

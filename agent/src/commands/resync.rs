@@ -170,7 +170,7 @@ pub(crate) struct Prepared {
     pub(crate) client: PortClient,
     port_app_config: PortAppConfig,
     compiled: CompiledMapping,
-    integration: Box<dyn Integration>,
+    pub(crate) integration: Box<dyn Integration>,
     pool: MappingPool,
     pub(crate) setup: IntegrationSetup,
     pub(crate) identity: Identity,

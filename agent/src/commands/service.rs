@@ -100,9 +100,8 @@ pub async fn serve(config_path: &Path) -> Result<(), Failure> {
         state: Arc::new(std::sync::Mutex::new(Some(state))),
         stop: CancellationToken::new(),
         metrics: Arc::new(Metrics::default()),
-        processors: Arc::new(port_agent_integrations::webhook_processors(
-            &first.identity.integration_type,
-            &port_agent_integrations::WebhookSettings {
+        processors: Arc::new(first.integration.webhook_processors(
+            &port_agent_core::webhook::WebhookSettings {
                 secret: first.push.secret.clone(),
                 allow_unsigned: first.push.allow_unsigned,
             },

@@ -2,6 +2,7 @@
 //! `http_server/handlers.py`), as a pure function of the settings and the page's answer.
 
 use port_agent_core::text::value_text;
+use port_agent_core::vendor_http::link_with_rel;
 use serde_json::Value;
 
 use super::settings::{PaginationType, Settings};
@@ -228,20 +229,6 @@ fn resolve(base_url: &str, current: &str, link: &str) -> String {
         .rsplit_once('/')
         .map_or(current, |(folder, _)| folder);
     format!("{folder}/{link}")
-}
-
-/// The URL of the `Link` header entry with relation `rel` (RFC 8288: `<url>; rel="next"`).
-fn link_with_rel(header: &str, rel: &str) -> Option<String> {
-    header.split(',').find_map(|entry| {
-        let (target, params) = entry.split_once(';')?;
-        let url = target.trim().strip_prefix('<')?.strip_suffix('>')?;
-        params
-            .split(';')
-            .filter_map(|p| p.trim().strip_prefix("rel="))
-            .map(|v| v.trim_matches('"'))
-            .any(|rels| rels.split_whitespace().any(|r| r.eq_ignore_ascii_case(rel)))
-            .then(|| url.to_owned())
-    })
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use port_agent_core::integration::{FetchError, FetchFuture, FetchRequest, Integration, RawBatch};
 use port_agent_core::raw_items::RawItemReader;
+use port_agent_core::webhook::{WebhookProcessor, WebhookSettings};
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
@@ -80,6 +81,13 @@ fn read_kind(kind: &str, path: &Path, sink: &mpsc::Sender<RawBatch>) -> Result<(
 impl Integration for JsonIntegration {
     fn kinds(&self) -> Vec<String> {
         self.files.keys().cloned().collect()
+    }
+
+    fn webhook_processors(&self, settings: &WebhookSettings) -> Vec<Box<dyn WebhookProcessor>> {
+        vec![Box::new(push::PushProcessor {
+            secret: settings.secret.clone(),
+            allow_unsigned: settings.allow_unsigned,
+        })]
     }
 
     fn check(&self) -> Vec<String> {

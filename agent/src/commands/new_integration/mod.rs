@@ -99,7 +99,7 @@ pub fn new_integration(name: &str, workspace: &Path) -> Result<(), Failure> {
         ),
     ];
     let entry = format!(
-        "    BuiltIn {{\n        name: \"{name}\",\n        spec: include_str!(\"{name}/.port/spec.yaml\"),\n        blueprints: include_str!(\"{name}/.port/resources/blueprints.json\"),\n        mapping: include_str!(\"{name}/.port/resources/port-app-config.yml\"),\n        kinds: \"{name}-example-kind\",\n        make: |config, _| boxed({name}::{}Integration::from_config(config)),\n        processors: no_processors,\n    }},\n",
+        "    BuiltIn {{\n        name: \"{name}\",\n        spec: include_str!(\"{name}/.port/spec.yaml\"),\n        blueprints: include_str!(\"{name}/.port/resources/blueprints.json\"),\n        mapping: include_str!(\"{name}/.port/resources/port-app-config.yml\"),\n        kinds: \"{name}-example-kind\",\n        make: |config, _| boxed({name}::{}Integration::from_config(config)),\n    }},\n",
         camel_case(name)
     );
     let registry = registry

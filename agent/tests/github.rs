@@ -1,0 +1,156 @@
+//! The `github` integration end to end: the real agent, GitHub's stand-in
+//! (`tests/github-standin`) and the Port emulator. With nothing but a token and an
+//! organization, the integration's own default mapping and blueprints put the organization,
+//! its repositories (with their README) and its open pull requests into Port; an unchanged
+//! resync sends nothing and GitHub answers its pages 304; a signed webhook delivery changes
+//! Port through the running agent.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use github_standin::{GitHub, TOKEN};
+use port_emulator::{Emulator, EmulatorConfig};
+use serde_json::{Value, json};
+
+const SECRET: &str = "hook-secret";
+
+fn write_config(dir: &Path, port: &Emulator, github: &str, listener: &str) {
+    std::fs::write(
+        dir.join("agent.yaml"),
+        format!(
+            "port: {{base_url: '{}', client_id: emulator-client, client_secret: emulator-secret}}\n\
+             integration:\n  identifier: github\n  type: github\n  config: {{githubHost: '{github}', githubToken: {TOKEN}, githubOrganization: acme, webhookSecret: {SECRET}}}\n\
+             state: {{path: ./state.redb}}\nevent_listener: {{type: {listener}}}\nhttp: {{listen: '127.0.0.1:0'}}\n",
+            port.base_url()
+        ),
+    )
+    .unwrap();
+}
+
+fn entity(port: &Emulator, blueprint: &str, identifier: &str) -> Option<Value> {
+    support::port_content(port).remove(&(blueprint.to_owned(), identifier.to_owned()))
+}
+
+fn writes(port: &Emulator) -> u64 {
+    port.stats()["requests"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(route, _)| route.starts_with("POST /v1/blueprints/{bp}"))
+        .map(|(_, count)| count.as_u64().unwrap_or(0))
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_mapping_syncs_an_organization_and_an_unchanged_resync_sends_nothing() {
+    let github = GitHub::with_data();
+    let host = github_standin::serve(github.clone()).await;
+    let port = Emulator::start(EmulatorConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &port, &host, "ONCE");
+
+    let out = support::agent_in(dir.path(), &["resync", "--config", "agent.yaml"]).await;
+    support::assert_success(&out);
+    let content = support::port_content(&port);
+    let ids: Vec<(&str, &str)> = content
+        .keys()
+        .map(|(b, i)| (b.as_str(), i.as_str()))
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            ("githubOrganization", "acme"),
+            ("githubPullRequest", "api1001"),
+            ("githubPullRequest", "web1004"),
+            ("githubRepository", "api"),
+            ("githubRepository", "docs"),
+            ("githubRepository", "web"),
+        ]
+    );
+    let api = &content[&("githubRepository".to_owned(), "api".to_owned())];
+    assert_eq!(api["properties"]["readme"], "# api\n");
+    assert_eq!(api["properties"]["visibility"], "private");
+    assert_eq!(api["relations"]["organization"], "acme");
+    let pull = &content[&("githubPullRequest".to_owned(), "api1001".to_owned())];
+    assert_eq!(
+        (
+            &pull["properties"]["status"],
+            &pull["relations"]["repository"]
+        ),
+        (&json!("open"), &json!("api"))
+    );
+
+    let sent = writes(&port);
+    let out = support::agent_in(dir.path(), &["resync", "--config", "agent.yaml"]).await;
+    support::assert_success(&out);
+    assert_eq!(writes(&port), sent, "an unchanged resync sends nothing");
+    assert_eq!(support::port_content(&port), content);
+    assert!(
+        github.seen("repos 304") >= 2,
+        "the repositories' pages were asked with their ETag"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains(TOKEN), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_delivery_changes_port_through_the_running_agent() {
+    let github = GitHub::with_data();
+    let host = github_standin::serve(github.clone()).await;
+    let port = Emulator::start(EmulatorConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &port, &host, "POLLING");
+    let service = support::RunningService::start(dir.path()).await;
+    support::wait_until(Duration::from_secs(30), "the first resync", || {
+        entity(&port, "githubPullRequest", "web1004").is_some()
+    })
+    .await;
+
+    // web#4 is closed on GitHub; its delivery says so.
+    github.pulls.lock().unwrap().get_mut("web").unwrap()[0]["state"] = json!("closed");
+    let closed = github.pulls.lock().unwrap()["web"][0].clone();
+    let body = json!({"action": "closed", "number": 4, "pull_request": closed,
+        "repository": github_standin::repository("web")})
+    .to_string();
+    let post = |signature: String| {
+        reqwest::Client::new()
+            .post(format!("http://{}/integration/webhook", service.address))
+            .header("x-github-event", "pull_request")
+            .header("x-github-delivery", "delivery-1")
+            .header("x-hub-signature-256", signature)
+            .body(body.clone())
+            .send()
+    };
+    let forged = post(port_agent_integrations::signature::signature(
+        b"not-the-secret",
+        body.as_bytes(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(forged.status(), 401);
+    let accepted = post(port_agent_integrations::signature::signature(
+        SECRET.as_bytes(),
+        body.as_bytes(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(accepted.status(), 202);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while entity(&port, "githubPullRequest", "web1004").is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pull request is still in Port:\n{}",
+            service.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(entity(&port, "githubPullRequest", "api1001").is_some());
+    let (code, _, stderr) = service.terminate().await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        !stderr.contains(TOKEN) && !stderr.contains(SECRET),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,186 @@
+//! GitHub's REST API as the integration calls it: a personal access token, GitHub's media type
+//! and API version, pages of 100 followed by their `Link: rel="next"`, answers kept with their
+//! `ETag` so an unchanged page is a `304` (which GitHub does not count against the rate limit),
+//! and the rate limit GitHub tells in `x-ratelimit-*` shared between resyncs and webhooks.
+
+use port_agent_core::Secret;
+use port_agent_core::vendor_http::{
+    Priority, ValidatorStore, VendorClient, VendorClientConfig, VendorError, VendorRequest,
+    link_with_rel,
+};
+use reqwest::StatusCode;
+use serde_json::{Map, Value};
+
+/// GitHub's answers to a listing, a page at a time.
+pub const PAGE_SIZE: &str = "100";
+
+/// `integration.config`, as the spec completed it.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `githubHost`, without a trailing `/`.
+    pub host: String,
+    pub token: Secret,
+    /// `githubOrganization`.
+    pub organization: Option<String>,
+    /// `resyncRatelimitReservationThreshold`, as a share.
+    pub resync_share: f64,
+}
+
+impl Settings {
+    pub fn from_config(config: &Map<String, Value>) -> Result<Self, String> {
+        let text = |key: &str| {
+            config
+                .get(key)
+                .and_then(Value::as_str)
+                .filter(|v| !v.is_empty())
+        };
+        let token = text("githubToken").ok_or(
+            "integration.config.githubToken: required (GitHub App authentication is not implemented yet)",
+        )?;
+        let percent = config
+            .get("resyncRatelimitReservationThreshold")
+            .and_then(Value::as_f64)
+            .unwrap_or(95.0);
+        if !(1.0..=100.0).contains(&percent) {
+            return Err(
+                "integration.config.resyncRatelimitReservationThreshold: a percentage from 1 to 100"
+                    .to_owned(),
+            );
+        }
+        Ok(Self {
+            host: text("githubHost")
+                .unwrap_or("https://api.github.com")
+                .trim_end_matches('/')
+                .to_owned(),
+            token: Secret::new(token.to_owned()),
+            organization: text("githubOrganization").map(str::to_owned),
+            resync_share: percent / 100.0,
+        })
+    }
+}
+
+/// The API client the integration and its webhook processors share (one rate-limit scope).
+#[derive(Debug)]
+pub struct GitHubApi {
+    client: VendorClient,
+    host: String,
+}
+
+impl GitHubApi {
+    pub fn new(settings: &Settings) -> Result<Self, String> {
+        let header = |name: &str, value: String| (name.to_owned(), Secret::new(value));
+        let client = VendorClient::new(VendorClientConfig {
+            headers: vec![
+                header(
+                    "Authorization",
+                    format!("Bearer {}", settings.token.expose()),
+                ),
+                header("Accept", "application/vnd.github+json".to_owned()),
+                header("X-GitHub-Api-Version", "2022-11-28".to_owned()),
+            ],
+            resync_share: settings.resync_share,
+            ..VendorClientConfig::default()
+        })
+        .map_err(|e| e.to_string())?;
+        Ok(Self {
+            client,
+            host: settings.host.clone(),
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.host)
+    }
+
+    /// `GET path`: the answer, or `None` when GitHub says 404 (gone, or not visible to the
+    /// token).
+    pub async fn get(&self, path: &str, priority: Priority) -> Result<Option<Value>, VendorError> {
+        let request = VendorRequest {
+            priority,
+            ..VendorRequest::get(self.url(path))
+        };
+        match self.client.send_json(&request).await {
+            Ok((value, _)) => Ok(Some(value)),
+            Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A file's text at the repository's default branch (`None`: no such file).
+    pub async fn file_text(
+        &self,
+        full_name: &str,
+        path: &str,
+        priority: Priority,
+    ) -> Result<Option<String>, VendorError> {
+        let path = path.trim_start_matches('/').replace(' ', "%20");
+        let mut request = VendorRequest {
+            priority,
+            ..VendorRequest::get(self.url(&format!("/repos/{full_name}/contents/{path}")))
+        };
+        request
+            .headers
+            .push(("Accept".to_owned(), "application/vnd.github.raw".to_owned()));
+        match self.client.send(&request).await {
+            Ok(answer) => Ok(Some(String::from_utf8_lossy(&answer.body).into_owned())),
+            Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every page of the listing at `path`, handed to `each` in order until it returns
+    /// `false` or the pages end. Pages are asked conditionally when `validators` keeps them.
+    pub async fn for_each_page<F, Fut>(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+        validators: Option<&dyn ValidatorStore>,
+        priority: Priority,
+        mut each: F,
+    ) -> Result<(), VendorError>
+    where
+        F: FnMut(Vec<Value>) -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let mut request = VendorRequest {
+            priority,
+            query: query
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .chain([("per_page".to_owned(), PAGE_SIZE.to_owned())])
+                .collect(),
+            ..VendorRequest::get(self.url(path))
+        };
+        loop {
+            let (page, headers) = self
+                .client
+                .send_json_validated(&request, validators)
+                .await?;
+            let Value::Array(items) = page else {
+                return Err(VendorError::Setup(format!(
+                    "GET {path}: GitHub answered something other than a list"
+                )));
+            };
+            if items.is_empty() || !each(items).await {
+                return Ok(());
+            }
+            let next = headers
+                .get(reqwest::header::LINK)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|link| link_with_rel(link, "next"));
+            match next {
+                Some(next) if next != request.url => {
+                    request.url = next;
+                    // The next link carries the whole query.
+                    request.query.clear();
+                }
+                Some(_) => {
+                    return Err(VendorError::Setup(format!(
+                        "GET {path}: GitHub's next page is the page itself; stopped"
+                    )));
+                }
+                None => return Ok(()),
+            }
+        }
+    }
+}

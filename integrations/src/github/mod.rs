@@ -1,0 +1,460 @@
+//! `github`: Ocean's GitHub integration (port-labs/ocean, `integrations/github`), read for its
+//! kinds, selectors and raw shapes so that its mappings work unchanged: organizations,
+//! repositories (with `includedFiles`), pull requests and issues, over GitHub's REST API with a
+//! personal access token, and the webhooks that keep them current ([`webhooks`]).
+//!
+//! Raw items are GitHub's own objects, enriched as Ocean enriches them: `__organization` on
+//! every item below an organization, `__repository` (the repository's name) on pull requests
+//! and issues, `__includedFiles` (`{path: text or null}`) on repositories.
+//!
+//! Where port-agent differs from Ocean, on purpose: an answer of 401, 403 or 404 to a listing
+//! fails the kind (Ocean takes it as an empty listing, and its deletions then remove what the
+//! listing held); pages are asked with the `ETag` of the last answer, so a resync of an
+//! unchanged organization spends almost none of the rate limit; a webhook without a valid
+//! signature is refused when no secret is set, unless unsigned webhooks are allowed.
+
+pub mod api;
+pub mod webhooks;
+
+use std::sync::Arc;
+
+use port_agent_core::integration::{
+    FetchError, FetchFuture, FetchRequest, Integration, RawBatch, RunCache,
+};
+use port_agent_core::mapping::config::ResourceConfig;
+use port_agent_core::vendor_http::{Priority, ValidatorStore, VendorError};
+use port_agent_core::webhook::{WebhookProcessor, WebhookSettings};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+
+use self::api::{GitHubApi, Settings};
+
+/// The kinds this integration fetches.
+pub const KINDS: [&str; 4] = ["organization", "repository", "pull-request", "issue"];
+
+/// The mapping's own top-level keys (Ocean's `GithubPortAppConfig`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MappingKeys {
+    /// GitHub's `type` for an organization's repositories: all, public, private, forks,
+    /// sources, member.
+    #[serde(default = "all")]
+    repository_type: String,
+    /// Without `githubOrganization`: only these of the token's organizations.
+    #[serde(default)]
+    organizations: Vec<String>,
+}
+
+fn all() -> String {
+    "all".to_owned()
+}
+
+/// The selector keys each kind reads.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SelectorKeys {
+    /// repository: files read into `__includedFiles`.
+    #[serde(default)]
+    included_files: Vec<String>,
+    /// pull-request: open and/or closed (default open).
+    #[serde(default)]
+    states: Option<Vec<String>>,
+    /// pull-request: closed ones updated in the last this many days (default 60).
+    #[serde(default)]
+    since: Option<u64>,
+    /// pull-request: closed ones per repository, at most (default 100).
+    #[serde(default)]
+    max_results: Option<usize>,
+    /// issue: open, closed or all (default open).
+    #[serde(default)]
+    state: Option<String>,
+    /// issue: GitHub's comma-separated label filter.
+    #[serde(default)]
+    labels: Option<String>,
+}
+
+fn selector_keys(kind: &str, extra: &Map<String, Value>) -> Result<SelectorKeys, String> {
+    let keys: SelectorKeys = serde_json::from_value(Value::Object(extra.clone()))
+        .map_err(|e| format!("kind '{kind}': selector: {e}"))?;
+    if let Some(states) = &keys.states
+        && let Some(bad) = states.iter().find(|s| *s != "open" && *s != "closed")
+    {
+        return Err(format!(
+            "kind '{kind}': selector.states: '{bad}' is neither open nor closed"
+        ));
+    }
+    if let Some(state) = &keys.state
+        && !["open", "closed", "all"].contains(&state.as_str())
+    {
+        return Err(format!(
+            "kind '{kind}': selector.state: expected open, closed or all"
+        ));
+    }
+    Ok(keys)
+}
+
+impl SelectorKeys {
+    fn pull_request_states(&self) -> Vec<String> {
+        self.states
+            .clone()
+            .unwrap_or_else(|| vec!["open".to_owned()])
+    }
+}
+
+/// The GitHub integration.
+#[derive(Debug)]
+pub struct GitHubIntegration {
+    api: Arc<GitHubApi>,
+    organization: Option<String>,
+    /// The organizations and each organization's repositories, listed once per resync for
+    /// every kind that starts from them.
+    organizations: RunCache<Arc<Vec<Value>>>,
+    repositories: RunCache<Arc<Vec<Value>>>,
+}
+
+impl GitHubIntegration {
+    pub fn from_config(config: &Map<String, Value>) -> Result<Self, String> {
+        let settings = Settings::from_config(config)?;
+        Ok(Self {
+            api: Arc::new(GitHubApi::new(&settings)?),
+            organization: settings.organization,
+            organizations: RunCache::default(),
+            repositories: RunCache::default(),
+        })
+    }
+
+    async fn fetch_kind(
+        &self,
+        request: FetchRequest<'_>,
+        sink: mpsc::Sender<RawBatch>,
+    ) -> Result<(), FetchError> {
+        let mapping: MappingKeys =
+            serde_json::from_value(Value::Object(request.mapping_extra.clone()))
+                .map_err(|e| request.fail(format!("the mapping's GitHub keys: {e}")))?;
+        let keys =
+            selector_keys(request.kind, &request.selector.extra).map_err(|e| request.fail(e))?;
+        let failed = |e: VendorError| request.fail(e.to_string());
+        let send = |items: Vec<Value>| {
+            let sink = sink.clone();
+            async move { sink.send(raw_batch(items)).await.is_ok() }
+        };
+        let organizations = self
+            .organizations(&mapping, request.validators)
+            .await
+            .map_err(failed)?;
+        if request.kind == "organization" {
+            send(organizations.to_vec()).await;
+            return Ok(());
+        }
+        for organization in organizations.iter() {
+            let repositories = self
+                .repositories(organization, &mapping.repository_type, request.validators)
+                .await
+                .map_err(failed)?;
+            match request.kind {
+                "repository" => {
+                    for chunk in repositories.chunks(100) {
+                        let mut items = chunk.to_vec();
+                        for repository in &mut items {
+                            self.include_files(repository, &keys.included_files, Priority::Resync)
+                                .await
+                                .map_err(failed)?;
+                        }
+                        if !send(items).await {
+                            return Ok(());
+                        }
+                    }
+                }
+                "pull-request" => {
+                    for repository in repositories.iter() {
+                        self.pull_requests(repository, &keys, request.validators, &send)
+                            .await
+                            .map_err(failed)?;
+                    }
+                }
+                "issue" => {
+                    for repository in repositories.iter() {
+                        self.issues(repository, &keys, request.validators, &send)
+                            .await
+                            .map_err(failed)?;
+                    }
+                }
+                other => return Err(request.fail(format!("GitHub has no kind '{other}'"))),
+            }
+        }
+        Ok(())
+    }
+
+    /// `githubOrganization` (as `GET /users/{org}` answers it, as Ocean reads it), else the
+    /// token's organizations, filtered by the mapping's `organizations`.
+    async fn organizations(
+        &self,
+        mapping: &MappingKeys,
+        validators: Option<&dyn ValidatorStore>,
+    ) -> Result<Arc<Vec<Value>>, VendorError> {
+        let key = format!("organizations:{}", mapping.organizations.join(","));
+        self.organizations
+            .get_or_fetch(&key, || async {
+                if let Some(login) = &self.organization {
+                    let found = self
+                        .api
+                        .get(&format!("/users/{login}"), Priority::Resync)
+                        .await?;
+                    return Ok(Arc::new(found.into_iter().collect()));
+                }
+                let mut all = Vec::new();
+                self.api
+                    .for_each_page("/user/orgs", &[], validators, Priority::Resync, |page| {
+                        all.extend(
+                            page.into_iter()
+                                .filter(|org| {
+                                    mapping.organizations.is_empty()
+                                        || org["login"].as_str().is_some_and(|l| {
+                                            mapping.organizations.iter().any(|o| o == l)
+                                        })
+                                })
+                                .map(|mut org| {
+                                    org["type"] = Value::from("Organization");
+                                    org
+                                }),
+                        );
+                        std::future::ready(true)
+                    })
+                    .await?;
+                Ok(Arc::new(all))
+            })
+            .await
+    }
+
+    /// An organization's repositories (a personal account's own, when `githubOrganization`
+    /// names a user), each with `__organization`.
+    async fn repositories(
+        &self,
+        owner: &Value,
+        repository_type: &str,
+        validators: Option<&dyn ValidatorStore>,
+    ) -> Result<Arc<Vec<Value>>, VendorError> {
+        let organization = owner["login"].as_str().unwrap_or_default();
+        let (path, query) = if owner["type"] == "User" {
+            ("/user/repos".to_owned(), [("affiliation", "owner")])
+        } else {
+            (
+                format!("/orgs/{organization}/repos"),
+                [("type", repository_type)],
+            )
+        };
+        let key = format!("repositories:{organization}:{repository_type}");
+        self.repositories
+            .get_or_fetch(&key, || async {
+                let mut all = Vec::new();
+                self.api
+                    .for_each_page(&path, &query, validators, Priority::Resync, |page| {
+                        all.extend(page.into_iter().map(|r| with_organization(r, organization)));
+                        std::future::ready(true)
+                    })
+                    .await?;
+                Ok(Arc::new(all))
+            })
+            .await
+    }
+
+    /// Adds `__includedFiles`: each named file's text at the default branch, or null.
+    async fn include_files(
+        &self,
+        repository: &mut Value,
+        files: &[String],
+        priority: Priority,
+    ) -> Result<(), VendorError> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        let full_name = repository["full_name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let mut included = Map::new();
+        for file in files {
+            let text = self.api.file_text(&full_name, file, priority).await?;
+            included.insert(file.clone(), text.map_or(Value::Null, Value::from));
+        }
+        repository["__includedFiles"] = Value::Object(included);
+        Ok(())
+    }
+
+    /// A repository's pull requests: all open ones, and the closed ones updated within
+    /// `since` days, newest first, `maxResults` at most (Ocean's defaults: 60 days, 100).
+    async fn pull_requests<F, Fut>(
+        &self,
+        repository: &Value,
+        keys: &SelectorKeys,
+        validators: Option<&dyn ValidatorStore>,
+        send: &F,
+    ) -> Result<(), VendorError>
+    where
+        F: Fn(Vec<Value>) -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let (full_name, name, organization) = names(repository);
+        let path = format!("/repos/{full_name}/pulls");
+        let enrich = |pr: Value| with_repository(pr, name, organization);
+        let states = keys.pull_request_states();
+        if states.iter().any(|s| s == "open") {
+            self.api
+                .for_each_page(
+                    &path,
+                    &[("state", "open")],
+                    validators,
+                    Priority::Resync,
+                    |page| send(page.into_iter().map(enrich).collect()),
+                )
+                .await?;
+        }
+        if states.iter().any(|s| s == "closed") {
+            let cutoff = closed_cutoff(keys.since.unwrap_or(60));
+            let mut left = keys.max_results.unwrap_or(100);
+            let query = [
+                ("state", "closed"),
+                ("sort", "updated"),
+                ("direction", "desc"),
+            ];
+            self.api
+                .for_each_page(&path, &query, validators, Priority::Resync, |page| {
+                    let recent: Vec<Value> = page
+                        .into_iter()
+                        .take_while(|pr| {
+                            pr["updated_at"]
+                                .as_str()
+                                .is_some_and(|u| u >= cutoff.as_str())
+                        })
+                        .take(left)
+                        .map(enrich)
+                        .collect();
+                    let more = recent.len() == 100 && left > recent.len();
+                    left -= recent.len();
+                    let sent = send(recent);
+                    async move { sent.await && more }
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// A repository's issues (GitHub lists pull requests among them: those are left out).
+    async fn issues<F, Fut>(
+        &self,
+        repository: &Value,
+        keys: &SelectorKeys,
+        validators: Option<&dyn ValidatorStore>,
+        send: &F,
+    ) -> Result<(), VendorError>
+    where
+        F: Fn(Vec<Value>) -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let (full_name, name, organization) = names(repository);
+        let state = keys.state.as_deref().unwrap_or("open");
+        let mut query = vec![("state", state)];
+        if let Some(labels) = &keys.labels {
+            query.push(("labels", labels));
+        }
+        self.api
+            .for_each_page(
+                &format!("/repos/{full_name}/issues"),
+                &query,
+                validators,
+                Priority::Resync,
+                |page| {
+                    send(
+                        page.into_iter()
+                            .filter(|issue| issue.get("pull_request").is_none())
+                            .map(|issue| with_repository(issue, name, organization))
+                            .collect(),
+                    )
+                },
+            )
+            .await
+    }
+}
+
+/// A repository's `full_name`, `name` and organization (`__organization`).
+fn names(repository: &Value) -> (&str, &str, &str) {
+    let text = |key: &str| repository[key].as_str().unwrap_or_default();
+    (text("full_name"), text("name"), text("__organization"))
+}
+
+fn with_organization(mut item: Value, organization: &str) -> Value {
+    item["__organization"] = Value::from(organization);
+    item
+}
+
+fn with_repository(mut item: Value, repository: &str, organization: &str) -> Value {
+    item["__repository"] = Value::from(repository);
+    with_organization(item, organization)
+}
+
+/// The oldest `updated_at` (GitHub's ISO 8601, UTC) a closed pull request may have.
+fn closed_cutoff(days: u64) -> String {
+    let now = jiff::Timestamp::now();
+    let cutoff = now - jiff::SignedDuration::from_hours(24 * days as i64);
+    cutoff.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+fn raw_batch(items: Vec<Value>) -> RawBatch {
+    items
+        .into_iter()
+        .map(|item| RawValue::from_string(item.to_string()).expect("serde_json writes JSON"))
+        .collect()
+}
+
+impl Integration for GitHubIntegration {
+    fn kinds(&self) -> Vec<String> {
+        KINDS.iter().map(|k| (*k).to_owned()).collect()
+    }
+
+    fn resync_starting(&self) {
+        self.organizations.open();
+        self.repositories.open();
+    }
+
+    fn resync_ended(&self) {
+        self.organizations.close();
+        self.repositories.close();
+    }
+
+    fn check_resource(&self, resource: &ResourceConfig) -> Vec<String> {
+        if !KINDS.contains(&resource.kind.as_str()) {
+            return vec![format!(
+                "kind '{}': GitHub has no such kind here (it has: {})",
+                resource.kind,
+                KINDS.join(", ")
+            )];
+        }
+        selector_keys(&resource.kind, &resource.selector.extra)
+            .err()
+            .into_iter()
+            .collect()
+    }
+
+    fn webhook_processors(&self, settings: &WebhookSettings) -> Vec<Box<dyn WebhookProcessor>> {
+        vec![Box::new(webhooks::GitHubWebhooks {
+            integration: Arc::new(Self {
+                api: self.api.clone(),
+                organization: self.organization.clone(),
+                organizations: RunCache::default(),
+                repositories: RunCache::default(),
+            }),
+            secret: settings.secret.clone(),
+            allow_unsigned: settings.allow_unsigned,
+        })]
+    }
+
+    fn fetch<'a>(
+        &'a self,
+        request: FetchRequest<'a>,
+        sink: mpsc::Sender<RawBatch>,
+    ) -> FetchFuture<'a> {
+        Box::pin(self.fetch_kind(request, sink))
+    }
+}

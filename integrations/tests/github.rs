@@ -1,0 +1,444 @@
+//! The `github` integration against a stand-in for GitHub's REST API that speaks its documented
+//! wire format: bearer token, `X-GitHub-Api-Version`, `per_page` pages linked by `Link:
+//! rel="next"`, `ETag`/`If-None-Match` with `304 Not Modified`, `x-ratelimit-*`, the raw media
+//! type for file contents, and webhook deliveries signed with `X-Hub-Signature-256`.
+
+use std::sync::Arc;
+
+use github_standin::{GitHub, TOKEN, repository, serve};
+use port_agent_core::Secret;
+use port_agent_core::integration::{FetchRequest, Integration, fetch_all};
+use port_agent_core::mapping::PortAppConfig;
+use port_agent_core::vendor_http::StateValidators;
+use port_agent_core::webhook::{Refusal, WebhookProcessor, WebhookRequest, WebhookSettings};
+use port_agent_integrations::github::GitHubIntegration;
+use port_agent_integrations::signature::signature;
+use serde_json::{Value, json};
+
+const SECRET: &str = "webhook-secret";
+
+fn integration(host: &str, organization: Option<&str>) -> GitHubIntegration {
+    let mut config = json!({"githubHost": host, "githubToken": TOKEN, "resyncRatelimitReservationThreshold": 95});
+    if let Some(organization) = organization {
+        config["githubOrganization"] = json!(organization);
+    }
+    GitHubIntegration::from_config(config.as_object().unwrap()).unwrap()
+}
+
+/// The integration's default mapping, with the extra resources a test adds.
+fn mapping(extra: &[Value]) -> PortAppConfig {
+    let builtin = port_agent_integrations::built_in("github").unwrap();
+    let mut mapping: Value = serde_yaml_ng::from_str(builtin.mapping).unwrap();
+    mapping["resources"]
+        .as_array_mut()
+        .unwrap()
+        .extend(extra.iter().cloned());
+    PortAppConfig::from_yaml(&mapping.to_string()).unwrap()
+}
+
+fn resource_index(mapping: &PortAppConfig, kind: &str) -> usize {
+    mapping
+        .resources
+        .iter()
+        .position(|r| r.kind == kind)
+        .unwrap()
+}
+
+async fn items(integration: &GitHubIntegration, mapping: &PortAppConfig, kind: &str) -> Vec<Value> {
+    fetch_all(
+        integration,
+        FetchRequest::of(mapping, resource_index(mapping, kind)),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"))
+    .iter()
+    .map(|text| serde_json::from_str(text).unwrap())
+    .collect()
+}
+
+fn field<'a>(items: &'a [Value], key: &str) -> Vec<&'a Value> {
+    items.iter().map(|i| &i[key]).collect()
+}
+
+fn issue_resource() -> Value {
+    json!({"kind": "issue", "selector": {"query": "true", "state": "all"},
+           "port": {"entity": {"mappings": {"identifier": ".id | tostring", "blueprint": "\"issue\""}}}})
+}
+
+#[tokio::test]
+async fn each_kind_comes_as_ocean_shapes_it_across_pages() {
+    let github = GitHub::with_data();
+    let host = serve(github.clone()).await;
+    let integration = integration(&host, Some("acme"));
+    let mapping = mapping(&[issue_resource()]);
+
+    let organizations = items(&integration, &mapping, "organization").await;
+    assert_eq!(field(&organizations, "login"), [&json!("acme")]);
+
+    // Three repositories over two pages, each with its organization and included files.
+    let repositories = items(&integration, &mapping, "repository").await;
+    assert_eq!(
+        field(&repositories, "name"),
+        [&json!("api"), &json!("web"), &json!("docs")]
+    );
+    assert!(repositories.iter().all(|r| r["__organization"] == "acme"));
+    assert_eq!(
+        repositories[0]["__includedFiles"],
+        json!({"README.md": "# api\n", "CODEOWNERS": null})
+    );
+    assert_eq!(repositories[1]["__includedFiles"]["README.md"], Value::Null);
+
+    // The default selector: open pull requests only.
+    let pulls = items(&integration, &mapping, "pull-request").await;
+    assert_eq!(field(&pulls, "number"), [&json!(1), &json!(4)]);
+    assert_eq!(
+        field(&pulls, "__repository"),
+        [&json!("api"), &json!("web")]
+    );
+
+    // Issues without the pull requests GitHub lists among them.
+    let issues = items(&integration, &mapping, "issue").await;
+    assert_eq!(field(&issues, "number"), [&json!(10), &json!(11)]);
+    assert!(
+        issues
+            .iter()
+            .all(|i| i["__repository"] == "api" && i["__organization"] == "acme")
+    );
+}
+
+#[tokio::test]
+async fn closed_pull_requests_are_the_recent_ones_up_to_max_results() {
+    let github = GitHub::with_data();
+    let host = serve(github.clone()).await;
+    let integration = integration(&host, Some("acme"));
+    let pulls_with = |selector: Value| {
+        mapping(&[json!({"kind": "pull-request", "selector": selector,
+            "port": {"entity": {"mappings": {"identifier": ".id | tostring", "blueprint": "\"pr\""}}}})])
+    };
+    let numbers = |items: Vec<Value>| {
+        items
+            .iter()
+            .map(|i| i["number"].as_u64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    // resources[2] is the default (open); the one added is last.
+    let fetch = |mapping: PortAppConfig| {
+        let integration = &integration;
+        async move {
+            let index = mapping.resources.len() - 1;
+            fetch_all(integration, FetchRequest::of(&mapping, index))
+                .await
+                .unwrap()
+                .iter()
+                .map(|t| serde_json::from_str(t).unwrap())
+                .collect::<Vec<Value>>()
+        }
+    };
+    // Closed within 60 days (the default): #2, not #3 (90 days old).
+    let both = fetch(pulls_with(
+        json!({"query": "true", "states": ["open", "closed"]}),
+    ))
+    .await;
+    assert_eq!(numbers(both), [1, 2, 4]);
+    let long = fetch(pulls_with(
+        json!({"query": "true", "states": ["closed"], "since": 120}),
+    ))
+    .await;
+    assert_eq!(numbers(long), [2, 3]);
+    let capped = fetch(pulls_with(
+        json!({"query": "true", "states": ["closed"], "since": 120, "maxResults": 1}),
+    ))
+    .await;
+    assert_eq!(numbers(capped), [2]);
+}
+
+#[tokio::test]
+async fn without_an_organization_every_organization_of_the_token_filtered_by_the_mapping() {
+    let github = GitHub::with_data();
+    let host = serve(github.clone()).await;
+    let integration = integration(&host, None);
+    let all = items(&integration, &mapping(&[]), "organization").await;
+    assert_eq!(field(&all, "login"), [&json!("acme"), &json!("other")]);
+    assert!(all.iter().all(|o| o["type"] == "Organization"));
+    let mut only: Value =
+        serde_yaml_ng::from_str(port_agent_integrations::built_in("github").unwrap().mapping)
+            .unwrap();
+    only["organizations"] = json!(["other"]);
+    let only = PortAppConfig::from_yaml(&only.to_string()).unwrap();
+    assert_eq!(
+        field(&items(&integration, &only, "organization").await, "login"),
+        [&json!("other")]
+    );
+}
+
+#[tokio::test]
+async fn unchanged_pages_are_not_modified_and_give_the_same_items() {
+    let github = GitHub::with_data();
+    let host = serve(github.clone()).await;
+    let integration = integration(&host, Some("acme"));
+    let mapping = mapping(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let state = port_agent_state::StateStore::open(
+        &dir.path().join("state.redb"),
+        &port_agent_state::Identity {
+            integration_type: "github".into(),
+            integration_identifier: "gh".into(),
+            port_base_url: "http://port".into(),
+        },
+    )
+    .unwrap();
+    let validators = StateValidators(Arc::new(state));
+    let fetch = || async {
+        let mut request = FetchRequest::of(&mapping, resource_index(&mapping, "repository"));
+        request.validators = Some(&validators);
+        fetch_all(&integration, request).await.unwrap()
+    };
+    let first = fetch().await;
+    assert_eq!((github.seen("repos"), github.seen("repos 304")), (2, 0));
+    let second = fetch().await;
+    assert_eq!(second, first);
+    assert_eq!(
+        (github.seen("repos"), github.seen("repos 304")),
+        (4, 2),
+        "both pages asked conditionally"
+    );
+    // A changed repository changes its page: that page is answered in full.
+    github.repositories.lock().unwrap()[2]["description"] = json!("the docs");
+    let third = fetch().await;
+    assert_eq!(github.seen("repos 304"), 3);
+    assert_eq!(third.len(), 3);
+    assert!(third[2].contains("the docs"));
+}
+
+#[tokio::test]
+async fn a_refused_listing_fails_the_kind_naming_the_request_never_the_token() {
+    let github = GitHub::with_data();
+    let host = serve(github.clone()).await;
+    let config =
+        json!({"githubHost": host, "githubToken": "wrong-token", "githubOrganization": "acme"});
+    let integration = GitHubIntegration::from_config(config.as_object().unwrap()).unwrap();
+    let mapping = mapping(&[]);
+    let error = fetch_all(
+        &integration,
+        FetchRequest::of(&mapping, resource_index(&mapping, "organization")),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        error.message.contains("401") && error.message.contains("/users/acme"),
+        "{error}"
+    );
+    assert!(!error.message.contains("wrong-token"), "{error}");
+}
+
+#[test]
+fn the_token_is_required_and_the_selector_checked() {
+    let error = GitHubIntegration::from_config(
+        json!({"githubHost": "https://api.github.com"})
+            .as_object()
+            .unwrap(),
+    )
+    .unwrap_err();
+    assert!(error.contains("githubToken"), "{error}");
+    let integration = integration("https://api.github.com", None);
+    let bad = mapping(&[
+        json!({"kind": "pull-request", "selector": {"query": "true", "states": ["merged"]},
+        "port": {"entity": {"mappings": {"identifier": ".id", "blueprint": "\"pr\""}}}}),
+    ]);
+    let problems = integration.check_resource(bad.resources.last().unwrap());
+    assert!(
+        problems[0].contains("selector.states") && problems[0].contains("merged"),
+        "{problems:?}"
+    );
+    let unknown = mapping(&[json!({"kind": "commit", "selector": {"query": "true"},
+        "port": {"entity": {"mappings": {"identifier": ".id", "blueprint": "\"c\""}}}})]);
+    assert!(
+        !integration
+            .check_resource(unknown.resources.last().unwrap())
+            .is_empty()
+    );
+}
+
+// ---- Webhooks ----
+
+fn processor(
+    integration: &GitHubIntegration,
+    secret: Option<&str>,
+    allow_unsigned: bool,
+) -> Box<dyn WebhookProcessor> {
+    integration
+        .webhook_processors(&WebhookSettings {
+            secret: secret.map(|s| Secret::new(s.to_owned())),
+            allow_unsigned,
+        })
+        .pop()
+        .unwrap()
+}
+
+/// A delivery as GitHub sends it: its event, a delivery id and the body's signature.
+fn delivery(event: &str, body: &Value, secret: &str) -> (Vec<(String, String)>, Vec<u8>) {
+    let body = body.to_string().into_bytes();
+    let headers = vec![
+        ("x-github-event".to_owned(), event.to_owned()),
+        ("x-github-delivery".to_owned(), format!("d-{}", body.len())),
+        (
+            "x-hub-signature-256".to_owned(),
+            signature(secret.as_bytes(), &body),
+        ),
+    ];
+    (headers, body)
+}
+
+/// Accepts the delivery, then handles it for the mapping's resource of `kind`: the items it
+/// updates and deletes.
+async fn handled(
+    processor: &dyn WebhookProcessor,
+    event: &str,
+    body: Value,
+    kind: &str,
+) -> (Vec<Value>, Vec<Value>) {
+    let (headers, body) = delivery(event, &body, SECRET);
+    let request = WebhookRequest {
+        path: "/integration/webhook",
+        headers: &headers,
+        body: &body,
+    };
+    assert!(processor.should_process(&request));
+    let accepted = processor.accept(&request).unwrap();
+    let mapping = mapping(&[issue_resource()]);
+    let resource = &mapping.resources[resource_index(&mapping, kind)];
+    let handled = processor.handle(&accepted.payload, resource).await.unwrap();
+    let values = |raw: Vec<Box<serde_json::value::RawValue>>| {
+        raw.iter()
+            .map(|r| serde_json::from_str(r.get()).unwrap())
+            .collect()
+    };
+    (values(handled.updated), values(handled.deleted))
+}
+
+#[tokio::test]
+async fn webhooks_read_the_current_object_and_delete_what_left_the_selector() {
+    let github = GitHub::with_data();
+    let host = serve(github.clone()).await;
+    let integration = integration(&host, Some("acme"));
+    let processor = processor(&integration, Some(SECRET), false);
+    let repo = repository("api");
+
+    // A pull request closed since: the default selector keeps open ones, so it is deleted.
+    github.pulls.lock().unwrap().get_mut("api").unwrap()[0]["state"] = json!("closed");
+    let (updated, deleted) = handled(processor.as_ref(), "pull_request",
+        json!({"action": "closed", "number": 1, "pull_request": {"number": 1, "id": 1001, "head": {"repo": {"name": "api"}}}, "repository": repo}), "pull-request").await;
+    assert!(updated.is_empty());
+    assert_eq!(
+        (deleted[0]["id"].clone(), deleted[0]["__repository"].clone()),
+        (json!(1001), json!("api"))
+    );
+
+    // Reopened: read afresh and upserted, enriched as a resync enriches it.
+    github.pulls.lock().unwrap().get_mut("api").unwrap()[0]["state"] = json!("open");
+    let (updated, deleted) = handled(
+        processor.as_ref(),
+        "pull_request",
+        json!({"action": "reopened", "pull_request": {"number": 1}, "repository": repo}),
+        "pull-request",
+    )
+    .await;
+    assert!(deleted.is_empty());
+    assert_eq!(
+        (
+            updated[0]["title"].clone(),
+            updated[0]["__organization"].clone()
+        ),
+        (json!("PR 1"), json!("acme"))
+    );
+
+    // A renamed repository: the old name's entity goes, the new one comes with its files.
+    github.repositories.lock().unwrap()[0]["name"] = json!("api-v2");
+    github.repositories.lock().unwrap()[0]["full_name"] = json!("acme/api-v2");
+    let renamed = repository("api-v2");
+    github.repositories.lock().unwrap()[0] = renamed.clone();
+    let (updated, deleted) = handled(processor.as_ref(), "repository",
+        json!({"action": "renamed", "changes": {"repository": {"name": {"from": "api"}}}, "repository": renamed}), "repository").await;
+    assert_eq!(field(&deleted, "name"), [&json!("api")]);
+    assert_eq!(field(&updated, "name"), [&json!("api-v2")]);
+    assert!(updated[0]["__includedFiles"].is_object());
+
+    // A deleted repository is deleted without asking GitHub.
+    let asked = github.seen("repo");
+    let (updated, deleted) = handled(
+        processor.as_ref(),
+        "repository",
+        json!({"action": "deleted", "repository": repository("web")}),
+        "repository",
+    )
+    .await;
+    assert!(updated.is_empty());
+    assert_eq!(field(&deleted, "name"), [&json!("web")]);
+    assert_eq!(github.seen("repo"), asked);
+
+    // An issue event does not touch the pull-request resource.
+    let (updated, deleted) = handled(
+        processor.as_ref(),
+        "issues",
+        json!({"action": "edited", "issue": {"number": 10}, "repository": repo}),
+        "pull-request",
+    )
+    .await;
+    assert!(updated.is_empty() && deleted.is_empty());
+}
+
+#[tokio::test]
+async fn deliveries_must_be_signed_and_for_the_organization() {
+    let integration = integration("http://127.0.0.1:9", Some("acme"));
+    let body =
+        json!({"action": "opened", "pull_request": {"number": 3}, "repository": repository("api")});
+    let signed = processor(&integration, Some(SECRET), false);
+    let (headers, bytes) = delivery("pull_request", &body, "another-secret");
+    let request = WebhookRequest {
+        path: "/integration/webhook",
+        headers: &headers,
+        body: &bytes,
+    };
+    assert!(matches!(
+        signed.accept(&request),
+        Err(Refusal::Unauthenticated(_))
+    ));
+    let (headers, bytes) = delivery("pull_request", &body, SECRET);
+    let request = WebhookRequest {
+        path: "/integration/webhook",
+        headers: &headers,
+        body: &bytes,
+    };
+    let accepted = signed.accept(&request).unwrap();
+    assert_eq!(accepted.kinds, ["pull-request"]);
+    assert_eq!(accepted.ordering_key.as_deref(), Some("acme/api#3"));
+    assert!(accepted.delivery_id.is_some());
+
+    // No secret set: refused, unless unsigned deliveries are allowed.
+    let unsigned = processor(&integration, None, false);
+    match unsigned.accept(&request) {
+        Err(Refusal::Unauthenticated(message)) => {
+            assert!(message.contains("webhookSecret"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(processor(&integration, None, true).accept(&request).is_ok());
+
+    // Another organization's repository, and a ping, are not taken.
+    let mut elsewhere = body.clone();
+    elsewhere["repository"]["owner"]["login"] = json!("someone-else");
+    let (headers, bytes) = delivery("pull_request", &elsewhere, SECRET);
+    let request = WebhookRequest {
+        path: "/integration/webhook",
+        headers: &headers,
+        body: &bytes,
+    };
+    assert!(matches!(signed.accept(&request), Err(Refusal::Invalid(_))));
+    let (headers, bytes) = delivery("ping", &json!({"zen": "…"}), SECRET);
+    let ping = WebhookRequest {
+        path: "/integration/webhook",
+        headers: &headers,
+        body: &bytes,
+    };
+    assert!(!signed.should_process(&ping));
+}

@@ -1,0 +1,264 @@
+//! A stand-in for GitHub's REST API, for the github integration's tests: the parts it reads,
+//! in GitHub's documented wire format — a bearer token with `X-GitHub-Api-Version`,
+//! `per_page` pages linked by `Link: rel="next"` (two items a page whatever `per_page` asks,
+//! so that paging is exercised), `ETag` and `304 Not Modified` on `If-None-Match`,
+//! `x-ratelimit-*` headers, and file contents in the raw media type. Its data can be changed
+//! while it runs, and it counts what it is asked.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+
+/// The token it takes.
+pub const TOKEN: &str = "ghp_test_token";
+
+/// What the stand-in holds and has seen.
+#[derive(Debug, Clone, Default)]
+pub struct GitHub {
+    pub repositories: Arc<Mutex<Vec<Value>>>,
+    pub pulls: Arc<Mutex<HashMap<String, Vec<Value>>>>,
+    pub issues: Arc<Mutex<HashMap<String, Vec<Value>>>>,
+    /// Requests by route, and how many were answered 304 (route + " 304").
+    seen: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+impl GitHub {
+    fn count(&self, route: &str) {
+        *self
+            .seen
+            .lock()
+            .unwrap()
+            .entry(route.to_owned())
+            .or_default() += 1;
+    }
+
+    pub fn seen(&self, route: &str) -> u32 {
+        self.seen.lock().unwrap().get(route).copied().unwrap_or(0)
+    }
+}
+
+pub fn days_ago(days: i64) -> String {
+    (jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24 * days))
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+pub fn repository(name: &str) -> Value {
+    json!({"id": name.len(), "name": name, "full_name": format!("acme/{name}"), "private": name == "api",
+           "default_branch": "main", "archived": false, "html_url": format!("https://github.com/acme/{name}"),
+           "description": null, "language": "Rust", "owner": {"login": "acme", "type": "Organization"}})
+}
+
+pub fn pull(repo: &str, number: u64, state: &str, updated_days_ago: i64) -> Value {
+    json!({"id": 1000 + number, "number": number, "state": state, "title": format!("PR {number}"),
+           "updated_at": days_ago(updated_days_ago), "created_at": days_ago(100),
+           "head": {"repo": {"name": repo}}, "user": {"login": "octocat"}, "assignees": [],
+           "requested_reviewers": [], "html_url": format!("https://github.com/acme/{repo}/pull/{number}")})
+}
+
+pub fn issue(number: u64, state: &str, is_pull: bool) -> Value {
+    let mut issue = json!({"id": 5000 + number, "number": number, "state": state, "title": format!("issue {number}")});
+    if is_pull {
+        issue["pull_request"] = json!({"url": "…"});
+    }
+    issue
+}
+
+impl GitHub {
+    /// Organization acme: repositories api (with a README), web and docs; pull requests api#1
+    /// (open), api#2 (closed yesterday), api#3 (closed 90 days ago), web#4 (open); issues
+    /// api#10 (open), api#11 (closed) and api#1 (the pull request, as GitHub lists it).
+    pub fn with_data() -> Self {
+        let github = Self::default();
+        *github.repositories.lock().unwrap() = ["api", "web", "docs"]
+            .iter()
+            .map(|n| repository(n))
+            .collect();
+        github.pulls.lock().unwrap().extend([
+            (
+                "api".to_owned(),
+                vec![
+                    pull("api", 1, "open", 0),
+                    pull("api", 2, "closed", 1),
+                    pull("api", 3, "closed", 90),
+                ],
+            ),
+            ("web".to_owned(), vec![pull("web", 4, "open", 2)]),
+        ]);
+        github.issues.lock().unwrap().insert(
+            "api".to_owned(),
+            vec![
+                issue(10, "open", false),
+                issue(1, "open", true),
+                issue(11, "closed", false),
+            ],
+        );
+        github
+    }
+}
+
+/// The headers GitHub answers every request with.
+fn rate_limit_headers() -> [(&'static str, String); 3] {
+    let reset = jiff::Timestamp::now().as_second() + 3600;
+    [
+        ("x-ratelimit-limit", "5000".to_owned()),
+        ("x-ratelimit-remaining", "4990".to_owned()),
+        ("x-ratelimit-reset", reset.to_string()),
+    ]
+}
+
+fn authorized(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        == Some(&format!("Bearer {TOKEN}"))
+        && headers
+            .get("x-github-api-version")
+            .is_some_and(|v| v == "2022-11-28")
+        && headers.get(header::USER_AGENT).is_some()
+}
+
+/// One page of `items` as GitHub answers it: two items a page whatever `per_page` asks (so
+/// that paging is exercised), a `Link` to the next, an `ETag`, and `304` when it matches.
+fn page(
+    github: &GitHub,
+    route: &str,
+    uri: &str,
+    headers: &HeaderMap,
+    params: &HashMap<String, String>,
+    items: &[Value],
+) -> Response {
+    github.count(route);
+    if !authorized(headers) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"message": "Bad credentials"})),
+        )
+            .into_response();
+    }
+    assert_eq!(
+        params.get("per_page").map(String::as_str),
+        Some("100"),
+        "{uri}"
+    );
+    let number: usize = params.get("page").and_then(|p| p.parse().ok()).unwrap_or(1);
+    let chunk: Vec<Value> = items
+        .iter()
+        .skip((number - 1) * 2)
+        .take(2)
+        .cloned()
+        .collect();
+    let body = Value::Array(chunk).to_string();
+    let etag = format!("\"{}\"", blake3_like(&body));
+    let mut answer = if headers
+        .get(header::IF_NONE_MATCH)
+        .is_some_and(|v| *v == *etag)
+    {
+        github.count(&format!("{route} 304"));
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+    };
+    let answer_headers = answer.headers_mut();
+    answer_headers.insert(header::ETAG, etag.parse().unwrap());
+    for (name, value) in rate_limit_headers() {
+        answer_headers.insert(name, value.parse().unwrap());
+    }
+    if number * 2 < items.len() {
+        let base = uri.split('?').next().unwrap();
+        let mut query: Vec<String> = params
+            .iter()
+            .filter(|(k, _)| *k != "page")
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        query.sort();
+        let next = format!(
+            "<http://{}{base}?{}&page={}>; rel=\"next\"",
+            headers[header::HOST].to_str().unwrap(),
+            query.join("&"),
+            number + 1
+        );
+        answer_headers.insert(header::LINK, next.parse().unwrap());
+    }
+    answer
+}
+
+/// A stable tag for a body (what GitHub's ETag is to a client: opaque).
+fn blake3_like(body: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    body.hash(&mut hasher);
+    format!("{:x}", hasher.finish())
+}
+
+type Params = Query<HashMap<String, String>>;
+
+/// Serves `github` on a free local port; its base URL (`githubHost`).
+pub async fn serve(github: GitHub) -> String {
+    let app = Router::new()
+        .route("/users/{login}", get(|State(g): State<GitHub>, Path(login): Path<String>, headers: HeaderMap| async move {
+            g.count("user");
+            if !authorized(&headers) { return StatusCode::UNAUTHORIZED.into_response(); }
+            axum::Json(json!({"login": login, "id": 7, "node_id": "O_7", "url": format!("https://api.github.com/users/{login}"),
+                "repos_url": "r", "avatar_url": "a", "type": "Organization"})).into_response()
+        }))
+        .route("/user/orgs", get(|State(g): State<GitHub>, headers: HeaderMap, uri: axum::http::Uri, Query(p): Params| async move {
+            let orgs = [json!({"login": "acme", "id": 7}), json!({"login": "other", "id": 8})];
+            page(&g, "orgs", &uri.to_string(), &headers, &p, &orgs)
+        }))
+        .route("/orgs/{org}/repos", get(|State(g): State<GitHub>, headers: HeaderMap, uri: axum::http::Uri, Query(p): Params| async move {
+            assert_eq!(p.get("type").map(String::as_str), Some("all"));
+            let repositories = g.repositories.lock().unwrap().clone();
+            page(&g, "repos", &uri.to_string(), &headers, &p, &repositories)
+        }))
+        .route("/repos/acme/{repo}", get(|State(g): State<GitHub>, Path(repo): Path<String>, headers: HeaderMap| async move {
+            g.count("repo");
+            if !authorized(&headers) { return StatusCode::UNAUTHORIZED.into_response(); }
+            match g.repositories.lock().unwrap().iter().find(|r| r["name"] == repo.as_str()) {
+                Some(found) => axum::Json(found.clone()).into_response(),
+                None => StatusCode::NOT_FOUND.into_response(),
+            }
+        }))
+        .route("/repos/acme/{repo}/contents/{*path}", get(|State(g): State<GitHub>, Path((repo, path)): Path<(String, String)>, headers: HeaderMap| async move {
+            g.count("contents");
+            assert_eq!(headers[header::ACCEPT], "application/vnd.github.raw");
+            match (repo.as_str(), path.as_str()) {
+                ("api", "README.md") => "# api\n".into_response(),
+                _ => StatusCode::NOT_FOUND.into_response(),
+            }
+        }))
+        .route("/repos/acme/{repo}/pulls", get(|State(g): State<GitHub>, Path(repo): Path<String>, headers: HeaderMap, uri: axum::http::Uri, Query(p): Params| async move {
+            let state = p.get("state").cloned().unwrap_or_default();
+            let mut pulls: Vec<Value> = g.pulls.lock().unwrap().get(&repo).cloned().unwrap_or_default()
+                .into_iter().filter(|pr| pr["state"] == state.as_str()).collect();
+            if state == "closed" {
+                assert_eq!((p.get("sort").map(String::as_str), p.get("direction").map(String::as_str)), (Some("updated"), Some("desc")));
+                pulls.sort_by(|a, b| b["updated_at"].as_str().cmp(&a["updated_at"].as_str()));
+            }
+            page(&g, "pulls", &uri.to_string(), &headers, &p, &pulls)
+        }))
+        .route("/repos/acme/{repo}/pulls/{number}", get(|State(g): State<GitHub>, Path((repo, number)): Path<(String, u64)>| async move {
+            g.count("pull");
+            match g.pulls.lock().unwrap().get(&repo).and_then(|p| p.iter().find(|pr| pr["number"] == number).cloned()) {
+                Some(found) => axum::Json(found).into_response(),
+                None => StatusCode::NOT_FOUND.into_response(),
+            }
+        }))
+        .route("/repos/acme/{repo}/issues", get(|State(g): State<GitHub>, Path(repo): Path<String>, headers: HeaderMap, uri: axum::http::Uri, Query(p): Params| async move {
+            let state = p.get("state").cloned().unwrap_or_default();
+            let issues: Vec<Value> = g.issues.lock().unwrap().get(&repo).cloned().unwrap_or_default()
+                .into_iter().filter(|i| state == "all" || i["state"] == state.as_str()).collect();
+            page(&g, "issues", &uri.to_string(), &headers, &p, &issues)
+        }))
+        .with_state(github);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{address}")
+}
