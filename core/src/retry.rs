@@ -55,6 +55,17 @@ pub fn is_retryable_status(status: StatusCode, idempotency: Idempotency) -> bool
             && status != StatusCode::HTTP_VERSION_NOT_SUPPORTED)
 }
 
+/// A 403 that is a rate limit, as GitHub answers one when the quota is used up
+/// (`x-ratelimit-remaining: 0`) or for a secondary limit (`Retry-After`): retried as a 429 is,
+/// after the wait it names. Any other 403 is a refusal.
+pub fn is_rate_limit_refusal(status: StatusCode, headers: &HeaderMap) -> bool {
+    status == StatusCode::FORBIDDEN
+        && (headers.contains_key("retry-after")
+            || headers
+                .get("x-ratelimit-remaining")
+                .is_some_and(|v| v.as_bytes() == b"0"))
+}
+
 /// A transport failure (connection refused or dropped, timeout): is it worth another attempt?
 pub fn is_retryable_transport(error: &reqwest::Error, idempotency: Idempotency) -> bool {
     match idempotency {
@@ -129,6 +140,28 @@ mod tests {
         let mut map = HeaderMap::new();
         map.insert(name, HeaderValue::from_str(value).unwrap());
         map
+    }
+
+    #[test]
+    fn a_403_is_retried_only_when_it_is_a_rate_limit() {
+        let forbidden = StatusCode::FORBIDDEN;
+        assert!(is_rate_limit_refusal(
+            forbidden,
+            &headers("x-ratelimit-remaining", "0")
+        ));
+        assert!(is_rate_limit_refusal(
+            forbidden,
+            &headers("retry-after", "60")
+        ));
+        assert!(!is_rate_limit_refusal(
+            forbidden,
+            &headers("x-ratelimit-remaining", "12")
+        ));
+        assert!(!is_rate_limit_refusal(forbidden, &HeaderMap::new()));
+        assert!(!is_rate_limit_refusal(
+            StatusCode::NOT_FOUND,
+            &headers("retry-after", "60")
+        ));
     }
 
     #[test]

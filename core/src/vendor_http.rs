@@ -16,7 +16,9 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
-use crate::retry::{Idempotency, RetryPolicy, is_retryable_status, is_retryable_transport};
+use crate::retry::{
+    Idempotency, RetryPolicy, is_rate_limit_refusal, is_retryable_status, is_retryable_transport,
+};
 use crate::secret::Secret;
 use crate::text::{printable, redact_url};
 
@@ -399,7 +401,9 @@ impl VendorClient {
                         status,
                         message,
                     };
-                    if !is_retryable_status(status, idempotency) {
+                    if !is_retryable_status(status, idempotency)
+                        && !is_rate_limit_refusal(status, &headers)
+                    {
                         return Err(error);
                     }
                     (policy.delay(retry, Some(&headers)), error)

@@ -442,3 +442,21 @@ async fn deliveries_must_be_signed_and_for_the_organization() {
     };
     assert!(!signed.should_process(&ping));
 }
+
+#[tokio::test]
+async fn a_rate_limit_403_waits_for_the_reset_and_goes_on() {
+    let github = GitHub::with_data();
+    *github.rate_limited.lock().unwrap() = 1;
+    let host = serve(github.clone()).await;
+    let integration = integration(&host, Some("acme"));
+    let started = std::time::Instant::now();
+    let repositories = items(&integration, &mapping(&[]), "repository").await;
+    assert_eq!(repositories.len(), 3);
+    assert_eq!(github.seen("repos 403"), 1);
+    // GitHub's reset was a second away (whole seconds: it may fall just after the answer).
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(200),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -24,6 +24,9 @@ pub struct GitHub {
     pub repositories: Arc<Mutex<Vec<Value>>>,
     pub pulls: Arc<Mutex<HashMap<String, Vec<Value>>>>,
     pub issues: Arc<Mutex<HashMap<String, Vec<Value>>>>,
+    /// Listing requests still to be refused as GitHub refuses one over its rate limit: 403,
+    /// `x-ratelimit-remaining: 0`, the reset a second away.
+    pub rate_limited: Arc<Mutex<u32>>,
     /// Requests by route, and how many were answered 304 (route + " 304").
     seen: Arc<Mutex<HashMap<String, u32>>>,
 }
@@ -147,6 +150,21 @@ fn page(
         Some("100"),
         "{uri}"
     );
+    if let Some(left) = Some(&mut *github.rate_limited.lock().unwrap()).filter(|n| **n > 0) {
+        *left -= 1;
+        github.count(&format!("{route} 403"));
+        let reset = (jiff::Timestamp::now().as_second() + 1).to_string();
+        return (
+            StatusCode::FORBIDDEN,
+            [
+                ("x-ratelimit-limit", "5000".to_owned()),
+                ("x-ratelimit-remaining", "0".to_owned()),
+                ("x-ratelimit-reset", reset),
+            ],
+            axum::Json(json!({"message": "API rate limit exceeded"})),
+        )
+            .into_response();
+    }
     let number: usize = params.get("page").and_then(|p| p.parse().ok()).unwrap_or(1);
     let chunk: Vec<Value> = items
         .iter()
