@@ -460,3 +460,54 @@ async fn a_rate_limit_403_waits_for_the_reset_and_goes_on() {
         started.elapsed()
     );
 }
+
+fn app_integration(host: &str, private_key: &str) -> GitHubIntegration {
+    let config = json!({"githubHost": host, "githubAppId": github_standin::APP_ID,
+        "githubAppPrivateKey": private_key, "githubOrganization": "acme"});
+    GitHubIntegration::from_config(config.as_object().unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn a_github_app_finds_its_installation_keeps_its_token_and_renews_a_refused_one() {
+    let github = GitHub::with_data();
+    let host = serve(github.clone()).await;
+    let integration = app_integration(&host, github_standin::APP_PRIVATE_KEY);
+    let mapping = mapping(&[]);
+    let repositories = items(&integration, &mapping, "repository").await;
+    assert_eq!(repositories.len(), 3);
+    // One installation token, for every request of the resync.
+    assert_eq!(github.seen("access_tokens"), 1);
+    items(&integration, &mapping, "pull-request").await;
+    assert_eq!(github.seen("access_tokens"), 1);
+    // GitHub stops taking it: the next request gets a 401, a new token, and goes through.
+    github.revoke_installation_tokens();
+    let pulls = items(&integration, &mapping, "pull-request").await;
+    assert_eq!(pulls.len(), 2);
+    assert_eq!(github.seen("access_tokens"), 2);
+}
+
+#[tokio::test]
+async fn a_github_app_key_is_taken_as_pem_or_base64_and_a_wrong_one_is_named_not_shown() {
+    use base64::Engine as _;
+    let github = GitHub::with_data();
+    let host = serve(github.clone()).await;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(github_standin::APP_PRIVATE_KEY);
+    let integration = app_integration(&host, &encoded);
+    assert_eq!(
+        items(&integration, &mapping(&[]), "organization")
+            .await
+            .len(),
+        1
+    );
+
+    let config = json!({"githubHost": host, "githubAppId": "1", "githubAppPrivateKey": "not-a-key-at-all",
+        "githubOrganization": "acme"});
+    let error = GitHubIntegration::from_config(config.as_object().unwrap()).unwrap_err();
+    assert!(
+        error.contains("githubAppPrivateKey") && !error.contains("not-a-key-at-all"),
+        "{error}"
+    );
+    let config = json!({"githubHost": host, "githubAppId": "1", "githubAppPrivateKey": encoded});
+    let error = GitHubIntegration::from_config(config.as_object().unwrap()).unwrap_err();
+    assert!(error.contains("githubOrganization"), "{error}");
+}

@@ -1,7 +1,8 @@
-//! GitHub's REST API as the integration calls it: a personal access token, GitHub's media type
+//! GitHub's REST API as the integration calls it: GitHub's media type
 //! and API version, pages of 100 followed by their `Link: rel="next"`, answers kept with their
 //! `ETag` so an unchanged page is a `304` (which GitHub does not count against the rate limit),
 //! and the rate limit GitHub tells in `x-ratelimit-*` shared between resyncs and webhooks.
+//! Credentials: a personal access token, or a GitHub App ([`super::auth`]).
 
 use port_agent_core::Secret;
 use port_agent_core::vendor_http::{
@@ -11,6 +12,8 @@ use port_agent_core::vendor_http::{
 use reqwest::StatusCode;
 use serde_json::{Map, Value};
 
+use super::auth::{AppKey, Auth, is_refusal};
+
 /// GitHub's answers to a listing, a page at a time.
 pub const PAGE_SIZE: &str = "100";
 
@@ -19,7 +22,8 @@ pub const PAGE_SIZE: &str = "100";
 pub struct Settings {
     /// `githubHost`, without a trailing `/`.
     pub host: String,
-    pub token: Secret,
+    /// `githubToken`, else `githubAppId` with `githubAppPrivateKey`.
+    pub credentials: Credentials,
     /// `githubOrganization`.
     pub organization: Option<String>,
     /// `resyncRatelimitReservationThreshold`, as a share.
@@ -34,9 +38,29 @@ impl Settings {
                 .and_then(Value::as_str)
                 .filter(|v| !v.is_empty())
         };
-        let token = text("githubToken").ok_or(
-            "integration.config.githubToken: required (GitHub App authentication is not implemented yet)",
-        )?;
+        let organization = text("githubOrganization").map(str::to_owned);
+        let credentials = match (
+            text("githubToken"),
+            text("githubAppId"),
+            text("githubAppPrivateKey"),
+        ) {
+            (Some(token), _, _) => Credentials::Token(Secret::new(token.to_owned())),
+            (None, Some(app_id), Some(key)) => {
+                if organization.is_none() {
+                    return Err("integration.config.githubOrganization: required with a GitHub App (the organization whose installation is used)".to_owned());
+                }
+                Credentials::App {
+                    app_id: app_id.to_owned(),
+                    private_key: Secret::new(key.to_owned()),
+                }
+            }
+            _ => {
+                return Err(
+                    "integration.config: give githubToken, or githubAppId with githubAppPrivateKey"
+                        .to_owned(),
+                );
+            }
+        };
         let percent = config
             .get("resyncRatelimitReservationThreshold")
             .and_then(Value::as_f64)
@@ -52,18 +76,27 @@ impl Settings {
                 .unwrap_or("https://api.github.com")
                 .trim_end_matches('/')
                 .to_owned(),
-            token: Secret::new(token.to_owned()),
-            organization: text("githubOrganization").map(str::to_owned),
+            credentials,
+            organization,
             resync_share: percent / 100.0,
         })
     }
 }
 
-/// The API client the integration and its webhook processors share (one rate-limit scope).
+/// Who the integration is to GitHub.
+#[derive(Debug, Clone)]
+pub enum Credentials {
+    Token(Secret),
+    App { app_id: String, private_key: Secret },
+}
+
+/// The API client the integration and its webhook processors share (one rate-limit scope, one
+/// installation token).
 #[derive(Debug)]
 pub struct GitHubApi {
     client: VendorClient,
     host: String,
+    auth: Auth,
 }
 
 impl GitHubApi {
@@ -71,10 +104,6 @@ impl GitHubApi {
         let header = |name: &str, value: String| (name.to_owned(), Secret::new(value));
         let client = VendorClient::new(VendorClientConfig {
             headers: vec![
-                header(
-                    "Authorization",
-                    format!("Bearer {}", settings.token.expose()),
-                ),
                 header("Accept", "application/vnd.github+json".to_owned()),
                 header("X-GitHub-Api-Version", "2022-11-28".to_owned()),
             ],
@@ -82,10 +111,46 @@ impl GitHubApi {
             ..VendorClientConfig::default()
         })
         .map_err(|e| e.to_string())?;
+        let auth = match &settings.credentials {
+            Credentials::Token(token) => Auth::Token(token.clone()),
+            Credentials::App {
+                app_id,
+                private_key,
+            } => Auth::App {
+                key: Box::new(AppKey::new(app_id, private_key)?),
+                organization: settings.organization.clone().unwrap_or_default(),
+                token: tokio::sync::Mutex::new(None),
+            },
+        };
         Ok(Self {
             client,
             host: settings.host.clone(),
+            auth,
         })
+    }
+
+    /// Sends `request` with the current credentials; an installation token GitHub refuses
+    /// is renewed and the request sent once more.
+    async fn authorized<T, Fut>(
+        &self,
+        request: VendorRequest,
+        send: impl Fn(VendorRequest) -> Fut,
+    ) -> Result<T, VendorError>
+    where
+        Fut: std::future::Future<Output = Result<T, VendorError>>,
+    {
+        let with_header = |mut request: VendorRequest, header: String| {
+            request.headers.push(("Authorization".to_owned(), header));
+            request
+        };
+        let header = self.auth.header(&self.client, &self.host).await?;
+        match send(with_header(request.clone(), header)).await {
+            Err(e) if is_refusal(&e) && self.auth.refused().await => {
+                let header = self.auth.header(&self.client, &self.host).await?;
+                send(with_header(request, header)).await
+            }
+            other => other,
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -99,7 +164,10 @@ impl GitHubApi {
             priority,
             ..VendorRequest::get(self.url(path))
         };
-        match self.client.send_json(&request).await {
+        let sent = self
+            .authorized(request, |r| async move { self.client.send_json(&r).await })
+            .await;
+        match sent {
             Ok((value, _)) => Ok(Some(value)),
             Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => Ok(None),
             Err(e) => Err(e),
@@ -121,7 +189,10 @@ impl GitHubApi {
         request
             .headers
             .push(("Accept".to_owned(), "application/vnd.github.raw".to_owned()));
-        match self.client.send(&request).await {
+        let sent = self
+            .authorized(request, |r| async move { self.client.send(&r).await })
+            .await;
+        match sent {
             Ok(answer) => Ok(Some(String::from_utf8_lossy(&answer.body).into_owned())),
             Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => Ok(None),
             Err(e) => Err(e),
@@ -153,8 +224,9 @@ impl GitHubApi {
         };
         loop {
             let (page, headers) = self
-                .client
-                .send_json_validated(&request, validators)
+                .authorized(request.clone(), |r| async move {
+                    self.client.send_json_validated(&r, validators).await
+                })
                 .await?;
             let Value::Array(items) = page else {
                 return Err(VendorError::Setup(format!(

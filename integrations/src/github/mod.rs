@@ -1,7 +1,7 @@
 //! `github`: Ocean's GitHub integration (port-labs/ocean, `integrations/github`), read for its
 //! kinds, selectors and raw shapes so that its mappings work unchanged: organizations,
 //! repositories (with `includedFiles`), pull requests and issues, over GitHub's REST API with a
-//! personal access token, and the webhooks that keep them current ([`webhooks`]).
+//! personal access token or as a GitHub App, and the webhooks that keep them current ([`webhooks`]).
 //!
 //! Raw items are GitHub's own objects, enriched as Ocean enriches them: `__organization` on
 //! every item below an organization, `__repository` (the repository's name) on pull requests
@@ -14,6 +14,7 @@
 //! signature is refused when no secret is set, unless unsigned webhooks are allowed.
 
 pub mod api;
+pub mod auth;
 pub mod webhooks;
 
 use std::sync::Arc;

@@ -27,6 +27,8 @@ pub struct GitHub {
     /// Listing requests still to be refused as GitHub refuses one over its rate limit: 403,
     /// `x-ratelimit-remaining: 0`, the reset a second away.
     pub rate_limited: Arc<Mutex<u32>>,
+    /// Installation tokens issued to the App and not revoked.
+    pub installation_tokens: Arc<Mutex<Vec<String>>>,
     /// Requests by route, and how many were answered 304 (route + " 304").
     seen: Arc<Mutex<HashMap<String, u32>>>,
 }
@@ -39,6 +41,34 @@ impl GitHub {
             .unwrap()
             .entry(route.to_owned())
             .or_default() += 1;
+    }
+
+    /// Whether the request carries the token or a live installation token.
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let bearer = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let known = bearer.is_some_and(|b| {
+            b == TOKEN
+                || self
+                    .installation_tokens
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|t| t == b)
+        });
+        known
+            && headers
+                .get("x-github-api-version")
+                .is_some_and(|v| v == "2022-11-28")
+            && headers.get(header::USER_AGENT).is_some()
+    }
+
+    /// GitHub stops taking the installation tokens it issued (they expired early, or the
+    /// App's permissions changed).
+    pub fn revoke_installation_tokens(&self) {
+        self.installation_tokens.lock().unwrap().clear();
     }
 
     pub fn seen(&self, route: &str) -> u32 {
@@ -116,17 +146,6 @@ fn rate_limit_headers() -> [(&'static str, String); 3] {
     ]
 }
 
-fn authorized(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        == Some(&format!("Bearer {TOKEN}"))
-        && headers
-            .get("x-github-api-version")
-            .is_some_and(|v| v == "2022-11-28")
-        && headers.get(header::USER_AGENT).is_some()
-}
-
 /// One page of `items` as GitHub answers it: two items a page whatever `per_page` asks (so
 /// that paging is exercised), a `Link` to the next, an `ETag`, and `304` when it matches.
 fn page(
@@ -138,7 +157,7 @@ fn page(
     items: &[Value],
 ) -> Response {
     github.count(route);
-    if !authorized(headers) {
+    if !github.authorized(headers) {
         return (
             StatusCode::UNAUTHORIZED,
             axum::Json(json!({"message": "Bad credentials"})),
@@ -217,12 +236,93 @@ fn blake3_like(body: &str) -> String {
 
 type Params = Query<HashMap<String, String>>;
 
+/// The test GitHub App: its id and private key (made for these tests only; PKCS#1 PEM, as
+/// GitHub hands keys out).
+pub const APP_ID: &str = "12345";
+pub const APP_PRIVATE_KEY: &str = include_str!("test-app-key.pem");
+
+/// Whether the request is signed as the test App: an RS256 JWT with its key, issued to it,
+/// current, and at most ten minutes long (GitHub's rules).
+fn signed_as_the_app(headers: &HeaderMap) -> bool {
+    use base64::Engine as _;
+    let decode = |part: &str| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(part)
+            .ok()
+    };
+    let Some(jwt) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let parts: Vec<&str> = jwt.split('.').collect();
+    let [header_part, claims_part, signature_part] = parts[..] else {
+        return false;
+    };
+    let body: String = APP_PRIVATE_KEY
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .unwrap();
+    let key = ring::signature::RsaKeyPair::from_der(&der).unwrap();
+    let public = ring::signature::UnparsedPublicKey::new(
+        &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+        key.public().as_ref(),
+    );
+    let (Some(header), Some(claims), Some(signature)) = (
+        decode(header_part).and_then(|h| serde_json::from_slice::<Value>(&h).ok()),
+        decode(claims_part).and_then(|c| serde_json::from_slice::<Value>(&c).ok()),
+        decode(signature_part),
+    ) else {
+        return false;
+    };
+    let now = jiff::Timestamp::now().as_second();
+    let (iat, exp) = (
+        claims["iat"].as_i64().unwrap_or(i64::MAX),
+        claims["exp"].as_i64().unwrap_or(0),
+    );
+    header["alg"] == "RS256"
+        && claims["iss"] == APP_ID
+        && iat <= now
+        && exp > now
+        && exp - iat <= 600
+        && public
+            .verify(
+                format!("{header_part}.{claims_part}").as_bytes(),
+                &signature,
+            )
+            .is_ok()
+}
+
 /// Serves `github` on a free local port; its base URL (`githubHost`).
 pub async fn serve(github: GitHub) -> String {
     let app = Router::new()
+        .route("/app/installations", get(|State(g): State<GitHub>, headers: HeaderMap, Query(p): Params| async move {
+            g.count("installations");
+            if !signed_as_the_app(&headers) { return StatusCode::UNAUTHORIZED.into_response(); }
+            let installations = if p.get("page").map(String::as_str).unwrap_or("1") == "1" {
+                json!([{"id": 41, "account": {"login": "someone-else"}, "suspended_at": null},
+                       {"id": 42, "account": {"login": "acme", "type": "Organization"}, "suspended_at": null}])
+            } else {
+                json!([])
+            };
+            axum::Json(installations).into_response()
+        }))
+        .route("/app/installations/{id}/access_tokens", axum::routing::post(|State(g): State<GitHub>, Path(id): Path<u64>, headers: HeaderMap| async move {
+            g.count("access_tokens");
+            if !signed_as_the_app(&headers) || id != 42 { return StatusCode::UNAUTHORIZED.into_response(); }
+            let token = format!("ghs_installation_{}", g.seen("access_tokens"));
+            g.installation_tokens.lock().unwrap().push(token.clone());
+            let expires_at = (jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1)).strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+            (StatusCode::CREATED, axum::Json(json!({"token": token, "expires_at": expires_at}))).into_response()
+        }))
         .route("/users/{login}", get(|State(g): State<GitHub>, Path(login): Path<String>, headers: HeaderMap| async move {
             g.count("user");
-            if !authorized(&headers) { return StatusCode::UNAUTHORIZED.into_response(); }
+            if !g.authorized(&headers) { return StatusCode::UNAUTHORIZED.into_response(); }
             axum::Json(json!({"login": login, "id": 7, "node_id": "O_7", "url": format!("https://api.github.com/users/{login}"),
                 "repos_url": "r", "avatar_url": "a", "type": "Organization"})).into_response()
         }))
@@ -237,7 +337,7 @@ pub async fn serve(github: GitHub) -> String {
         }))
         .route("/repos/acme/{repo}", get(|State(g): State<GitHub>, Path(repo): Path<String>, headers: HeaderMap| async move {
             g.count("repo");
-            if !authorized(&headers) { return StatusCode::UNAUTHORIZED.into_response(); }
+            if !g.authorized(&headers) { return StatusCode::UNAUTHORIZED.into_response(); }
             match g.repositories.lock().unwrap().iter().find(|r| r["name"] == repo.as_str()) {
                 Some(found) => axum::Json(found.clone()).into_response(),
                 None => StatusCode::NOT_FOUND.into_response(),
