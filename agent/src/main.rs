@@ -22,8 +22,9 @@ struct Cli {
     #[arg(long, global = true, env = "PORT_AGENT_LOG")]
     log: Option<String>,
     /// How log lines are written: text (for people), json (one object a line, with the run's
-    /// and the resource's fields, for log pipelines), or auto: text on a terminal and to
-    /// journald, json anywhere else (a container's log, a pipe, a file).
+    /// and the resource's fields, for log pipelines), or auto: for `run`, text on a terminal
+    /// and to journald and json anywhere else (a container's log, a pipe, a file); text for
+    /// the other commands.
     #[arg(
         long,
         global = true,
@@ -43,9 +44,12 @@ enum LogFormat {
 }
 
 impl LogFormat {
-    /// `auto` made definite by where stderr goes.
-    fn resolve(self) -> Self {
+    /// `auto` made definite: JSON for the service (`run`) when its stderr is neither a
+    /// terminal nor the journal — a container's log, a collector; text for the other commands,
+    /// whose output a person or a CI log reads.
+    fn resolve(self, service: bool) -> Self {
         match self {
+            Self::Auto if !service => Self::Text,
             Self::Auto if std::io::IsTerminal::is_terminal(&std::io::stderr()) => Self::Text,
             Self::Auto if stderr_is_the_journal() => Self::Text,
             Self::Auto => Self::Json,
@@ -288,7 +292,9 @@ struct ConfigArg {
 
 fn main() -> ExitCode {
     let mut cli = Cli::parse();
-    cli.log_format = cli.log_format.resolve();
+    cli.log_format = cli
+        .log_format
+        .resolve(matches!(cli.command, Command::Run { .. }));
     let default_level = match cli.command {
         Command::Run { .. } => "info",
         _ => "warn",

@@ -48,15 +48,15 @@ async fn json_logs_carry_the_run_and_the_resource_and_no_secret() {
     assert!(!stderr.contains("emulator-secret"), "{stderr}");
 }
 
-/// `port-agent resync` on a config that is not there, its stderr given to `stderr`, with
-/// `JOURNAL_STREAM` set as systemd sets it when given.
+/// `port-agent run` (the service) on a config that is not there, its stderr given to
+/// `stderr`, with `JOURNAL_STREAM` set as systemd sets it when given.
 fn failing_run(
     stderr: std::process::Stdio,
     journal_stream: Option<String>,
 ) -> std::process::Output {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_port-agent"));
     command
-        .args(["resync", "--config", "/nonexistent/agent.yaml"])
+        .args(["run", "--config", "/nonexistent/agent.yaml"])
         .env_remove("PORT_AGENT_LOG_FORMAT")
         .env_remove("JOURNAL_STREAM")
         .stderr(stderr);
@@ -74,7 +74,7 @@ fn device_and_inode(file: &std::fs::File) -> String {
 }
 
 #[test]
-fn by_default_logs_are_json_off_a_terminal_and_text_to_the_journal_and_a_terminal() {
+fn by_default_the_service_logs_json_off_a_terminal_and_text_to_the_journal_and_a_terminal() {
     let is_json = |text: &str| {
         !text.is_empty()
             && text
@@ -86,6 +86,18 @@ fn by_default_logs_are_json_off_a_terminal_and_text_to_the_journal_and_a_termina
     let piped = String::from_utf8_lossy(&out.stderr);
     assert!(is_json(&piped), "{piped}");
     assert!(piped.contains("cannot read config file"));
+
+    // Another command's output is read by a person or a CI log: text, even through a pipe.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_port-agent"))
+        .args(["resync", "--config", "/nonexistent/agent.yaml"])
+        .env_remove("PORT_AGENT_LOG_FORMAT")
+        .output()
+        .unwrap();
+    let command = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        command.starts_with("error: cannot read config file"),
+        "{command}"
+    );
 
     // The journal's stream: text. A JOURNAL_STREAM inherited by a process whose stderr went
     // elsewhere does not count.
@@ -105,7 +117,7 @@ fn by_default_logs_are_json_off_a_terminal_and_text_to_the_journal_and_a_termina
 
     // A terminal (script(1) gives the agent one): text.
     let command = format!(
-        "{} resync --config /nonexistent/agent.yaml",
+        "{} run --config /nonexistent/agent.yaml",
         env!("CARGO_BIN_EXE_port-agent")
     );
     let out = std::process::Command::new("script")
