@@ -33,16 +33,6 @@ fn entity(port: &Emulator, blueprint: &str, identifier: &str) -> Option<Value> {
     support::port_content(port).remove(&(blueprint.to_owned(), identifier.to_owned()))
 }
 
-fn writes(port: &Emulator) -> u64 {
-    port.stats()["requests"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .filter(|(route, _)| route.starts_with("POST /v1/blueprints/{bp}"))
-        .map(|(_, count)| count.as_u64().unwrap_or(0))
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_default_mapping_syncs_an_organization_and_an_unchanged_resync_sends_nothing() {
     let github = GitHub::with_data();
@@ -82,10 +72,14 @@ async fn the_default_mapping_syncs_an_organization_and_an_unchanged_resync_sends
         (&json!("open"), &json!("api"))
     );
 
-    let sent = writes(&port);
+    let sent = support::writes(&port);
     let out = support::agent_in(dir.path(), &["resync", "--config", "agent.yaml"]).await;
     support::assert_success(&out);
-    assert_eq!(writes(&port), sent, "an unchanged resync sends nothing");
+    assert_eq!(
+        support::writes(&port),
+        sent,
+        "an unchanged resync sends nothing"
+    );
     assert_eq!(support::port_content(&port), content);
     assert!(
         github.seen("repos 304") >= 2,

@@ -671,22 +671,11 @@ async fn the_cron_job_s_runs_keep_their_state_on_the_claim() {
             expected_content(),
             "after run {run}"
         );
-        writes_after.push(writes(&port));
+        writes_after.push(support::writes(&port));
     }
     assert!(writes_after[0] > 0);
     assert_eq!(
         writes_after[0], writes_after[1],
         "the second run found the state the first left on the claim and sent nothing"
     );
-}
-
-fn writes(port: &Emulator) -> u64 {
-    let requests = &port.stats()["requests"];
-    requests
-        .as_object()
-        .unwrap()
-        .iter()
-        .filter(|(route, _)| route.starts_with("POST /v1/blueprints/{bp}"))
-        .map(|(_, count)| count.as_u64().unwrap_or(0))
-        .sum()
 }

@@ -161,15 +161,7 @@ impl Project {
     }
 
     pub fn writes(&self) -> u64 {
-        let requests = &self.stats()["requests"];
-        [
-            "POST /v1/blueprints/{bp}/entities/bulk",
-            "POST /v1/blueprints/{bp}/entities",
-            "POST /v1/blueprints/{bp}/bulk/entities/delete",
-        ]
-        .iter()
-        .map(|r| requests[r].as_u64().unwrap_or(0))
-        .sum()
+        writes(&self.emulator)
     }
 }
 
@@ -183,6 +175,19 @@ pub async fn uninterrupted_run(
     let (code, _, stderr) = reference.resync(&[]).await;
     assert_eq!(code, 0, "{stderr}");
     reference.port_content()
+}
+
+/// Entity writes `emulator` has answered: upserts (bulk and single) and bulk deletes.
+pub fn writes(emulator: &Emulator) -> u64 {
+    let requests = &emulator.stats()["requests"];
+    [
+        "POST /v1/blueprints/{bp}/entities/bulk",
+        "POST /v1/blueprints/{bp}/entities",
+        "POST /v1/blueprints/{bp}/bulk/entities/delete",
+    ]
+    .iter()
+    .map(|r| requests[r].as_u64().unwrap_or(0))
+    .sum()
 }
 
 /// See [`Project::port_content`].
