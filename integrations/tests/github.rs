@@ -89,7 +89,8 @@ async fn each_kind_comes_as_ocean_shapes_it_across_pages() {
     assert_eq!(repositories[1]["__includedFiles"]["README.md"], Value::Null);
 
     // The default selector: open pull requests only.
-    let pulls = items(&integration, &mapping, "pull-request").await;
+    let mut pulls = items(&integration, &mapping, "pull-request").await;
+    pulls.sort_by_key(|p| p["number"].as_u64());
     assert_eq!(field(&pulls, "number"), [&json!(1), &json!(4)]);
     assert_eq!(
         field(&pulls, "__repository"),
@@ -115,11 +116,14 @@ async fn closed_pull_requests_are_the_recent_ones_up_to_max_results() {
         mapping(&[json!({"kind": "pull-request", "selector": selector,
             "port": {"entity": {"mappings": {"identifier": ".id | tostring", "blueprint": "\"pr\""}}}})])
     };
+    // Repositories are read at once: their pull requests come in any order.
     let numbers = |items: Vec<Value>| {
-        items
+        let mut numbers: Vec<u64> = items
             .iter()
             .map(|i| i["number"].as_u64().unwrap())
-            .collect::<Vec<_>>()
+            .collect();
+        numbers.sort();
+        numbers
     };
     // resources[2] is the default (open); the one added is last.
     let fetch = |mapping: PortAppConfig| {

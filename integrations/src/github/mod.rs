@@ -19,6 +19,7 @@ pub mod webhooks;
 
 use std::sync::Arc;
 
+use futures_util::{StreamExt, TryStreamExt, stream};
 use port_agent_core::integration::{
     FetchError, FetchFuture, FetchRequest, Integration, RawBatch, RunCache,
 };
@@ -31,6 +32,10 @@ use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
 use self::api::{GitHubApi, Settings};
+
+/// Repositories whose pull requests, issues or files are read at once (Ocean's
+/// `MAX_CONCURRENT_REPOS`); the client bounds requests in flight as well.
+const REPOSITORIES_AT_ONCE: usize = 10;
 
 /// The kinds this integration fetches.
 pub const KINDS: [&str; 4] = ["organization", "repository", "pull-request", "issue"];
@@ -156,31 +161,45 @@ impl GitHubIntegration {
                 .map_err(failed)?;
             match request.kind {
                 "repository" => {
-                    for chunk in repositories.chunks(100) {
-                        let mut items = chunk.to_vec();
-                        for repository in &mut items {
-                            self.include_files(repository, &keys.included_files, Priority::Resync)
-                                .await
-                                .map_err(failed)?;
-                        }
-                        if !send(items).await {
+                    // Their included files are read for several repositories at once, in order.
+                    let mut enriched = stream::iter(repositories.iter().cloned())
+                        .map(|mut repository| async {
+                            self.include_files(
+                                &mut repository,
+                                &keys.included_files,
+                                Priority::Resync,
+                            )
+                            .await
+                            .map(|()| repository)
+                        })
+                        .buffered(REPOSITORIES_AT_ONCE);
+                    let mut batch = Vec::new();
+                    while let Some(repository) = enriched.next().await {
+                        batch.push(repository.map_err(failed)?);
+                        if batch.len() == 100 && !send(std::mem::take(&mut batch)).await {
                             return Ok(());
                         }
                     }
-                }
-                "pull-request" => {
-                    for repository in repositories.iter() {
-                        self.pull_requests(repository, &keys, request.validators, &send)
-                            .await
-                            .map_err(failed)?;
+                    if !batch.is_empty() {
+                        send(batch).await;
                     }
                 }
-                "issue" => {
-                    for repository in repositories.iter() {
-                        self.issues(repository, &keys, request.validators, &send)
-                            .await
-                            .map_err(failed)?;
-                    }
+                "pull-request" | "issue" => {
+                    let (keys, send, kind) = (&keys, &send, request.kind);
+                    let validators = request.validators;
+                    stream::iter(repositories.iter().cloned())
+                        .map(move |repository| async move {
+                            if kind == "issue" {
+                                self.issues(&repository, keys, validators, send).await
+                            } else {
+                                self.pull_requests(&repository, keys, validators, send)
+                                    .await
+                            }
+                        })
+                        .buffer_unordered(REPOSITORIES_AT_ONCE)
+                        .try_for_each(|()| std::future::ready(Ok(())))
+                        .await
+                        .map_err(failed)?;
                 }
                 other => return Err(request.fail(format!("GitHub has no kind '{other}'"))),
             }
