@@ -6,6 +6,7 @@
 //! while it runs, and it counts what it is asked.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -27,6 +28,14 @@ pub struct GitHub {
     /// Listing requests still to be refused as GitHub refuses one over its rate limit: 403,
     /// `x-ratelimit-remaining: 0`, the reset a second away.
     pub rate_limited: Arc<Mutex<u32>>,
+    /// When the last of those said the limit resets (seconds since the epoch): a request
+    /// before it is counted (route + " before the reset").
+    rate_limit_reset: Arc<Mutex<Option<i64>>>,
+    /// How long a pull-request listing takes to answer, and how many were asked at once, at
+    /// most.
+    pub pulls_delay: Arc<Mutex<std::time::Duration>>,
+    pulls_in_flight: Arc<AtomicUsize>,
+    pub most_pulls_at_once: Arc<AtomicUsize>,
     /// Installation tokens issued to the App and not revoked.
     pub installation_tokens: Arc<Mutex<Vec<String>>>,
     /// Requests by route, and how many were answered 304 (route + " 304").
@@ -169,10 +178,17 @@ fn page(
         Some("100"),
         "{uri}"
     );
+    let now = jiff::Timestamp::now().as_second();
+    if let Some(reset) = *github.rate_limit_reset.lock().unwrap()
+        && now < reset
+    {
+        github.count(&format!("{route} before the reset"));
+    }
     if let Some(left) = Some(&mut *github.rate_limited.lock().unwrap()).filter(|n| **n > 0) {
         *left -= 1;
         github.count(&format!("{route} 403"));
-        let reset = (jiff::Timestamp::now().as_second() + 1).to_string();
+        *github.rate_limit_reset.lock().unwrap() = Some(now + 1);
+        let reset = (now + 1).to_string();
         return (
             StatusCode::FORBIDDEN,
             [
@@ -352,6 +368,12 @@ pub async fn serve(github: GitHub) -> String {
             }
         }))
         .route("/repos/acme/{repo}/pulls", get(|State(g): State<GitHub>, Path(repo): Path<String>, headers: HeaderMap, uri: axum::http::Uri, Query(p): Params| async move {
+            // A slow listing, to see how many are asked at once.
+            let delay = *g.pulls_delay.lock().unwrap();
+            let now = g.pulls_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            g.most_pulls_at_once.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(delay).await;
+            g.pulls_in_flight.fetch_sub(1, Ordering::SeqCst);
             let state = p.get("state").cloned().unwrap_or_default();
             let mut pulls: Vec<Value> = g.pulls.lock().unwrap().get(&repo).cloned().unwrap_or_default()
                 .into_iter().filter(|pr| pr["state"] == state.as_str()).collect();
