@@ -64,7 +64,7 @@ pub const BUILT_IN: &[BuiltIn] = &[
         spec: include_str!("github/.port/spec.yaml"),
         blueprints: include_str!("github/.port/resources/blueprints.json"),
         mapping: include_str!("github/.port/resources/port-app-config.yml"),
-        kinds: "organization, repository, pull-request, issue",
+        kinds: "organization, repository, pull-request, issue, release, tag, branch, workflow, collaborator",
         make: |config, _| boxed(github::GitHubIntegration::from_config(config)),
     },
     BuiltIn {

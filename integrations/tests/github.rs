@@ -534,3 +534,70 @@ async fn several_repositories_pull_requests_are_read_at_once() {
     // 11 repositories, each answered after 100 ms: read in turn, one at a time.
     assert!((2..=10).contains(&most), "{most} at once");
 }
+
+#[tokio::test]
+async fn a_repository_s_listings_come_with_its_names_and_paged() {
+    let github = GitHub::with_data();
+    let host = serve(github.clone()).await;
+    let integration = integration(&host, Some("acme"));
+    let simple = |kind: &str, selector: Value| {
+        json!({"kind": kind, "selector": selector,
+            "port": {"entity": {"mappings": {"identifier": ".name", "blueprint": "\"x\""}}}})
+    };
+    let listings = mapping(&[
+        simple("release", json!({"query": "true"})),
+        simple("tag", json!({"query": "true"})),
+        simple("branch", json!({"query": "true"})),
+        simple("workflow", json!({"query": "true"})),
+        simple("collaborator", json!({"query": "true"})),
+    ]);
+    let sorted_names = |items: &[Value], key: &str| {
+        let mut names: Vec<String> = items
+            .iter()
+            .map(|i| i[key].as_str().unwrap().to_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let releases = items(&integration, &listings, "release").await;
+    assert_eq!(sorted_names(&releases, "tag_name"), ["v1.0.0"]);
+    assert_eq!(
+        (&releases[0]["__repository"], &releases[0]["__organization"]),
+        (&json!("api"), &json!("acme"))
+    );
+    let tags = items(&integration, &listings, "tag").await;
+    assert_eq!(tags[0]["__repository_object"]["full_name"], "acme/api");
+    // Three branches over two pages; the default one marked.
+    let branches = items(&integration, &listings, "branch").await;
+    assert_eq!(
+        sorted_names(&branches, "name"),
+        ["feature-a", "feature-b", "main"]
+    );
+    assert!(
+        branches
+            .iter()
+            .all(|b| b["__is_default_branch"] == (b["name"] == "main"))
+    );
+    // Workflows come inside GitHub's {total_count, workflows} wrapper, two a page.
+    let workflows = items(&integration, &listings, "workflow").await;
+    assert_eq!(
+        sorted_names(&workflows, "name"),
+        ["ci", "deploy", "nightly"]
+    );
+    assert!(workflows.iter().all(|w| w["__repository"] == "web"));
+    let collaborators = items(&integration, &listings, "collaborator").await;
+    assert_eq!(sorted_names(&collaborators, "login"), ["octocat"]);
+
+    let only_default = mapping(&[simple(
+        "branch",
+        json!({"query": "true", "defaultBranchOnly": true}),
+    )]);
+    let index = only_default.resources.len() - 1;
+    let defaults: Vec<Value> = fetch_all(&integration, FetchRequest::of(&only_default, index))
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| serde_json::from_str(t).unwrap())
+        .collect();
+    assert_eq!(sorted_names(&defaults, "name"), ["main"]);
+}

@@ -201,6 +201,8 @@ impl GitHubApi {
 
     /// Every page of the listing at `path`, handed to `each` in order until it returns
     /// `false` or the pages end. Pages are asked conditionally when `validators` keeps them.
+    /// A page is a list, or an object whose one list is the items (`/actions/workflows`
+    /// answers `{total_count, workflows: [...]}`).
     pub async fn for_each_page<F, Fut>(
         &self,
         path: &str,
@@ -228,7 +230,7 @@ impl GitHubApi {
                     self.client.send_json_validated(&r, validators).await
                 })
                 .await?;
-            let Value::Array(items) = page else {
+            let Some(items) = page_items(page) else {
                 return Err(VendorError::Setup(format!(
                     "GET {path}: GitHub answered something other than a list"
                 )));
@@ -254,5 +256,21 @@ impl GitHubApi {
                 None => return Ok(()),
             }
         }
+    }
+}
+
+/// The items of a listing's page: the page itself, or the one list of an object page.
+fn page_items(page: Value) -> Option<Vec<Value>> {
+    match page {
+        Value::Array(items) => Some(items),
+        Value::Object(fields) => {
+            let mut lists = fields.into_iter().filter_map(|(_, v)| match v {
+                Value::Array(items) => Some(items),
+                _ => None,
+            });
+            let items = lists.next()?;
+            lists.next().is_none().then_some(items)
+        }
+        _ => None,
     }
 }

@@ -1,6 +1,7 @@
 //! `github`: Ocean's GitHub integration (port-labs/ocean, `integrations/github`), read for its
 //! kinds, selectors and raw shapes so that its mappings work unchanged: organizations,
-//! repositories (with `includedFiles`), pull requests and issues, over GitHub's REST API with a
+//! repositories (with `includedFiles`), pull requests, issues, and the simple listings of a
+//! repository (releases, tags, branches, workflows, collaborators), over GitHub's REST API with a
 //! personal access token or as a GitHub App, and the webhooks that keep them current ([`webhooks`]).
 //!
 //! Raw items are GitHub's own objects, enriched as Ocean enriches them: `__organization` on
@@ -37,8 +38,55 @@ use self::api::{GitHubApi, Settings};
 /// `MAX_CONCURRENT_REPOS`); the client bounds requests in flight as well.
 const REPOSITORIES_AT_ONCE: usize = 10;
 
+/// A kind listed per repository as it is, from a path under the repository (Ocean's simple
+/// exporters): its items get `__repository` and `__organization`, and the repository itself
+/// as `__repository_object` where Ocean adds it.
+struct RepositoryListing {
+    kind: &'static str,
+    path: &'static str,
+    with_repository_object: bool,
+}
+
+const LISTINGS: [RepositoryListing; 5] = [
+    RepositoryListing {
+        kind: "release",
+        path: "releases",
+        with_repository_object: false,
+    },
+    RepositoryListing {
+        kind: "tag",
+        path: "tags",
+        with_repository_object: true,
+    },
+    RepositoryListing {
+        kind: "branch",
+        path: "branches",
+        with_repository_object: true,
+    },
+    RepositoryListing {
+        kind: "workflow",
+        path: "actions/workflows",
+        with_repository_object: false,
+    },
+    RepositoryListing {
+        kind: "collaborator",
+        path: "collaborators",
+        with_repository_object: false,
+    },
+];
+
 /// The kinds this integration fetches.
-pub const KINDS: [&str; 4] = ["organization", "repository", "pull-request", "issue"];
+pub const KINDS: [&str; 9] = [
+    "organization",
+    "repository",
+    "pull-request",
+    "issue",
+    "release",
+    "tag",
+    "branch",
+    "workflow",
+    "collaborator",
+];
 
 /// The mapping's own top-level keys (Ocean's `GithubPortAppConfig`).
 #[derive(Debug, Default, Deserialize)]
@@ -79,6 +127,9 @@ struct SelectorKeys {
     /// issue: GitHub's comma-separated label filter.
     #[serde(default)]
     labels: Option<String>,
+    /// branch: only each repository's default branch.
+    #[serde(default)]
+    default_branch_only: bool,
 }
 
 fn selector_keys(kind: &str, extra: &Map<String, Value>) -> Result<SelectorKeys, String> {
@@ -184,7 +235,24 @@ impl GitHubIntegration {
                         send(batch).await;
                     }
                 }
-                "pull-request" | "issue" => {
+                _ if !matches!(request.kind, "pull-request" | "issue") => {
+                    let listing = LISTINGS
+                        .iter()
+                        .find(|l| l.kind == request.kind)
+                        .ok_or_else(|| request.fail("GitHub has no such kind here"))?;
+                    let (keys, send) = (&keys, &send);
+                    let validators = request.validators;
+                    stream::iter(repositories.iter().cloned())
+                        .map(move |repository| async move {
+                            self.listing(listing, &repository, keys, validators, send)
+                                .await
+                        })
+                        .buffer_unordered(REPOSITORIES_AT_ONCE)
+                        .try_for_each(|()| std::future::ready(Ok(())))
+                        .await
+                        .map_err(failed)?;
+                }
+                _ => {
                     let (keys, send, kind) = (&keys, &send, request.kind);
                     let validators = request.validators;
                     stream::iter(repositories.iter().cloned())
@@ -201,7 +269,6 @@ impl GitHubIntegration {
                         .await
                         .map_err(failed)?;
                 }
-                other => return Err(request.fail(format!("GitHub has no kind '{other}'"))),
             }
         }
         Ok(())
@@ -359,6 +426,46 @@ impl GitHubIntegration {
                 .await?;
         }
         Ok(())
+    }
+
+    /// One of the [`LISTINGS`] of a repository.
+    async fn listing<F, Fut>(
+        &self,
+        listing: &RepositoryListing,
+        repository: &Value,
+        keys: &SelectorKeys,
+        validators: Option<&dyn ValidatorStore>,
+        send: &F,
+    ) -> Result<(), VendorError>
+    where
+        F: Fn(Vec<Value>) -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let (full_name, name, organization) = names(repository);
+        let default_branch = repository["default_branch"].as_str();
+        let path = format!("/repos/{full_name}/{}", listing.path);
+        self.api
+            .for_each_page(&path, &[], validators, Priority::Resync, |page| {
+                let items = page
+                    .into_iter()
+                    .filter(|item| {
+                        !(listing.kind == "branch" && keys.default_branch_only)
+                            || item["name"].as_str() == default_branch
+                    })
+                    .map(|mut item| {
+                        if listing.with_repository_object {
+                            item["__repository_object"] = repository.clone();
+                        }
+                        if listing.kind == "branch" {
+                            item["__is_default_branch"] =
+                                Value::from(item["name"].as_str() == default_branch);
+                        }
+                        with_repository(item, name, organization)
+                    })
+                    .collect();
+                send(items)
+            })
+            .await
     }
 
     /// A repository's issues (GitHub lists pull requests among them: those are left out).

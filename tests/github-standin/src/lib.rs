@@ -16,6 +16,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
+/// A repository's listings, by repository name and path under it.
+pub type Listings = HashMap<(String, String), Vec<Value>>;
+
 /// The token it takes.
 pub const TOKEN: &str = "ghp_test_token";
 
@@ -36,6 +39,10 @@ pub struct GitHub {
     pub pulls_delay: Arc<Mutex<std::time::Duration>>,
     pulls_in_flight: Arc<AtomicUsize>,
     pub most_pulls_at_once: Arc<AtomicUsize>,
+    /// A repository's other listings, by repository name and path under it (`releases`,
+    /// `tags`, `branches`, `actions/workflows` (answered inside `{total_count, workflows}`),
+    /// `collaborators`).
+    pub listings: Arc<Mutex<Listings>>,
     /// Installation tokens issued to the App and not revoked.
     pub installation_tokens: Arc<Mutex<Vec<String>>>,
     /// Requests by route, and how many were answered 304 (route + " 304").
@@ -115,7 +122,9 @@ pub fn issue(number: u64, state: &str, is_pull: bool) -> Value {
 impl GitHub {
     /// Organization acme: repositories api (with a README), web and docs; pull requests api#1
     /// (open), api#2 (closed yesterday), api#3 (closed 90 days ago), web#4 (open); issues
-    /// api#10 (open), api#11 (closed) and api#1 (the pull request, as GitHub lists it).
+    /// api#10 (open), api#11 (closed) and api#1 (the pull request, as GitHub lists it); api's
+    /// release v1.0.0, tag v1.0.0 and branches main, feature-a, feature-b; web's workflows ci,
+    /// deploy, nightly; docs' collaborator octocat.
     pub fn with_data() -> Self {
         let github = Self::default();
         *github.repositories.lock().unwrap() = ["api", "web", "docs"]
@@ -132,6 +141,35 @@ impl GitHub {
                 ],
             ),
             ("web".to_owned(), vec![pull("web", 4, "open", 2)]),
+        ]);
+        github.listings.lock().unwrap().extend([
+            (
+                ("api".to_owned(), "releases".to_owned()),
+                vec![json!({"id": 301, "tag_name": "v1.0.0", "name": "One"})],
+            ),
+            (
+                ("api".to_owned(), "tags".to_owned()),
+                vec![json!({"name": "v1.0.0", "commit": {"sha": "abc"}})],
+            ),
+            (
+                ("api".to_owned(), "branches".to_owned()),
+                ["main", "feature-a", "feature-b"]
+                    .iter()
+                    .map(|b| json!({"name": b, "protected": *b == "main"}))
+                    .collect(),
+            ),
+            (
+                ("web".to_owned(), "actions/workflows".to_owned()),
+                ["ci", "deploy", "nightly"]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, w)| json!({"id": i, "name": w, "path": format!(".github/workflows/{w}.yml")}))
+                    .collect(),
+            ),
+            (
+                ("docs".to_owned(), "collaborators".to_owned()),
+                vec![json!({"login": "octocat", "role_name": "admin"})],
+            ),
         ]);
         github.issues.lock().unwrap().insert(
             "api".to_owned(),
@@ -164,6 +202,19 @@ fn page(
     headers: &HeaderMap,
     params: &HashMap<String, String>,
     items: &[Value],
+) -> Response {
+    page_in(github, route, uri, headers, params, items, None)
+}
+
+/// [`page`], its items inside `{total_count, <wrapper>: [...]}` when a wrapper is named.
+fn page_in(
+    github: &GitHub,
+    route: &str,
+    uri: &str,
+    headers: &HeaderMap,
+    params: &HashMap<String, String>,
+    items: &[Value],
+    wrapper: Option<&str>,
 ) -> Response {
     github.count(route);
     if !github.authorized(headers) {
@@ -207,7 +258,10 @@ fn page(
         .take(2)
         .cloned()
         .collect();
-    let body = Value::Array(chunk).to_string();
+    let body = match wrapper {
+        Some(key) => json!({"total_count": items.len(), key: chunk}).to_string(),
+        None => Value::Array(chunk).to_string(),
+    };
     let etag = format!("\"{}\"", blake3_like(&body));
     let mut answer = if headers
         .get(header::IF_NONE_MATCH)
@@ -251,6 +305,26 @@ fn blake3_like(body: &str) -> String {
 }
 
 type Params = Query<HashMap<String, String>>;
+
+/// A repository's listing at `path`, paged; workflows inside GitHub's wrapper object.
+fn listing(
+    github: &GitHub,
+    repo: &str,
+    path: &str,
+    uri: &str,
+    headers: &HeaderMap,
+    params: &HashMap<String, String>,
+) -> Response {
+    let items = github
+        .listings
+        .lock()
+        .unwrap()
+        .get(&(repo.to_owned(), path.to_owned()))
+        .cloned()
+        .unwrap_or_default();
+    let wrapper = (path == "actions/workflows").then_some("workflows");
+    page_in(github, path, uri, headers, params, &items, wrapper)
+}
 
 /// The test GitHub App: its id and private key (made for these tests only; PKCS#1 PEM, as
 /// GitHub hands keys out).
@@ -395,6 +469,21 @@ pub async fn serve(github: GitHub) -> String {
             let issues: Vec<Value> = g.issues.lock().unwrap().get(&repo).cloned().unwrap_or_default()
                 .into_iter().filter(|i| state == "all" || i["state"] == state.as_str()).collect();
             page(&g, "issues", &uri.to_string(), &headers, &p, &issues)
+        }))
+        .route("/repos/acme/{repo}/releases", get(|State(g): State<GitHub>, Path(repo): Path<String>, headers: HeaderMap, uri: axum::http::Uri, Query(p): Params| async move {
+            listing(&g, &repo, "releases", &uri.to_string(), &headers, &p)
+        }))
+        .route("/repos/acme/{repo}/tags", get(|State(g): State<GitHub>, Path(repo): Path<String>, headers: HeaderMap, uri: axum::http::Uri, Query(p): Params| async move {
+            listing(&g, &repo, "tags", &uri.to_string(), &headers, &p)
+        }))
+        .route("/repos/acme/{repo}/branches", get(|State(g): State<GitHub>, Path(repo): Path<String>, headers: HeaderMap, uri: axum::http::Uri, Query(p): Params| async move {
+            listing(&g, &repo, "branches", &uri.to_string(), &headers, &p)
+        }))
+        .route("/repos/acme/{repo}/actions/workflows", get(|State(g): State<GitHub>, Path(repo): Path<String>, headers: HeaderMap, uri: axum::http::Uri, Query(p): Params| async move {
+            listing(&g, &repo, "actions/workflows", &uri.to_string(), &headers, &p)
+        }))
+        .route("/repos/acme/{repo}/collaborators", get(|State(g): State<GitHub>, Path(repo): Path<String>, headers: HeaderMap, uri: axum::http::Uri, Query(p): Params| async move {
+            listing(&g, &repo, "collaborators", &uri.to_string(), &headers, &p)
         }))
         .with_state(github);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
