@@ -306,6 +306,16 @@ pub fn link_with_rel(header: &str, rel: &str) -> Option<String> {
     })
 }
 
+/// `scheme://host[:port]` of a URL, lower-cased, without credentials.
+pub fn origin(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    format!("{scheme}://{host}").to_ascii_lowercase()
+}
+
 /// A vendor's API client, shared by every fetch of an integration.
 #[derive(Debug, Clone)]
 pub struct VendorClient {
@@ -433,16 +443,27 @@ impl VendorClient {
         Ok((read_json(request, &response.body)?, response.headers))
     }
 
-    /// As [`VendorClient::send_json`], for a GET asked conditionally: with the `ETag` of the
-    /// answer `validators` kept for the same request, a `304 Not Modified` reuses that answer
-    /// (body and `Link` header); a full answer with an `ETag` is kept for next time.
+    /// As [`VendorClient::send_validated`], the answer read as JSON.
     pub async fn send_json_validated(
         &self,
         request: &VendorRequest,
         validators: Option<&dyn ValidatorStore>,
     ) -> Result<(Value, HeaderMap), VendorError> {
+        let (body, headers) = self.send_validated(request, validators).await?;
+        Ok((read_json(request, &body)?, headers))
+    }
+
+    /// As [`VendorClient::send`], for a GET asked conditionally: with the `ETag` of the
+    /// answer `validators` kept for the same request, a `304 Not Modified` reuses that answer
+    /// (body and `Link` header); a full answer with an `ETag` is kept for next time.
+    pub async fn send_validated(
+        &self,
+        request: &VendorRequest,
+        validators: Option<&dyn ValidatorStore>,
+    ) -> Result<(Vec<u8>, HeaderMap), VendorError> {
         let Some(store) = validators.filter(|_| request.method == Method::GET) else {
-            return self.send_json(request).await;
+            let response = self.send(request).await?;
+            return Ok((response.body, response.headers));
         };
         let key = validator_key(request);
         let kept = store.get(&key).await;
@@ -465,9 +486,8 @@ impl VendorClient {
                 headers.insert(reqwest::header::LINK, link);
             }
             tracing::debug!(url = %shown_url(&request.url), "not modified: the kept answer is used");
-            return Ok((read_json(request, &kept.body)?, headers));
+            return Ok((kept.body, headers));
         }
-        let value = read_json(request, &response.body)?;
         let etag = response
             .headers
             .get(reqwest::header::ETAG)
@@ -484,12 +504,12 @@ impl VendorClient {
                     Validated {
                         etag: etag.to_owned(),
                         link,
-                        body: response.body,
+                        body: response.body.clone(),
                     },
                 )
                 .await;
         }
-        Ok((value, response.headers))
+        Ok((response.body, response.headers))
     }
 
     async fn attempt(&self, request: &VendorRequest) -> Result<reqwest::Response, reqwest::Error> {
@@ -558,6 +578,23 @@ impl VendorClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn origins_compare_scheme_host_and_port_only() {
+        assert_eq!(
+            origin("https://api.github.com/orgs/a/repos?page=2"),
+            "https://api.github.com"
+        );
+        assert_eq!(origin("https://API.github.com"), "https://api.github.com");
+        assert_eq!(
+            origin("https://user:pw@evil.example:8443/x"),
+            "https://evil.example:8443"
+        );
+        assert_ne!(
+            origin("http://api.github.com/x"),
+            origin("https://api.github.com")
+        );
+    }
 
     #[test]
     fn shown_urls_have_no_credentials_and_no_query() {

@@ -156,6 +156,12 @@ async fn server() -> (String, Seen) {
             }),
         )
         .route(
+            "/elsewhere",
+            get(|| async {
+                axum::Json(json!({"data": [{"id": 1}], "next": "http://attacker.invalid/steal"}))
+            }),
+        )
+        .route(
             "/oauth/token",
             axum::routing::post(
                 |State(seen): State<Seen>, h: HeaderMap, body: String| async move {
@@ -370,6 +376,20 @@ async fn a_malformed_page_or_a_401_on_page_3_fails_the_kind_naming_page_and_url(
         .await
         .unwrap_err();
     assert!(error.message.contains("already read"), "{error}");
+}
+
+#[tokio::test]
+async fn a_next_link_to_another_host_is_not_followed_with_the_credentials() {
+    let (base, _) = server().await;
+    let config = json!({"paginationType": "next_link", "nextLinkPath": "next",
+        "authType": "bearer_token", "apiToken": "tok"});
+    let error = fetch(&base, config, "/elsewhere", json!({"data_path": ".data"}))
+        .await
+        .unwrap_err();
+    assert!(
+        error.message.contains("another host") && error.message.contains("attacker.invalid"),
+        "{error}"
+    );
 }
 
 #[tokio::test]

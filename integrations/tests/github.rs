@@ -206,6 +206,9 @@ async fn unchanged_pages_are_not_modified_and_give_the_same_items() {
         (4, 2),
         "both pages asked conditionally"
     );
+    // The README (the one included file there is) too.
+    assert_eq!(github.seen("contents 304"), 1);
+    assert!(second[0].contains("# api"));
     // A changed repository changes its page: that page is answered in full.
     github.repositories.lock().unwrap()[2]["description"] = json!("the docs");
     let third = fetch().await;
@@ -600,4 +603,70 @@ async fn a_repository_s_listings_come_with_its_names_and_paged() {
         .map(|t| serde_json::from_str(t).unwrap())
         .collect();
     assert_eq!(sorted_names(&defaults, "name"), ["main"]);
+}
+
+#[tokio::test]
+async fn a_delivery_cannot_steer_the_token_to_other_api_paths() {
+    let integration = integration("http://127.0.0.1:9", Some("acme"));
+    let signed = processor(&integration, Some(SECRET), false);
+    for full_name in [
+        "acme/../../user",
+        "acme/api?x=1",
+        "acme",
+        "acme/api/extra",
+        "acme/..",
+        "../api",
+    ] {
+        let mut repo = repository("api");
+        repo["full_name"] = json!(full_name);
+        let body = json!({"action": "edited", "repository": repo});
+        let (headers, bytes) = delivery("repository", &body, SECRET);
+        let request = WebhookRequest {
+            path: "/integration/webhook",
+            headers: &headers,
+            body: &bytes,
+        };
+        assert!(
+            matches!(signed.accept(&request), Err(Refusal::Invalid(_))),
+            "{full_name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_next_page_on_another_host_is_not_followed_with_the_token() {
+    // A "GitHub" whose Link points elsewhere: the request must stop there.
+    let elsewhere = serve(GitHub::with_data()).await;
+    let app = axum::Router::new()
+        .route(
+            "/orgs/acme/repos",
+            axum::routing::get(move || {
+                let next = format!("<{elsewhere}/orgs/acme/repos?page=2>; rel=\"next\"");
+                async move {
+                    (
+                        [(axum::http::header::LINK, next)],
+                        axum::Json(json!([repository("api")])),
+                    )
+                }
+            }),
+        )
+        .route(
+            "/users/acme",
+            axum::routing::get(|| async {
+                axum::Json(json!({"login": "acme", "type": "Organization"}))
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("localhost:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    // Reached as "localhost", while the stand-in it points to is 127.0.0.1: another host.
+    let integration = integration(&format!("http://localhost:{port}"), Some("acme"));
+    let mapping = mapping(&[]);
+    let error = fetch_all(
+        &integration,
+        FetchRequest::of(&mapping, resource_index(&mapping, "repository")),
+    )
+    .await
+    .unwrap_err();
+    assert!(error.message.contains("another host"), "{error}");
 }

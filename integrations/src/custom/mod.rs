@@ -30,7 +30,7 @@ use port_agent_core::mapping::config::ResourceConfig;
 use port_agent_core::mapping::jq::Query;
 use port_agent_core::text::value_text;
 use port_agent_core::vendor_http::{
-    Priority, ValidatorStore, VendorClient, VendorClientConfig, VendorRequest, shown_url,
+    Priority, ValidatorStore, VendorClient, VendorClientConfig, VendorRequest, origin, shown_url,
 };
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -492,6 +492,13 @@ impl Pages<'_> {
         if !self.seen.insert((page.url.clone(), page.query.clone())) {
             return Err(format!(
                 "{where_}: the API pointed back at a page already read (the same cursor or next link); stopping"
+            ));
+        }
+        // Credentials go with every request: a next page elsewhere is not asked.
+        if origin(&page.url) != origin(&self.url) {
+            return Err(format!(
+                "{where_}: the API's next page is on another host ({}); stopping, since the credentials are sent only to the listing's host",
+                origin(&page.url)
             ));
         }
         let request = VendorRequest {

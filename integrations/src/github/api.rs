@@ -7,7 +7,7 @@
 use port_agent_core::Secret;
 use port_agent_core::vendor_http::{
     Priority, ValidatorStore, VendorClient, VendorClientConfig, VendorError, VendorRequest,
-    link_with_rel,
+    link_with_rel, origin,
 };
 use reqwest::StatusCode;
 use serde_json::{Map, Value};
@@ -174,12 +174,14 @@ impl GitHubApi {
         }
     }
 
-    /// A file's text at the repository's default branch (`None`: no such file).
+    /// A file's text at the repository's default branch (`None`: no such file), asked
+    /// conditionally when `validators` keeps it.
     pub async fn file_text(
         &self,
         full_name: &str,
         path: &str,
         priority: Priority,
+        validators: Option<&dyn ValidatorStore>,
     ) -> Result<Option<String>, VendorError> {
         let path = path.trim_start_matches('/').replace(' ', "%20");
         let mut request = VendorRequest {
@@ -190,10 +192,12 @@ impl GitHubApi {
             .headers
             .push(("Accept".to_owned(), "application/vnd.github.raw".to_owned()));
         let sent = self
-            .authorized(request, |r| async move { self.client.send(&r).await })
+            .authorized(request, |r| async move {
+                self.client.send_validated(&r, validators).await
+            })
             .await;
         match sent {
-            Ok(answer) => Ok(Some(String::from_utf8_lossy(&answer.body).into_owned())),
+            Ok((body, _)) => Ok(Some(String::from_utf8_lossy(&body).into_owned())),
             Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => Ok(None),
             Err(e) => Err(e),
         }
@@ -243,6 +247,13 @@ impl GitHubApi {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|link| link_with_rel(link, "next"));
             match next {
+                // The token goes with every request: only to githubHost.
+                Some(next) if origin(&next) != origin(&self.host) => {
+                    return Err(VendorError::Setup(format!(
+                        "GET {path}: GitHub's next page is on another host ({}); stopped, since the token is sent only to githubHost",
+                        origin(&next)
+                    )));
+                }
                 Some(next) if next != request.url => {
                     request.url = next;
                     // The next link carries the whole query.

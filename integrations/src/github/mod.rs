@@ -219,6 +219,7 @@ impl GitHubIntegration {
                                 &mut repository,
                                 &keys.included_files,
                                 Priority::Resync,
+                                request.validators,
                             )
                             .await
                             .map(|()| repository)
@@ -353,6 +354,7 @@ impl GitHubIntegration {
         repository: &mut Value,
         files: &[String],
         priority: Priority,
+        validators: Option<&dyn ValidatorStore>,
     ) -> Result<(), VendorError> {
         if files.is_empty() {
             return Ok(());
@@ -363,7 +365,10 @@ impl GitHubIntegration {
             .to_owned();
         let mut included = Map::new();
         for file in files {
-            let text = self.api.file_text(&full_name, file, priority).await?;
+            let text = self
+                .api
+                .file_text(&full_name, file, priority, validators)
+                .await?;
             included.insert(file.clone(), text.map_or(Value::Null, Value::from));
         }
         repository["__includedFiles"] = Value::Object(included);

@@ -81,9 +81,14 @@ impl WebhookProcessor for GitHubWebhooks {
             kind_of(event).ok_or_else(|| Refusal::Invalid(format!("event {event}: not taken")))?;
         let body: Value = serde_json::from_slice(request.body)
             .map_err(|_| Refusal::Invalid("the delivery's body is not JSON".to_owned()))?;
-        let full_name = body["repository"]["full_name"].as_str().ok_or_else(|| {
-            Refusal::Invalid(format!("{event} delivery without repository.full_name"))
-        })?;
+        let full_name = body["repository"]["full_name"]
+            .as_str()
+            .filter(|name| is_repository_name(name))
+            .ok_or_else(|| {
+                Refusal::Invalid(format!(
+                    "{event} delivery without a repository.full_name of the form owner/name"
+                ))
+            })?;
         if let Some(organization) = &self.integration.organization {
             let owner = body["repository"]["owner"]["login"]
                 .as_str()
@@ -174,7 +179,7 @@ impl GitHubWebhooks {
                 let keys = selector_keys(&resource.kind, &resource.selector.extra)
                     .map_err(HandleError::Permanent)?;
                 self.integration
-                    .include_files(&mut repository, &keys.included_files, Priority::Live)
+                    .include_files(&mut repository, &keys.included_files, Priority::Live, None)
                     .await
                     .map_err(handle_error)?;
                 Ok((vec![with_organization(repository, &organization)], deleted))
@@ -243,6 +248,22 @@ impl GitHubWebhooks {
             None => (Vec::new(), vec![sent]),
         })
     }
+}
+
+/// `owner/name` as GitHub allows them: the name goes into the API paths asked with the token,
+/// so nothing else (`..`, `?`, more slashes) may come from a delivery.
+fn is_repository_name(full_name: &str) -> bool {
+    let mut parts = full_name.split('/');
+    let part_ok = |part: Option<&str>| {
+        part.is_some_and(|p| {
+            !p.is_empty()
+                && p != "."
+                && p != ".."
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        })
+    };
+    part_ok(parts.next()) && part_ok(parts.next()) && parts.next().is_none()
 }
 
 /// GitHub unavailable or rate-limited: try again later; anything else will not get better.

@@ -437,7 +437,14 @@ pub async fn serve(github: GitHub) -> String {
             g.count("contents");
             assert_eq!(headers[header::ACCEPT], "application/vnd.github.raw");
             match (repo.as_str(), path.as_str()) {
-                ("api", "README.md") => "# api\n".into_response(),
+                ("api", "README.md") => {
+                    let etag = "\"readme-1\"";
+                    if headers.get(header::IF_NONE_MATCH).is_some_and(|v| v == etag) {
+                        g.count("contents 304");
+                        return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
+                    }
+                    ([(header::ETAG, etag)], "# api\n").into_response()
+                }
                 _ => StatusCode::NOT_FOUND.into_response(),
             }
         }))
