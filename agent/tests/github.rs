@@ -73,8 +73,21 @@ async fn the_default_mapping_syncs_an_organization_and_an_unchanged_resync_sends
     );
 
     let sent = support::writes(&port);
+    let (requests, not_modified) = github.answered();
     let out = support::agent_in(dir.path(), &["resync", "--config", "agent.yaml"]).await;
     support::assert_success(&out);
+    // What the unchanged resync cost: every answer GitHub had given before came back 304;
+    // only the files repositories do not have (a 404 has no ETag) were asked in full.
+    let (requests, not_modified) = (
+        github.answered().0 - requests,
+        github.answered().1 - not_modified,
+    );
+    let missing_files = 5; // CODEOWNERS in 3 repositories, README.md in 2
+    assert_eq!(
+        requests - not_modified,
+        missing_files,
+        "{requests} requests, {not_modified} not modified"
+    );
     assert_eq!(
         support::writes(&port),
         sent,

@@ -159,13 +159,21 @@ impl GitHubApi {
 
     /// `GET path`: the answer, or `None` when GitHub says 404 (gone, or not visible to the
     /// token).
-    pub async fn get(&self, path: &str, priority: Priority) -> Result<Option<Value>, VendorError> {
+    /// Asked conditionally when `validators` keeps the answer.
+    pub async fn get(
+        &self,
+        path: &str,
+        priority: Priority,
+        validators: Option<&dyn ValidatorStore>,
+    ) -> Result<Option<Value>, VendorError> {
         let request = VendorRequest {
             priority,
             ..VendorRequest::get(self.url(path))
         };
         let sent = self
-            .authorized(request, |r| async move { self.client.send_json(&r).await })
+            .authorized(request, |r| async move {
+                self.client.send_json_validated(&r, validators).await
+            })
             .await;
         match sent {
             Ok((value, _)) => Ok(Some(value)),

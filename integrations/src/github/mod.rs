@@ -288,7 +288,7 @@ impl GitHubIntegration {
                 if let Some(login) = &self.organization {
                     let found = self
                         .api
-                        .get(&format!("/users/{login}"), Priority::Resync)
+                        .get(&format!("/users/{login}"), Priority::Resync, validators)
                         .await?;
                     return Ok(Arc::new(found.into_iter().collect()));
                 }

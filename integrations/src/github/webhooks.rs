@@ -170,7 +170,7 @@ impl GitHubWebhooks {
         } else {
             self.integration
                 .api
-                .get(&format!("/repos/{full_name}"), Priority::Live)
+                .get(&format!("/repos/{full_name}"), Priority::Live, None)
                 .await
                 .map_err(handle_error)?
         };
@@ -227,6 +227,7 @@ impl GitHubWebhooks {
                 .get(
                     &format!("/repos/{full_name}/{path}/{number}"),
                     Priority::Live,
+                    None,
                 )
                 .await
                 .map_err(handle_error)?

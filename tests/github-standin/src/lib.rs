@@ -87,6 +87,23 @@ impl GitHub {
         self.installation_tokens.lock().unwrap().clear();
     }
 
+    /// Requests answered so far, and how many of those were `304 Not Modified` (which GitHub
+    /// does not count against the rate limit).
+    pub fn answered(&self) -> (u32, u32) {
+        let seen = self.seen.lock().unwrap();
+        let requests = seen
+            .iter()
+            .filter(|(route, _)| !route.contains(' '))
+            .map(|(_, n)| n)
+            .sum();
+        let not_modified = seen
+            .iter()
+            .filter(|(route, _)| route.ends_with(" 304"))
+            .map(|(_, n)| n)
+            .sum();
+        (requests, not_modified)
+    }
+
     pub fn seen(&self, route: &str) -> u32 {
         self.seen.lock().unwrap().get(route).copied().unwrap_or(0)
     }
@@ -296,6 +313,27 @@ fn page_in(
     answer
 }
 
+/// One object as GitHub answers it: with its `ETag`, or `304` when the client has it.
+fn conditional(github: &GitHub, route: &str, headers: &HeaderMap, object: Value) -> Response {
+    let body = object.to_string();
+    let etag = format!("\"{}\"", blake3_like(&body));
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .is_some_and(|v| *v == *etag)
+    {
+        github.count(&format!("{route} 304"));
+        return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
+    }
+    (
+        [
+            (header::ETAG, etag),
+            (header::CONTENT_TYPE, "application/json".to_owned()),
+        ],
+        body,
+    )
+        .into_response()
+}
+
 /// A stable tag for a body (what GitHub's ETag is to a client: opaque).
 fn blake3_like(body: &str) -> String {
     use std::hash::{Hash, Hasher};
@@ -413,8 +451,8 @@ pub async fn serve(github: GitHub) -> String {
         .route("/users/{login}", get(|State(g): State<GitHub>, Path(login): Path<String>, headers: HeaderMap| async move {
             g.count("user");
             if !g.authorized(&headers) { return StatusCode::UNAUTHORIZED.into_response(); }
-            axum::Json(json!({"login": login, "id": 7, "node_id": "O_7", "url": format!("https://api.github.com/users/{login}"),
-                "repos_url": "r", "avatar_url": "a", "type": "Organization"})).into_response()
+            conditional(&g, "user", &headers, json!({"login": login, "id": 7, "node_id": "O_7", "url": format!("https://api.github.com/users/{login}"),
+                "repos_url": "r", "avatar_url": "a", "type": "Organization"}))
         }))
         .route("/user/orgs", get(|State(g): State<GitHub>, headers: HeaderMap, uri: axum::http::Uri, Query(p): Params| async move {
             let orgs = [json!({"login": "acme", "id": 7}), json!({"login": "other", "id": 8})];
