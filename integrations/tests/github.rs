@@ -670,3 +670,119 @@ async fn a_next_page_on_another_host_is_not_followed_with_the_token() {
     .unwrap_err();
     assert!(error.message.contains("another host"), "{error}");
 }
+
+#[tokio::test]
+async fn release_tag_and_branch_deliveries_read_github_or_delete() {
+    let github = GitHub::with_data();
+    let host = serve(github.clone()).await;
+    let integration = integration(&host, Some("acme"));
+    let processor = processor(&integration, Some(SECRET), false);
+    let simple = |kind: &str, selector: Value| {
+        json!({"kind": kind, "selector": selector,
+            "port": {"entity": {"mappings": {"identifier": ".name", "blueprint": "\"x\""}}}})
+    };
+    let mapping = mapping(&[
+        simple("release", json!({"query": "true"})),
+        simple("tag", json!({"query": "true"})),
+        simple(
+            "branch",
+            json!({"query": "true", "defaultBranchOnly": true}),
+        ),
+    ]);
+    let api = repository("api");
+    let handle = |event: &'static str, body: Value, kind: &'static str| {
+        let (processor, mapping) = (&processor, &mapping);
+        async move {
+            let (headers, bytes) = delivery(event, &body, SECRET);
+            let request = WebhookRequest {
+                path: "/integration/webhook",
+                headers: &headers,
+                body: &bytes,
+            };
+            assert!(processor.should_process(&request), "{event}");
+            let accepted = processor.accept(&request).unwrap();
+            assert_eq!(accepted.kinds, [kind]);
+            let resource = &mapping.resources[resource_index(mapping, kind)];
+            let handled = processor.handle(&accepted.payload, resource).await.unwrap();
+            let values = |raw: Vec<Box<serde_json::value::RawValue>>| -> Vec<Value> {
+                raw.iter()
+                    .map(|r| serde_json::from_str(r.get()).unwrap())
+                    .collect()
+            };
+            (values(handled.updated), values(handled.deleted))
+        }
+    };
+
+    // A release published: GitHub's copy, with its repository's names.
+    let (updated, deleted) = handle(
+        "release",
+        json!({"action": "published", "release": {"id": 301}, "repository": api}),
+        "release",
+    )
+    .await;
+    assert!(deleted.is_empty());
+    assert_eq!(
+        (&updated[0]["tag_name"], &updated[0]["__repository"]),
+        (&json!("v1.0.0"), &json!("api"))
+    );
+    let (updated, deleted) = handle(
+        "release",
+        json!({"action": "deleted", "release": {"id": 301, "name": "One"}, "repository": api}),
+        "release",
+    )
+    .await;
+    assert!(updated.is_empty());
+    assert_eq!(deleted[0]["id"], 301);
+
+    // A tag created: its commit from the ref; deleted: by name.
+    let (updated, _) = handle(
+        "create",
+        json!({"ref": "v1.0.0", "ref_type": "tag", "repository": api}),
+        "tag",
+    )
+    .await;
+    assert_eq!(
+        (&updated[0]["name"], &updated[0]["commit"]["sha"]),
+        (&json!("v1.0.0"), &json!("abc"))
+    );
+    assert_eq!(updated[0]["__repository_object"]["full_name"], "acme/api");
+    let (updated, deleted) = handle(
+        "delete",
+        json!({"ref": "v1.0.0", "ref_type": "tag", "repository": api}),
+        "tag",
+    )
+    .await;
+    assert!(updated.is_empty());
+    assert_eq!(deleted[0]["name"], "v1.0.0");
+
+    // Branches with defaultBranchOnly: a new feature branch changes nothing, main is upserted.
+    let (updated, deleted) = handle(
+        "create",
+        json!({"ref": "feature-a", "ref_type": "branch", "repository": api}),
+        "branch",
+    )
+    .await;
+    assert!(updated.is_empty() && deleted.is_empty());
+    let (updated, _) = handle(
+        "create",
+        json!({"ref": "main", "ref_type": "branch", "repository": api}),
+        "branch",
+    )
+    .await;
+    assert_eq!(
+        (&updated[0]["name"], &updated[0]["__is_default_branch"]),
+        (&json!("main"), &json!(true))
+    );
+    // A create of something else (a repository's first push makes no ref_type we take) is nobody's.
+    let (headers, bytes) = delivery(
+        "create",
+        &json!({"ref": "x", "ref_type": "repository", "repository": api}),
+        SECRET,
+    );
+    let request = WebhookRequest {
+        path: "/integration/webhook",
+        headers: &headers,
+        body: &bytes,
+    };
+    assert!(!processor.should_process(&request));
+}

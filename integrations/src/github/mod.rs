@@ -47,6 +47,29 @@ struct RepositoryListing {
     with_repository_object: bool,
 }
 
+impl RepositoryListing {
+    fn of(kind: &str) -> Option<&'static Self> {
+        LISTINGS.iter().find(|l| l.kind == kind)
+    }
+
+    /// Whether the selector keeps `item` (`defaultBranchOnly`).
+    fn wanted(&self, item: &Value, repository: &Value, keys: &SelectorKeys) -> bool {
+        !(self.kind == "branch" && keys.default_branch_only)
+            || item["name"] == repository["default_branch"]
+    }
+
+    /// `item` enriched as Ocean's exporter enriches it.
+    fn enrich(&self, mut item: Value, repository: &Value, name: &str, organization: &str) -> Value {
+        if self.with_repository_object {
+            item["__repository_object"] = repository.clone();
+        }
+        if self.kind == "branch" {
+            item["__is_default_branch"] = Value::from(item["name"] == repository["default_branch"]);
+        }
+        with_repository(item, name, organization)
+    }
+}
+
 const LISTINGS: [RepositoryListing; 5] = [
     RepositoryListing {
         kind: "release",
@@ -237,9 +260,7 @@ impl GitHubIntegration {
                     }
                 }
                 _ if !matches!(request.kind, "pull-request" | "issue") => {
-                    let listing = LISTINGS
-                        .iter()
-                        .find(|l| l.kind == request.kind)
+                    let listing = RepositoryListing::of(request.kind)
                         .ok_or_else(|| request.fail("GitHub has no such kind here"))?;
                     let (keys, send) = (&keys, &send);
                     let validators = request.validators;
@@ -447,26 +468,13 @@ impl GitHubIntegration {
         Fut: std::future::Future<Output = bool>,
     {
         let (full_name, name, organization) = names(repository);
-        let default_branch = repository["default_branch"].as_str();
         let path = format!("/repos/{full_name}/{}", listing.path);
         self.api
             .for_each_page(&path, &[], validators, Priority::Resync, |page| {
                 let items = page
                     .into_iter()
-                    .filter(|item| {
-                        !(listing.kind == "branch" && keys.default_branch_only)
-                            || item["name"].as_str() == default_branch
-                    })
-                    .map(|mut item| {
-                        if listing.with_repository_object {
-                            item["__repository_object"] = repository.clone();
-                        }
-                        if listing.kind == "branch" {
-                            item["__is_default_branch"] =
-                                Value::from(item["name"].as_str() == default_branch);
-                        }
-                        with_repository(item, name, organization)
-                    })
+                    .filter(|item| listing.wanted(item, repository, keys))
+                    .map(|item| listing.enrich(item, repository, name, organization))
                     .collect();
                 send(items)
             })

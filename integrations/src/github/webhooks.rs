@@ -1,5 +1,6 @@
-//! GitHub's webhooks (`POST /integration/webhook`, as Ocean's): `repository`, `pull_request`
-//! and `issues` deliveries, signed with `X-Hub-Signature-256`. A delivery is queued as it came;
+//! GitHub's webhooks (`POST /integration/webhook`, as Ocean's): `repository`, `pull_request`,
+//! `issues`, `release`, and `create`/`delete` of tags and branches, signed with
+//! `X-Hub-Signature-256`. A delivery is queued as it came;
 //! handling it reads the object afresh from GitHub (a delivery may be old by then, and
 //! deliveries are not ordered), so what reaches Port is GitHub's current state:
 //! a repository deleted or archived, a pull request or issue outside the selector's states, or
@@ -16,18 +17,23 @@ use port_agent_core::webhook::{
 };
 use serde_json::{Value, json};
 
-use super::{GitHubIntegration, raw_batch, selector_keys, with_organization, with_repository};
+use super::{
+    GitHubIntegration, RepositoryListing, raw_batch, selector_keys, with_organization,
+    with_repository,
+};
 use crate::signature::verify;
 
 pub const SIGNATURE_HEADER: &str = "x-hub-signature-256";
 pub const EVENT_HEADER: &str = "x-github-event";
 pub const DELIVERY_HEADER: &str = "x-github-delivery";
 
-/// The deliveries taken, and the kind each changes.
-const EVENTS: [(&str, &str); 3] = [
+/// The deliveries taken, and the kind each changes (`create` and `delete` by their
+/// `ref_type`).
+const EVENTS: [(&str, &str); 4] = [
     ("repository", "repository"),
     ("pull_request", "pull-request"),
     ("issues", "issue"),
+    ("release", "release"),
 ];
 
 #[derive(Debug)]
@@ -39,8 +45,28 @@ pub struct GitHubWebhooks {
     pub allow_unsigned: bool,
 }
 
-fn kind_of(event: &str) -> Option<&'static str> {
+/// The kind a delivery changes: by its event, and for `create` and `delete` by its
+/// `ref_type` (read only then).
+fn kind_of(event: &str, ref_type: impl FnOnce() -> Option<String>) -> Option<&'static str> {
+    if event == "create" || event == "delete" {
+        return match ref_type()?.as_str() {
+            "tag" => Some("tag"),
+            "branch" => Some("branch"),
+            _ => None,
+        };
+    }
     EVENTS.iter().find(|(e, _)| *e == event).map(|(_, k)| *k)
+}
+
+/// A received body's `ref_type`, without reading the rest of it into values.
+fn ref_type_of(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Reference {
+        ref_type: String,
+    }
+    serde_json::from_slice::<Reference>(body)
+        .ok()
+        .map(|r| r.ref_type)
 }
 
 impl GitHubWebhooks {
@@ -71,14 +97,17 @@ impl WebhookProcessor for GitHubWebhooks {
     }
 
     fn should_process(&self, request: &WebhookRequest<'_>) -> bool {
-        request.header(EVENT_HEADER).and_then(kind_of).is_some()
+        request
+            .header(EVENT_HEADER)
+            .and_then(|event| kind_of(event, || ref_type_of(request.body)))
+            .is_some()
     }
 
     fn accept(&self, request: &WebhookRequest<'_>) -> Result<AcceptedEvent, Refusal> {
         self.authenticate(request)?;
         let event = request.header(EVENT_HEADER).unwrap_or_default();
-        let kind =
-            kind_of(event).ok_or_else(|| Refusal::Invalid(format!("event {event}: not taken")))?;
+        let kind = kind_of(event, || ref_type_of(request.body))
+            .ok_or_else(|| Refusal::Invalid(format!("event {event}: not taken")))?;
         let body: Value = serde_json::from_slice(request.body)
             .map_err(|_| Refusal::Invalid("the delivery's body is not JSON".to_owned()))?;
         let full_name = body["repository"]["full_name"]
@@ -128,12 +157,15 @@ impl WebhookProcessor for GitHubWebhooks {
             let queued: Value = serde_json::from_slice(payload)
                 .map_err(|e| HandleError::Permanent(format!("a queued GitHub delivery: {e}")))?;
             let event = queued["event"].as_str().unwrap_or_default();
-            if kind_of(event) != Some(resource.kind.as_str()) {
+            let body = &queued["body"];
+            let kind = kind_of(event, || body["ref_type"].as_str().map(str::to_owned));
+            if kind != Some(resource.kind.as_str()) {
                 return Ok(Handled::default());
             }
-            let body = &queued["body"];
             let (updated, deleted) = match event {
                 "repository" => self.repository(body, resource).await?,
+                "release" => self.release(body).await?,
+                "create" | "delete" => self.reference(event, body, resource).await?,
                 _ => self.numbered(event, body, resource).await?,
             };
             Ok(Handled {
@@ -203,9 +235,7 @@ impl GitHubWebhooks {
         let keys = selector_keys(&resource.kind, &resource.selector.extra)
             .map_err(HandleError::Permanent)?;
         let repository = &body["repository"];
-        let full_name = repository["full_name"].as_str().unwrap_or_default();
-        let name = repository["name"].as_str().unwrap_or_default();
-        let organization = repository["owner"]["login"].as_str().unwrap_or_default();
+        let (full_name, name, organization) = delivered_names(repository);
         let (field, path, wanted) = if event == "pull_request" {
             ("pull_request", "pulls", keys.pull_request_states())
         } else {
@@ -249,6 +279,96 @@ impl GitHubWebhooks {
             None => (Vec::new(), vec![sent]),
         })
     }
+}
+
+impl GitHubWebhooks {
+    /// A release: GitHub's current copy, or deleted.
+    async fn release(&self, body: &Value) -> Result<Changes, HandleError> {
+        let repository = &body["repository"];
+        let (full_name, name, organization) = delivered_names(repository);
+        let listing = RepositoryListing::of("release").expect("a listing");
+        let sent = listing.enrich(body["release"].clone(), repository, name, organization);
+        let id = &body["release"]["id"];
+        let current = if body["action"] == "deleted" || !id.is_u64() {
+            None
+        } else {
+            self.integration
+                .api
+                .get(
+                    &format!("/repos/{full_name}/releases/{id}"),
+                    Priority::Live,
+                    None,
+                )
+                .await
+                .map_err(handle_error)?
+        };
+        Ok(match current {
+            Some(release) => (
+                vec![listing.enrich(release, repository, name, organization)],
+                Vec::new(),
+            ),
+            None => (Vec::new(), vec![sent]),
+        })
+    }
+
+    /// A tag or branch created (read from GitHub) or deleted.
+    async fn reference(
+        &self,
+        event: &str,
+        body: &Value,
+        resource: &ResourceConfig,
+    ) -> Result<Changes, HandleError> {
+        let repository = &body["repository"];
+        let (full_name, name, organization) = delivered_names(repository);
+        let listing = RepositoryListing::of(&resource.kind).expect("tag and branch are listings");
+        let keys = selector_keys(&resource.kind, &resource.selector.extra)
+            .map_err(HandleError::Permanent)?;
+        let reference = body["ref"].as_str().unwrap_or_default();
+        let gone = listing.enrich(json!({"name": reference}), repository, name, organization);
+        if event == "delete" {
+            return Ok((Vec::new(), vec![gone]));
+        }
+        let encoded = reference
+            .replace('%', "%25")
+            .replace('#', "%23")
+            .replace('?', "%3F");
+        let current = if resource.kind == "branch" {
+            self.integration
+                .api
+                .get(
+                    &format!("/repos/{full_name}/branches/{encoded}"),
+                    Priority::Live,
+                    None,
+                )
+                .await
+                .map_err(handle_error)?
+        } else {
+            // GitHub has no one-tag answer shaped as its tag listing: the ref gives its commit.
+            self.integration
+                .api
+                .get(&format!("/repos/{full_name}/git/ref/tags/{encoded}"), Priority::Live, None)
+                .await
+                .map_err(handle_error)?
+                .map(|found| json!({"name": reference, "commit": {"sha": found["object"]["sha"], "url": found["object"]["url"]}}))
+        };
+        Ok(match current {
+            Some(item) if listing.wanted(&item, repository, &keys) => (
+                vec![listing.enrich(item, repository, name, organization)],
+                Vec::new(),
+            ),
+            Some(_) => (Vec::new(), Vec::new()),
+            None => (Vec::new(), vec![gone]),
+        })
+    }
+}
+
+/// A delivery's repository's `full_name`, `name` and owner.
+fn delivered_names(repository: &Value) -> (&str, &str, &str) {
+    (
+        repository["full_name"].as_str().unwrap_or_default(),
+        repository["name"].as_str().unwrap_or_default(),
+        repository["owner"]["login"].as_str().unwrap_or_default(),
+    )
 }
 
 /// `owner/name` as GitHub allows them: the name goes into the API paths asked with the token,

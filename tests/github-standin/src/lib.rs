@@ -530,6 +530,34 @@ pub async fn serve(github: GitHub) -> String {
         .route("/repos/acme/{repo}/collaborators", get(|State(g): State<GitHub>, Path(repo): Path<String>, headers: HeaderMap, uri: axum::http::Uri, Query(p): Params| async move {
             listing(&g, &repo, "collaborators", &uri.to_string(), &headers, &p)
         }))
+        .route("/repos/acme/{repo}/releases/{id}", get(|State(g): State<GitHub>, Path((repo, id)): Path<(String, u64)>| async move {
+            g.count("release");
+            let listed = g.listings.lock().unwrap().get(&(repo, "releases".to_owned())).cloned().unwrap_or_default();
+            match listed.into_iter().find(|r| r["id"] == id) {
+                Some(found) => axum::Json(found).into_response(),
+                None => StatusCode::NOT_FOUND.into_response(),
+            }
+        }))
+        .route("/repos/acme/{repo}/branches/{branch}", get(|State(g): State<GitHub>, Path((repo, branch)): Path<(String, String)>| async move {
+            g.count("branch");
+            let listed = g.listings.lock().unwrap().get(&(repo, "branches".to_owned())).cloned().unwrap_or_default();
+            match listed.into_iter().find(|b| b["name"] == branch.as_str()) {
+                Some(mut found) => {
+                    found["_links"] = json!({"html": "…"});
+                    axum::Json(found).into_response()
+                }
+                None => StatusCode::NOT_FOUND.into_response(),
+            }
+        }))
+        .route("/repos/acme/{repo}/git/ref/tags/{tag}", get(|State(g): State<GitHub>, Path((repo, tag)): Path<(String, String)>| async move {
+            g.count("tag ref");
+            let listed = g.listings.lock().unwrap().get(&(repo, "tags".to_owned())).cloned().unwrap_or_default();
+            match listed.into_iter().find(|t| t["name"] == tag.as_str()) {
+                Some(found) => axum::Json(json!({"ref": format!("refs/tags/{tag}"),
+                    "object": {"sha": found["commit"]["sha"], "type": "commit", "url": "…"}})).into_response(),
+                None => StatusCode::NOT_FOUND.into_response(),
+            }
+        }))
         .with_state(github);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
