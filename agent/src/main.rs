@@ -44,16 +44,18 @@ enum LogFormat {
 }
 
 impl LogFormat {
-    /// `auto` made definite: JSON for the service (`run`) when its stderr is neither a
-    /// terminal nor the journal — a container's log, a collector; text for the other commands,
-    /// whose output a person or a CI log reads.
-    fn resolve(self, service: bool) -> Self {
+    /// Whether lines are JSON. `auto`: JSON for the service (`run`) when its stderr is neither
+    /// a terminal nor the journal — a container's log, a collector; text for the other
+    /// commands, whose output a person or a CI log reads.
+    fn is_json(self, service: bool) -> bool {
         match self {
-            Self::Auto if !service => Self::Text,
-            Self::Auto if std::io::IsTerminal::is_terminal(&std::io::stderr()) => Self::Text,
-            Self::Auto if stderr_is_the_journal() => Self::Text,
-            Self::Auto => Self::Json,
-            definite => definite,
+            Self::Json => true,
+            Self::Text => false,
+            Self::Auto => {
+                service
+                    && !std::io::IsTerminal::is_terminal(&std::io::stderr())
+                    && !stderr_is_the_journal()
+            }
         }
     }
 }
@@ -291,10 +293,10 @@ struct ConfigArg {
 }
 
 fn main() -> ExitCode {
-    let mut cli = Cli::parse();
-    cli.log_format = cli
+    let cli = Cli::parse();
+    let json_logs = cli
         .log_format
-        .resolve(matches!(cli.command, Command::Run { .. }));
+        .is_json(matches!(cli.command, Command::Run { .. }));
     let default_level = match cli.command {
         Command::Run { .. } => "info",
         _ => "warn",
@@ -305,15 +307,14 @@ fn main() -> ExitCode {
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Auto | LogFormat::Text => logs
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
-        LogFormat::Json => logs
-            .json()
+    if json_logs {
+        logs.json()
             .with_current_span(false)
             .with_span_list(true)
-            .init(),
+            .init();
+    } else {
+        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
     }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -327,7 +328,7 @@ fn main() -> ExitCode {
         Err(e) => {
             return report(
                 Failure::Run(anyhow::Error::new(e).context("cannot start the async runtime")),
-                cli.log_format,
+                json_logs,
             );
         }
     };
@@ -411,19 +412,16 @@ fn main() -> ExitCode {
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
-        Err(failure) => report(failure, cli.log_format),
+        Err(failure) => report(failure, json_logs),
     }
 }
 
 /// The failure on stderr: a line for people, or a JSON log line when logs are JSON.
-fn report(failure: Failure, format: LogFormat) -> ExitCode {
-    match format {
-        LogFormat::Auto | LogFormat::Text => {
-            let _ = writeln!(std::io::stderr(), "error: {:#}", failure.error());
-        }
-        LogFormat::Json => {
-            tracing::error!(exit_code = failure.exit_code(), "{:#}", failure.error())
-        }
+fn report(failure: Failure, json_logs: bool) -> ExitCode {
+    if json_logs {
+        tracing::error!(exit_code = failure.exit_code(), "{:#}", failure.error());
+    } else {
+        let _ = writeln!(std::io::stderr(), "error: {:#}", failure.error());
     }
     ExitCode::from(failure.exit_code())
 }
