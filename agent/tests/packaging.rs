@@ -70,3 +70,26 @@ fn the_image_config_with_ocean_variables_validates() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The GitHub example (`examples/github`) validates as its header says to run it.
+#[test]
+fn the_github_example_validates_with_its_secrets_from_the_environment() {
+    let out = Command::new(env!("CARGO_BIN_EXE_port-agent"))
+        .args(["config", "validate", "--config"])
+        .arg(repository().join("examples/github/agent.yaml"))
+        .current_dir(std::env::temp_dir())
+        .env_remove("PORT_AGENT_CONFIG")
+        .env("OCEAN__PORT__CLIENT_ID", "id")
+        .env("OCEAN__PORT__CLIENT_SECRET", "secret")
+        .env("OCEAN__INTEGRATION__CONFIG__GITHUB_TOKEN", "ghp_x")
+        .env("OCEAN__INTEGRATION__CONFIG__WEBHOOK_SECRET", "hook")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("2 resources"), "{stdout}");
+}
