@@ -257,6 +257,15 @@ fn the_token_is_required_and_the_selector_checked() {
         problems[0].contains("selector.states") && problems[0].contains("merged"),
         "{problems:?}"
     );
+    let mistyped = mapping(&[
+        json!({"kind": "branch", "selector": {"query": "true", "defaultBranchOnly": "yes-please"},
+        "port": {"entity": {"mappings": {"identifier": ".name", "blueprint": "\"b\""}}}}),
+    ]);
+    let problems = integration.check_resource(mistyped.resources.last().unwrap());
+    assert!(
+        problems[0].contains("selector") && !problems[0].contains("yes-please"),
+        "{problems:?}"
+    );
     let unknown = mapping(&[json!({"kind": "commit", "selector": {"query": "true"},
         "port": {"entity": {"mappings": {"identifier": ".id", "blueprint": "\"c\""}}}})]);
     assert!(

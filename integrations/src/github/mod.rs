@@ -25,6 +25,7 @@ use port_agent_core::integration::{
     FetchError, FetchFuture, FetchRequest, Integration, RawBatch, RunCache,
 };
 use port_agent_core::mapping::config::ResourceConfig;
+use port_agent_core::text::without_values;
 use port_agent_core::vendor_http::{Priority, ValidatorStore, VendorError};
 use port_agent_core::webhook::{WebhookProcessor, WebhookSettings};
 use serde::Deserialize;
@@ -156,8 +157,12 @@ struct SelectorKeys {
 }
 
 fn selector_keys(kind: &str, extra: &Map<String, Value>) -> Result<SelectorKeys, String> {
-    let keys: SelectorKeys = serde_json::from_value(Value::Object(extra.clone()))
-        .map_err(|e| format!("kind '{kind}': selector: {e}"))?;
+    let keys: SelectorKeys = serde_json::from_value(Value::Object(extra.clone())).map_err(|e| {
+        format!(
+            "kind '{kind}': selector: {}",
+            without_values(&e.to_string())
+        )
+    })?;
     if let Some(states) = &keys.states
         && let Some(bad) = states.iter().find(|s| *s != "open" && *s != "closed")
     {
@@ -211,8 +216,12 @@ impl GitHubIntegration {
         sink: mpsc::Sender<RawBatch>,
     ) -> Result<(), FetchError> {
         let mapping: MappingKeys =
-            serde_json::from_value(Value::Object(request.mapping_extra.clone()))
-                .map_err(|e| request.fail(format!("the mapping's GitHub keys: {e}")))?;
+            serde_json::from_value(Value::Object(request.mapping_extra.clone())).map_err(|e| {
+                request.fail(format!(
+                    "the mapping's GitHub keys: {}",
+                    without_values(&e.to_string())
+                ))
+            })?;
         let keys =
             selector_keys(request.kind, &request.selector.extra).map_err(|e| request.fail(e))?;
         let failed = |e: VendorError| request.fail(e.to_string());
