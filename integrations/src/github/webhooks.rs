@@ -268,7 +268,8 @@ impl GitHubWebhooks {
             Some(item) => {
                 let wanted = item["state"]
                     .as_str()
-                    .is_some_and(|s| wanted.iter().any(|w| w == s));
+                    .is_some_and(|s| wanted.iter().any(|w| w == s))
+                    && (event != "issues" || has_labels(&item, keys.labels.as_deref()));
                 let item = with_repository(item, name, organization);
                 if wanted {
                     (vec![item], Vec::new())
@@ -362,6 +363,21 @@ impl GitHubWebhooks {
     }
 }
 
+/// Whether an issue has every label of the selector's `labels` (GitHub's comma-separated
+/// filter, as the resync's listing applies it).
+fn has_labels(issue: &Value, labels: Option<&str>) -> bool {
+    let Some(labels) = labels else { return true };
+    let names: Vec<&str> = issue["labels"]
+        .as_array()
+        .map(|all| all.iter().filter_map(|l| l["name"].as_str()).collect())
+        .unwrap_or_default();
+    labels
+        .split(',')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .all(|wanted| names.iter().any(|n| n.eq_ignore_ascii_case(wanted)))
+}
+
 /// A delivery's repository's `full_name`, `name` and owner.
 fn delivered_names(repository: &Value) -> (&str, &str, &str) {
     (
@@ -394,5 +410,20 @@ fn handle_error(error: VendorError) -> HandleError {
             HandleError::Permanent(error.to_string())
         }
         _ => HandleError::Retryable(error.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_issue_keeps_the_selector_s_labels_as_github_s_filter_does() {
+        let issue = json!({"labels": [{"name": "bug"}, {"name": "P1"}]});
+        assert!(has_labels(&issue, None));
+        assert!(has_labels(&issue, Some("bug")));
+        assert!(has_labels(&issue, Some("bug, p1")));
+        assert!(!has_labels(&issue, Some("bug,wontfix")));
+        assert!(!has_labels(&json!({}), Some("bug")));
     }
 }
