@@ -161,3 +161,72 @@ async fn a_signed_delivery_changes_port_through_the_running_agent() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_accepted_before_a_kill_is_applied_after_the_restart() {
+    let github = GitHub::with_data();
+    let host = github_standin::serve(github.clone()).await;
+    let port = Emulator::start(EmulatorConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &port, &host, "POLLING");
+    let service = support::RunningService::start(dir.path()).await;
+    support::wait_until(Duration::from_secs(30), "the first resync", || {
+        entity(&port, "githubPullRequest", "web1004").is_some()
+    })
+    .await;
+
+    // Port slow: the agent is killed after its 202, before the delete reaches Port.
+    port.set_faults(port_emulator::FaultSpec {
+        latency_ms: Some(3000),
+        ..Default::default()
+    })
+    .unwrap();
+    github.pulls.lock().unwrap().get_mut("web").unwrap()[0]["state"] = json!("closed");
+    let closed = github.pulls.lock().unwrap()["web"][0].clone();
+    let body = json!({"action": "closed", "number": 4, "pull_request": closed,
+        "repository": github_standin::repository("web")})
+    .to_string();
+    let answer = reqwest::Client::new()
+        .post(format!("http://{}/integration/webhook", service.address))
+        .header("x-github-event", "pull_request")
+        .header("x-github-delivery", "delivery-k")
+        .header(
+            "x-hub-signature-256",
+            port_agent_integrations::signature::signature(SECRET.as_bytes(), body.as_bytes()),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 202);
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &service.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    port.set_faults(port_emulator::FaultSpec::default())
+        .unwrap();
+    assert!(entity(&port, "githubPullRequest", "web1004").is_some());
+
+    // The restarted agent finds the delivery in its inbox and applies it.
+    let restarted = support::RunningService::start(dir.path()).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while entity(&port, "githubPullRequest", "web1004").is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the delivery was lost:\n{}",
+            restarted.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(entity(&port, "githubPullRequest", "api1001").is_some());
+    // It was the kept delivery, applied before the restart's resync, not that resync.
+    let log = restarted.stderr();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("live events applied") && l.contains("deleted=1")),
+        "{log}"
+    );
+    let (code, _, stderr) = restarted.terminate().await;
+    assert_eq!(code, Some(0), "{stderr}");
+}
