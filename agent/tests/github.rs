@@ -220,13 +220,20 @@ async fn a_delivery_accepted_before_a_kill_is_applied_after_the_restart() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(entity(&port, "githubPullRequest", "api1001").is_some());
-    // It was the kept delivery, applied before the restart's resync, not that resync.
-    let log = restarted.stderr();
-    assert!(
+    // It was the kept delivery, applied before the restart's resync, not that resync (the
+    // line comes once the write is done).
+    let applied = |log: &str| {
         log.lines()
-            .any(|l| l.contains("live events applied") && l.contains("deleted=1")),
-        "{log}"
-    );
+            .any(|l| l.contains("live events applied") && l.contains("deleted=1"))
+    };
+    while !applied(&restarted.stderr()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no delivery applied:\n{}",
+            restarted.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let (code, _, stderr) = restarted.terminate().await;
     assert_eq!(code, Some(0), "{stderr}");
 }

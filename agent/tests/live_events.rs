@@ -358,13 +358,18 @@ async fn an_event_accepted_before_a_kill_is_applied_once_after_the_restart() {
         "ada"
     );
     // The inbox kept the event: the drain applied it before the start run, which found it
-    // unchanged.
-    let log = restarted.stderr();
-    assert!(
-        log.lines()
-            .any(|l| l.contains("live events applied first_sequence=1") && l.contains("upserted=1")),
-        "{log}"
-    );
+    // unchanged. (Regression: the log was read once, right after the entity reached Port, and
+    // the drain's line can come a moment later — the test failed now and then.)
+    support::wait_until(
+        Duration::from_secs(30),
+        "the drain's line for the kept event",
+        || {
+            restarted.stderr().lines().any(|l| {
+                l.contains("live events applied first_sequence=1") && l.contains("upserted=1")
+            })
+        },
+    )
+    .await;
     assert_eq!(project.stats()["upserts_per_entity"]["service/svc-kept"], 1);
     restarted.terminate().await;
 }
@@ -515,11 +520,21 @@ async fn an_event_asking_for_a_resync_gets_one_in_its_place_in_line() {
         "rust",
         "the event after the resync request is not undone by it"
     );
-    let log = service.stderr();
-    let asked = log.find("a live event asked for a resync").expect("logged");
-    let resync = log[asked..].find("trigger=\"event-request\"");
-    let last = log.rfind("live events applied").unwrap();
-    assert!(resync.is_some_and(|at| asked + at < last), "{log}");
+    // The request logged, then its resync, then the last events applied. (The drain logs a
+    // batch just after counting it: the log is read until that line is there.)
+    let in_order = |log: &str| {
+        let Some(asked) = log.find("a live event asked for a resync") else {
+            return false;
+        };
+        let resync = log[asked..].find("trigger=\"event-request\"");
+        let last = log.rfind("live events applied");
+        matches!((resync, last), (Some(at), Some(last)) if asked + at < last)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !in_order(&service.stderr()) {
+        assert!(std::time::Instant::now() < deadline, "{}", service.stderr());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let inspect = project
         .agent(&["state", "inspect", "--config", "agent.yaml", "--json"])
         .await;
