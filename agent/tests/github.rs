@@ -29,6 +29,50 @@ fn write_config(dir: &Path, port: &Emulator, github: &str, listener: &str) {
     .unwrap();
 }
 
+/// GitHub's stand-in, Port's emulator and the agent serving (POLLING) in a folder of its own,
+/// once its first resync has put web#4 in Port.
+async fn serving_after_a_resync() -> (GitHub, Emulator, tempfile::TempDir, support::RunningService)
+{
+    let github = GitHub::with_data();
+    let host = github_standin::serve(github.clone()).await;
+    let port = Emulator::start(EmulatorConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &port, &host, "POLLING");
+    let service = support::RunningService::start(dir.path()).await;
+    support::wait_until(Duration::from_secs(30), "the first resync", || {
+        entity(&port, "githubPullRequest", "web1004").is_some()
+    })
+    .await;
+    (github, port, dir, service)
+}
+
+/// Closes web#4 on GitHub; the body of the delivery that says so.
+fn close_web_4(github: &GitHub) -> String {
+    github.pulls.lock().unwrap().get_mut("web").unwrap()[0]["state"] = json!("closed");
+    let closed = github.pulls.lock().unwrap()["web"][0].clone();
+    json!({"action": "closed", "number": 4, "pull_request": closed,
+        "repository": github_standin::repository("web")})
+    .to_string()
+}
+
+/// POSTs a `pull_request` delivery of `body` signed with `secret`; the answer's status.
+async fn deliver(service: &support::RunningService, body: &str, secret: &[u8]) -> u16 {
+    reqwest::Client::new()
+        .post(format!("http://{}/integration/webhook", service.address))
+        .header("x-github-event", "pull_request")
+        .header("x-github-delivery", format!("delivery-{}", body.len()))
+        .header(
+            "x-hub-signature-256",
+            port_agent_integrations::signature::signature(secret, body.as_bytes()),
+        )
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 fn entity(port: &Emulator, blueprint: &str, identifier: &str) -> Option<Value> {
     support::port_content(port).remove(&(blueprint.to_owned(), identifier.to_owned()))
 }
@@ -104,46 +148,12 @@ async fn the_default_mapping_syncs_an_organization_and_an_unchanged_resync_sends
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_delivery_changes_port_through_the_running_agent() {
-    let github = GitHub::with_data();
-    let host = github_standin::serve(github.clone()).await;
-    let port = Emulator::start(EmulatorConfig::default()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    write_config(dir.path(), &port, &host, "POLLING");
-    let service = support::RunningService::start(dir.path()).await;
-    support::wait_until(Duration::from_secs(30), "the first resync", || {
-        entity(&port, "githubPullRequest", "web1004").is_some()
-    })
-    .await;
+    let (github, port, _dir, service) = serving_after_a_resync().await;
 
     // web#4 is closed on GitHub; its delivery says so.
-    github.pulls.lock().unwrap().get_mut("web").unwrap()[0]["state"] = json!("closed");
-    let closed = github.pulls.lock().unwrap()["web"][0].clone();
-    let body = json!({"action": "closed", "number": 4, "pull_request": closed,
-        "repository": github_standin::repository("web")})
-    .to_string();
-    let post = |signature: String| {
-        reqwest::Client::new()
-            .post(format!("http://{}/integration/webhook", service.address))
-            .header("x-github-event", "pull_request")
-            .header("x-github-delivery", "delivery-1")
-            .header("x-hub-signature-256", signature)
-            .body(body.clone())
-            .send()
-    };
-    let forged = post(port_agent_integrations::signature::signature(
-        b"not-the-secret",
-        body.as_bytes(),
-    ))
-    .await
-    .unwrap();
-    assert_eq!(forged.status(), 401);
-    let accepted = post(port_agent_integrations::signature::signature(
-        SECRET.as_bytes(),
-        body.as_bytes(),
-    ))
-    .await
-    .unwrap();
-    assert_eq!(accepted.status(), 202);
+    let body = close_web_4(&github);
+    assert_eq!(deliver(&service, &body, b"not-the-secret").await, 401);
+    assert_eq!(deliver(&service, &body, SECRET.as_bytes()).await, 202);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while entity(&port, "githubPullRequest", "web1004").is_some() {
         assert!(
@@ -164,16 +174,7 @@ async fn a_signed_delivery_changes_port_through_the_running_agent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivery_accepted_before_a_kill_is_applied_after_the_restart() {
-    let github = GitHub::with_data();
-    let host = github_standin::serve(github.clone()).await;
-    let port = Emulator::start(EmulatorConfig::default()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    write_config(dir.path(), &port, &host, "POLLING");
-    let service = support::RunningService::start(dir.path()).await;
-    support::wait_until(Duration::from_secs(30), "the first resync", || {
-        entity(&port, "githubPullRequest", "web1004").is_some()
-    })
-    .await;
+    let (github, port, dir, service) = serving_after_a_resync().await;
 
     // Port slow: the agent is killed after its 202, before the delete reaches Port.
     port.set_faults(port_emulator::FaultSpec {
@@ -181,24 +182,8 @@ async fn a_delivery_accepted_before_a_kill_is_applied_after_the_restart() {
         ..Default::default()
     })
     .unwrap();
-    github.pulls.lock().unwrap().get_mut("web").unwrap()[0]["state"] = json!("closed");
-    let closed = github.pulls.lock().unwrap()["web"][0].clone();
-    let body = json!({"action": "closed", "number": 4, "pull_request": closed,
-        "repository": github_standin::repository("web")})
-    .to_string();
-    let answer = reqwest::Client::new()
-        .post(format!("http://{}/integration/webhook", service.address))
-        .header("x-github-event", "pull_request")
-        .header("x-github-delivery", "delivery-k")
-        .header(
-            "x-hub-signature-256",
-            port_agent_integrations::signature::signature(SECRET.as_bytes(), body.as_bytes()),
-        )
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status(), 202);
+    let body = close_web_4(&github);
+    assert_eq!(deliver(&service, &body, SECRET.as_bytes()).await, 202);
     let killed = std::process::Command::new("kill")
         .args(["-KILL", &service.pid().to_string()])
         .status()
