@@ -211,6 +211,23 @@ impl GitHubApi {
         }
     }
 
+    /// Every item of the listing at `path` (a listing that others start from, kept whole).
+    pub async fn all_pages(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+        validators: Option<&dyn ValidatorStore>,
+        priority: Priority,
+    ) -> Result<Vec<Value>, VendorError> {
+        let mut all = Vec::new();
+        self.for_each_page(path, query, validators, priority, |page| {
+            all.extend(page);
+            std::future::ready(true)
+        })
+        .await?;
+        Ok(all)
+    }
+
     /// Every page of the listing at `path`, handed to `each` in order until it returns
     /// `false` or the pages end. Pages are asked conditionally when `validators` keeps them.
     /// A page is a list, or an object whose one list is the items (`/actions/workflows`

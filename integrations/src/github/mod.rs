@@ -322,26 +322,23 @@ impl GitHubIntegration {
                         .await?;
                     return Ok(Arc::new(found.into_iter().collect()));
                 }
-                let mut all = Vec::new();
-                self.api
-                    .for_each_page("/user/orgs", &[], validators, Priority::Resync, |page| {
-                        all.extend(
-                            page.into_iter()
-                                .filter(|org| {
-                                    mapping.organizations.is_empty()
-                                        || org["login"].as_str().is_some_and(|l| {
-                                            mapping.organizations.iter().any(|o| o == l)
-                                        })
-                                })
-                                .map(|mut org| {
-                                    org["type"] = Value::from("Organization");
-                                    org
-                                }),
-                        );
-                        std::future::ready(true)
-                    })
+                let all = self
+                    .api
+                    .all_pages("/user/orgs", &[], validators, Priority::Resync)
                     .await?;
-                Ok(Arc::new(all))
+                let wanted = all
+                    .into_iter()
+                    .filter(|org| {
+                        mapping.organizations.is_empty()
+                            || org["login"]
+                                .as_str()
+                                .is_some_and(|l| mapping.organizations.iter().any(|o| o == l))
+                    })
+                    .map(|mut org| {
+                        org["type"] = Value::from("Organization");
+                        org
+                    });
+                Ok(Arc::new(wanted.collect()))
             })
             .await
     }
@@ -366,14 +363,15 @@ impl GitHubIntegration {
         let key = format!("repositories:{organization}:{repository_type}");
         self.repositories
             .get_or_fetch(&key, || async {
-                let mut all = Vec::new();
-                self.api
-                    .for_each_page(&path, &query, validators, Priority::Resync, |page| {
-                        all.extend(page.into_iter().map(|r| with_organization(r, organization)));
-                        std::future::ready(true)
-                    })
+                let all = self
+                    .api
+                    .all_pages(&path, &query, validators, Priority::Resync)
                     .await?;
-                Ok(Arc::new(all))
+                Ok(Arc::new(
+                    all.into_iter()
+                        .map(|r| with_organization(r, organization))
+                        .collect(),
+                ))
             })
             .await
     }

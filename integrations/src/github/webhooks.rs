@@ -185,16 +185,12 @@ impl GitHubWebhooks {
         resource: &ResourceConfig,
     ) -> Result<Changes, HandleError> {
         let sent = body["repository"].clone();
-        let full_name = sent["full_name"].as_str().unwrap_or_default();
-        let organization = sent["owner"]["login"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
+        let (full_name, _, organization) = delivered_names(&body["repository"]);
         let mut deleted = Vec::new();
         if let Some(old) = body["changes"]["repository"]["name"]["from"].as_str() {
             let mut renamed = sent.clone();
             renamed["name"] = Value::from(old);
-            deleted.push(with_organization(renamed, &organization));
+            deleted.push(with_organization(renamed, organization));
         }
         let action = body["action"].as_str().unwrap_or_default();
         let current = if action == "deleted" {
@@ -214,11 +210,11 @@ impl GitHubWebhooks {
                     .include_files(&mut repository, &keys.included_files, Priority::Live, None)
                     .await
                     .map_err(handle_error)?;
-                Ok((vec![with_organization(repository, &organization)], deleted))
+                Ok((vec![with_organization(repository, organization)], deleted))
             }
             // Archived (GitHub's current copy), deleted or no longer visible.
             current => {
-                deleted.push(with_organization(current.unwrap_or(sent), &organization));
+                deleted.push(with_organization(current.unwrap_or(sent), organization));
                 Ok((Vec::new(), deleted))
             }
         }
