@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use github_standin::{GitHub, TOKEN, repository, serve};
 use port_agent_core::Secret;
-use port_agent_core::integration::{FetchRequest, Integration, fetch_all};
+use port_agent_core::integration::{FetchError, FetchRequest, Integration, fetch_all};
 use port_agent_core::mapping::PortAppConfig;
 use port_agent_core::vendor_http::StateValidators;
 use port_agent_core::webhook::{Refusal, WebhookProcessor, WebhookRequest, WebhookSettings};
@@ -44,16 +44,24 @@ fn resource_index(mapping: &PortAppConfig, kind: &str) -> usize {
         .unwrap()
 }
 
+/// The items `integration` fetches for `mapping`'s resource `index`, or why not.
+async fn fetched(
+    integration: &GitHubIntegration,
+    mapping: &PortAppConfig,
+    index: usize,
+) -> Result<Vec<Value>, FetchError> {
+    let texts = fetch_all(integration, FetchRequest::of(mapping, index)).await?;
+    Ok(texts
+        .iter()
+        .map(|t| serde_json::from_str(t).unwrap())
+        .collect())
+}
+
+/// The items of `mapping`'s (first) resource of `kind`.
 async fn items(integration: &GitHubIntegration, mapping: &PortAppConfig, kind: &str) -> Vec<Value> {
-    fetch_all(
-        integration,
-        FetchRequest::of(mapping, resource_index(mapping, kind)),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"))
-    .iter()
-    .map(|text| serde_json::from_str(text).unwrap())
-    .collect()
+    fetched(integration, mapping, resource_index(mapping, kind))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn field<'a>(items: &'a [Value], key: &str) -> Vec<&'a Value> {
@@ -129,13 +137,9 @@ async fn closed_pull_requests_are_the_recent_ones_up_to_max_results() {
     let fetch = |mapping: PortAppConfig| {
         let integration = &integration;
         async move {
-            let index = mapping.resources.len() - 1;
-            fetch_all(integration, FetchRequest::of(&mapping, index))
+            fetched(integration, &mapping, mapping.resources.len() - 1)
                 .await
                 .unwrap()
-                .iter()
-                .map(|t| serde_json::from_str(t).unwrap())
-                .collect::<Vec<Value>>()
         }
     };
     // Closed within 60 days (the default): #2, not #3 (90 days old).
@@ -225,9 +229,10 @@ async fn a_refused_listing_fails_the_kind_naming_the_request_never_the_token() {
         json!({"githubHost": host, "githubToken": "wrong-token", "githubOrganization": "acme"});
     let integration = GitHubIntegration::from_config(config.as_object().unwrap()).unwrap();
     let mapping = mapping(&[]);
-    let error = fetch_all(
+    let error = fetched(
         &integration,
-        FetchRequest::of(&mapping, resource_index(&mapping, "organization")),
+        &mapping,
+        resource_index(&mapping, "organization"),
     )
     .await
     .unwrap_err();
@@ -604,13 +609,13 @@ async fn a_repository_s_listings_come_with_its_names_and_paged() {
         "branch",
         json!({"query": "true", "defaultBranchOnly": true}),
     )]);
-    let index = only_default.resources.len() - 1;
-    let defaults: Vec<Value> = fetch_all(&integration, FetchRequest::of(&only_default, index))
-        .await
-        .unwrap()
-        .iter()
-        .map(|t| serde_json::from_str(t).unwrap())
-        .collect();
+    let defaults = fetched(
+        &integration,
+        &only_default,
+        only_default.resources.len() - 1,
+    )
+    .await
+    .unwrap();
     assert_eq!(sorted_names(&defaults, "name"), ["main"]);
 }
 
@@ -671,9 +676,10 @@ async fn a_next_page_on_another_host_is_not_followed_with_the_token() {
     // Reached as "localhost", while the stand-in it points to is 127.0.0.1: another host.
     let integration = integration(&format!("http://localhost:{port}"), Some("acme"));
     let mapping = mapping(&[]);
-    let error = fetch_all(
+    let error = fetched(
         &integration,
-        FetchRequest::of(&mapping, resource_index(&mapping, "repository")),
+        &mapping,
+        resource_index(&mapping, "repository"),
     )
     .await
     .unwrap_err();
